@@ -1,0 +1,61 @@
+"""Explicit registry of policies the runner knows. Importing this module must stay cheap (no torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from policies.command import CommandJob
+from policies.dp3.config import Dp3Job
+from policies.rdt.config import RdtJob
+from runner.spec.models import JobCommon
+
+#: Steps `runner run JOB` executes, in this order, when the job lists them. Deploy moves a robot:
+#: it only ever runs when asked for by name.
+PIPELINE = ("convert", "train", "eval")
+
+
+@dataclass(frozen=True)
+class PolicyInfo:
+    """What the runner needs to know about a policy to build its image and run its steps."""
+
+    name: str
+    job_model: type[JobCommon]
+    image: str  # images/<image>/ build context and templates/Dockerfile.<image>.j2
+    steps: tuple[str, ...]  # the steps a job of this policy may list
+    implemented: frozenset[str]  # steps whose code has landed
+    entry: str  # module run inside the image as `python -m <entry> <step>`
+    fixed_steps: bool = True  # False: the job names its own steps (command policy)
+
+
+POLICIES: dict[str, PolicyInfo] = {
+    "dp3": PolicyInfo(
+        name="dp3",
+        job_model=Dp3Job,
+        image="dp3",
+        steps=("convert", "train", "eval", "deploy"),
+        implemented=frozenset(),
+        entry="policies.dp3.steps",
+    ),
+    "rdt": PolicyInfo(
+        name="rdt",
+        job_model=RdtJob,
+        image="rdt",
+        steps=("convert", "train", "eval", "deploy"),
+        implemented=frozenset(),
+        entry="policies.rdt.steps",
+    ),
+    "command": PolicyInfo(
+        name="command",
+        job_model=CommandJob,
+        image="base",
+        steps=(),
+        implemented=frozenset(),
+        entry="",
+        fixed_steps=False,
+    ),
+}
+
+
+def get_policy(name: str) -> PolicyInfo:
+    """The registered policy called `name` (KeyError when unknown; callers validate names first)."""
+    return POLICIES[name]

@@ -1,0 +1,90 @@
+"""DP3 job options: the step fields a DP3 job may set, with RoboTwin's robot_dp3.yaml defaults."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from runner.spec.models import JobCommon, Model, StepsModel, StepSpec
+
+# Bytes of one float32 point with xyz + rgb.
+_POINT_BYTES = 6 * 4
+
+
+class Intrinsics(Model):
+    fx: float = Field(gt=0)
+    fy: float = Field(gt=0)
+    cx: float
+    cy: float
+    depth_scale: float = Field(default=0.001, gt=0, description="metres per depth unit (z16: 0.001)")
+
+
+class CropBox(Model):
+    min: tuple[float, float, float]
+    max: tuple[float, float, float]
+
+
+class Dp3Convert(StepSpec):
+    camera: str = "front"
+    intrinsics: Intrinsics | None = None
+    extrinsics: list[list[float]] | None = Field(default=None, description="4x4 camera-to-base transform")
+    crop: CropBox | None = None
+    num_points: int = Field(default=1024, gt=0)
+    binarize_gripper: bool = False
+    gripper_threshold: float = 0.5
+    stride: int = Field(default=1, ge=1)
+    keyframes: bool = False
+    action_source: Literal["next_state", "control"] = "next_state"
+    workers: int = Field(default=2, ge=1)
+    seed: int = 0
+
+
+class Dp3Train(StepSpec):
+    epochs: int = Field(default=3000, gt=0)
+    batch_size: int = Field(default=256, gt=0)
+    lr: float = Field(default=1.0e-4, gt=0)
+    lr_warmup_steps: int = Field(default=500, ge=0)
+    checkpoint_every: int = Field(default=3000, gt=0, description="epochs between checkpoints")
+    keep_checkpoints: int = Field(default=3, ge=1)
+    seed: int = 0
+    horizon: int = Field(default=8, gt=0)
+    n_obs_steps: int = Field(default=3, gt=0)
+    n_action_steps: int = Field(default=6, gt=0)
+    use_pc_color: bool = False
+    val_ratio: float = Field(default=0.02, ge=0, lt=1)
+    state_dim: int | None = Field(default=None, gt=0, description="pin only to assert; read from the data")
+    action_dim: int | None = Field(default=None, gt=0)
+    num_points: int = Field(default=1024, gt=0)
+    down_dims: tuple[int, ...] = (512, 1024, 2048)
+    logger: Literal["none", "tensorboard", "wandb"] = "none"
+
+    def loader_shm_bytes(self) -> int:
+        # Each worker keeps prefetch_factor (2) collated batches in shared memory.
+        sample = self.horizon * (self.num_points * _POINT_BYTES + 2 * 32 * 4)
+        return self.num_workers * 2 * self.batch_size * sample
+
+
+class Dp3Eval(StepSpec):
+    checkpoint: str = Field(default="latest", description="latest, best, or a path")
+    episodes: int | None = Field(default=None, gt=0, description="held-out episodes to evaluate")
+
+
+class Deploy(StepSpec):
+    robot_host: str = "127.0.0.1"
+    robot_port: int = Field(default=6001, gt=0, lt=65536)
+    control_hz: float = Field(default=10.0, gt=0)
+    max_joint_delta: float = Field(default=0.05, gt=0, description="radians per control step")
+    dry_run: bool = False
+
+
+class Dp3Steps(StepsModel):
+    convert: Dp3Convert | None = None
+    train: Dp3Train | None = None
+    eval: Dp3Eval | None = None
+    deploy: Deploy | None = None
+
+
+class Dp3Job(JobCommon):
+    policy: Literal["dp3"]
+    steps: Dp3Steps = Field(default_factory=Dp3Steps)

@@ -1,0 +1,78 @@
+"""RDT job options: step fields with the defaults of RoboTwin's generated model_config and finetune.sh."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from policies.dp3.config import Deploy
+from runner.spec.models import JobCommon, StepsModel, StepSpec
+
+CAMERA_SLOTS = ("cam_high", "cam_right_wrist", "cam_left_wrist")
+
+
+class RdtConvert(StepSpec):
+    cameras: dict[str, str] = Field(
+        default_factory=lambda: {"cam_high": "front"},
+        description="RDT camera slot -> recorded camera; slots left out are padded and masked")
+    image_size: tuple[int, int] = (640, 480)
+    binarize_gripper: bool = False
+    gripper_threshold: float = 0.5
+    stride: int = Field(default=1, ge=1)
+    instructions: list[str] = Field(default_factory=list)
+    workers: int = Field(default=2, ge=1)
+
+    @field_validator("cameras")
+    @classmethod
+    def _known_slots(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(CAMERA_SLOTS))
+        if unknown:
+            msg = f"unknown camera slot(s) {unknown}; RDT has {list(CAMERA_SLOTS)}"
+            raise ValueError(msg)
+        return v
+
+
+class RdtTrain(StepSpec):
+    max_train_steps: int = Field(default=20000, gt=0)
+    train_batch_size: int = Field(default=32, gt=0)
+    sample_batch_size: int = Field(default=64, gt=0)
+    checkpointing_period: int = Field(default=2500, gt=0)
+    checkpoints_total_limit: int = Field(default=40, ge=1)
+    learning_rate: float = Field(default=1.0e-4, gt=0)
+    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = "constant"
+    lr_warmup_steps: int = Field(default=500, ge=0)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    num_workers: int = Field(default=8, ge=0)
+    state_noise_snr: float | None = 40.0
+    image_aug: bool = True
+    mixed_precision: Literal["no", "fp16", "bf16"] = "bf16"
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precomp_lang_embed: bool = True
+    img_history_size: int = Field(default=2, gt=0)
+    image_side: int = Field(default=384, gt=0, description="SigLIP input side")
+    model_size: Literal["1b", "170m", "tiny"] = "1b"
+    seed: int = 0
+    logger: Literal["none", "tensorboard", "wandb"] = "tensorboard"
+
+    def loader_shm_bytes(self) -> int:
+        # float32 images for every camera slot and history frame, 2 prefetched batches a worker.
+        sample = len(CAMERA_SLOTS) * self.img_history_size * self.image_side**2 * 3 * 4
+        return self.num_workers * 2 * self.train_batch_size * sample
+
+
+class RdtEval(StepSpec):
+    checkpoint: str = "latest"
+    episodes: int | None = Field(default=None, gt=0)
+
+
+class RdtSteps(StepsModel):
+    convert: RdtConvert | None = None
+    train: RdtTrain | None = None
+    eval: RdtEval | None = None
+    deploy: Deploy | None = None
+
+
+class RdtJob(JobCommon):
+    policy: Literal["rdt"]
+    steps: RdtSteps = Field(default_factory=RdtSteps)

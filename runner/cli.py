@@ -1,0 +1,357 @@
+"""`runner` command line. One small function per verb; heavy modules are imported inside them so that
+`runner plan` starts fast. Only this module prints, and only it catches RunnerError."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runner.orchestrate import RunRequest
+    from runner.spec.load import LoadedJob
+
+EXECUTORS = ("docker", "local")
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(msg.rstrip() + "\n")
+
+
+def _say() -> Callable[[str], None]:
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False)
+    return lambda m: console.print(m)
+
+
+def _job(ref: str) -> LoadedJob:
+    from runner.jobs import resolve_job
+
+    return resolve_job(ref, Path.cwd(), os.environ)
+
+
+def _path_warnings(job: LoadedJob, step: str | None) -> None:
+    from runner.preflight import check_paths
+
+    for issue in check_paths(job, step):
+        _err(f"warning: {job.file}: {issue} (an error for `runner run`; fine for planning elsewhere)")
+
+
+def cmd_validate(a: argparse.Namespace) -> int:
+    job = _job(a.job)
+    _path_warnings(job, None)
+    print(f"ok: {job.file} is a valid {job.policy.name} job '{job.name}' (steps: {', '.join(job.step_names())})")
+    return 0
+
+
+def cmd_plan(a: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from runner.images import plan_image
+    from runner.machine import gather_machine
+    from runner.orchestrate import check_steps, pipeline_steps
+    from runner.plan import build_plan, render_plan_text
+    from runner.records import new_run_id
+
+    job = _job(a.job)
+    steps = [a.step] if a.step else (pipeline_steps(job) or job.step_names())
+    check_steps(job, steps)
+    _path_warnings(job, a.step)
+    image = plan_image(job.spec.image, job.policy, os.environ)
+    machine = gather_machine(os.environ)
+    run_id = new_run_id(datetime.now(), "xxxx")
+    plans = [build_plan(job, s, machine, run_id=run_id, image=image.tag, executor=a.executor) for s in steps]
+    if a.json:
+        from runner.plan_json import plan_to_json
+
+        print(plan_to_json(plans, image.tag))
+        return 0
+    print(f"# image {image.tag} (templates/Dockerfile.{image.inputs.image}.j2; `runner build {a.job}`)")
+    print(f"# run id {run_id} is an example: each run gets a new one\n")
+    print("\n\n".join(render_plan_text(p) for p in plans))
+    return 0
+
+
+def cmd_build(a: argparse.Namespace) -> int:
+    import time
+
+    from runner.executors.docker import connect
+    from runner.executors.docker_build import ensure_image
+    from runner.images import plan_image
+
+    job = _job_or_policy(a.job)
+    plan = plan_image(job.spec.image, job.policy, os.environ)
+    t0 = time.perf_counter()
+    log = job.spec.outputs.runs_dir / "_builds" / f"{plan.tag.replace('/', '_').replace(':', '_')}.log"
+    result = ensure_image(connect(), plan, log, sys.stdout.buffer, rebuild=a.rebuild)
+    state = f"built in {time.perf_counter() - t0:.1f}s (log: {log})" if result.built else "up to date, not rebuilt"
+    print(f"{result.tag}: {state}")
+    return 0
+
+
+def _job_or_policy(ref: str) -> LoadedJob:
+    """A job, or for a bare policy name a minimal job of that policy (for `build dp3`, `shell dp3`)."""
+    from policies import POLICIES
+    from runner.spec.load import parse_job_text
+
+    if ref in POLICIES and not (Path.cwd() / "jobs" / f"{ref}.yaml").exists():
+        text = f"name: {ref}-shell\npolicy: {ref}\n"
+        if not POLICIES[ref].fixed_steps:
+            text += "steps:\n  shell:\n    command: bash\n"
+        return parse_job_text(text, Path.cwd() / "jobs" / f"<{ref}>.yaml", os.environ)
+    return _job(ref)
+
+
+def _run(req: RunRequest) -> int:
+    import signal
+
+    from runner.orchestrate import Orchestrator, exit_code_of
+
+    def on_term(_sig: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # `kill`/`runner stop` of the runner: stop the step cleanly like Ctrl-C
+
+    signal.signal(signal.SIGTERM, on_term)
+    record = Orchestrator(os.environ, _say()).run(req)
+    code = exit_code_of(record)
+    _say()(f"run {record.job}/{record.run_id}: {record.status}" + (f" (exit {code})" if code else ""))
+    return code
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from runner.orchestrate import RunRequest
+
+    return _run(RunRequest(_job(a.job), list(a.steps), a.executor, rebuild=a.rebuild))
+
+
+def _cmd_step(step: str) -> Callable[[argparse.Namespace], int]:
+    def cmd(a: argparse.Namespace) -> int:
+        from runner.orchestrate import RunRequest
+
+        return _run(RunRequest(_job(a.job), [step], a.executor, resume=getattr(a, "resume", False)))
+
+    return cmd
+
+
+def cmd_resume(a: argparse.Namespace) -> int:
+    from runner.orchestrate import RunRequest
+    from runner.records import list_runs
+
+    job = _job(a.job)
+    if not list_runs(job.spec.outputs.runs_dir, job.name):
+        _err(f"nothing to resume: {job.name} has never run under {job.spec.outputs.runs_dir}; "
+             f"start it with `runner train {a.job}`")
+        return 2
+    return _run(RunRequest(job, ["train"], a.executor, resume=True))
+
+
+def cmd_shell(a: argparse.Namespace) -> int:
+    from dataclasses import replace
+    from datetime import datetime
+
+    from runner.dockerargs import render_cli
+    from runner.images import plan_image
+    from runner.machine import gather_machine
+    from runner.plan import build_plan
+    from runner.records import new_run_id
+
+    job = _job_or_policy(a.job)
+    image = plan_image(job.spec.image, job.policy, os.environ)
+    plan = build_plan(job, "shell", gather_machine(os.environ), run_id=new_run_id(datetime.now()),
+                      image=image.tag, executor=a.executor)
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    if plan.executor == "local":
+        env = {**os.environ, **dict(plan.local.env)}
+        os.chdir(plan.local.cwd)
+        os.execvpe(os.environ.get("SHELL", "bash"), [os.environ.get("SHELL", "bash")], env)
+    args = replace(plan.docker, command=("bash",), interactive=True)
+    # An interactive TTY is the docker CLI's job; argv is rendered from the same DockerRunArgs the SDK gets.
+    os.execvp("docker", render_cli(args))
+
+
+def _runs_dir(a: argparse.Namespace) -> Path:
+    return Path(a.runs_dir) if a.runs_dir else Path.cwd() / "runs"
+
+
+def _alive() -> Callable[[Any], bool]:
+    from runner.executors.local import LocalExecutor
+
+    local = LocalExecutor()
+    docker_exec: Any = None
+
+    def alive(step: Any) -> bool:
+        nonlocal docker_exec
+        if step.executor == "docker":
+            if docker_exec is None:
+                from runner.executors.docker import DockerExecutor
+
+                docker_exec = DockerExecutor()
+            return bool(docker_exec.is_alive(step))
+        return local.is_alive(step)
+
+    return alive
+
+
+def cmd_ps(a: argparse.Namespace) -> int:
+    from runner.runs import ACTIVE, find_runs, reconcile
+
+    alive = _alive()
+    rows = [reconcile(p, alive) for p in find_runs(_runs_dir(a), None)]
+    rows = [r for r in rows if a.all or r.status in ACTIVE]
+    if not rows:
+        print("no runs in progress" + ("" if a.all else " (--all shows finished ones)"))
+    for r in rows:
+        step = next((s for s in r.steps if s.status == "running"), r.steps[-1] if r.steps else None)
+        where = (step.container_id or "")[:12] if step and step.container_id else (f"pid {step.pid}" if step and step.pid else "")
+        print(f"{r.job:24} {r.run_id:22} {r.status:12} {step.name if step else '-':8} {r.executor:7} {where}")
+    return 0
+
+
+def cmd_history(a: argparse.Namespace) -> int:
+    from runner.runs import find_runs, reconcile
+
+    alive = _alive()
+    for p in find_runs(_runs_dir(a), a.job):
+        r = reconcile(p, alive)
+        steps = " ".join(f"{s.name}:{s.status}" + (f"({s.exit_code})" if s.exit_code else "") for s in r.steps)
+        commit = (r.git.get("commit", "")[:8] + ("+dirty" if r.git.get("dirty") else "")) if r.git else "-"
+        print(f"{r.run_id:22} {r.status:12} {r.started or '':20} {commit:15} {steps}")
+    return 0
+
+
+def cmd_logs(a: argparse.Namespace) -> int:
+    from runner.records import load
+    from runner.runs import find_runs, follow, reconcile
+
+    alive = _alive()
+    path = find_runs(_runs_dir(a), a.ref)[-1]
+    rec = reconcile(path, alive)
+    steps = [s for s in rec.steps if s.log and (a.step is None or s.name == a.step)]
+    if not steps:
+        _err(f"run {rec.job}/{rec.run_id} has no step logs yet" + (f" for {a.step}" if a.step else ""))
+        return 1
+    out = sys.stdout.buffer
+    for s in steps:
+        name = s.name
+
+        def running(name: str = name) -> bool:
+            if not a.follow:
+                return False
+            st = next(x for x in reconcile(path, alive).steps if x.name == name)
+            return st.status == "running"
+
+        for chunk in follow(Path(s.log or ""), running):
+            out.write(chunk)
+            out.flush()
+    final = load(path)
+    _err(f"-- {final.job}/{final.run_id}: {final.status}")
+    return 0
+
+
+def cmd_stop(a: argparse.Namespace) -> int:
+    from runner.executors.base import GRACE_S
+    from runner.runs import ACTIVE, find_runs, reconcile
+
+    alive = _alive()
+    stopped = 0
+    for p in find_runs(_runs_dir(a), a.ref):
+        rec = reconcile(p, alive)
+        if rec.status not in ACTIVE:
+            continue
+        for s in rec.steps:
+            if s.status == "running" and _stop_step(s, a.grace if a.grace is not None else GRACE_S):
+                print(f"stopped {rec.job}/{rec.run_id} step {s.name}")
+                stopped += 1
+    if not stopped:
+        print(f"nothing running for {a.ref}")
+    return 0
+
+
+def _stop_step(step: Any, grace: float) -> bool:
+    if step.executor == "docker":
+        from runner.executors.docker import DockerExecutor
+
+        return DockerExecutor().stop(step, grace)
+    from runner.executors.local import LocalExecutor
+
+    return LocalExecutor().stop(step, grace)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="runner", description="Run robot-learning jobs (DP3, RDT) in containers.")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    def executor(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--executor", choices=EXECUTORS, help="override the job's executor")
+
+    add("validate", cmd_validate, "check a job file; nothing runs").add_argument("job")
+    sp = add("plan", cmd_plan, "print the exact docker run command of each step, and why")
+    sp.add_argument("job")
+    sp.add_argument("step", nargs="?")
+    sp.add_argument("--json", action="store_true", help="versioned JSON instead of text")
+    executor(sp)
+    sp = add("build", cmd_build, "build the job's (or a policy's) image; a no-op when up to date")
+    sp.add_argument("job", help="job file, job name, or policy name")
+    sp.add_argument("--rebuild", action="store_true")
+    sp = add("run", cmd_run, "run the job's steps (convert, train, eval as listed), or the steps named")
+    sp.add_argument("job")
+    sp.add_argument("steps", nargs="*")
+    sp.add_argument("--rebuild", action="store_true")
+    executor(sp)
+    for step in ("convert", "train", "eval", "deploy"):
+        sp = add(step, _cmd_step(step), f"run the {step} step")
+        sp.add_argument("job")
+        executor(sp)
+        if step == "train":
+            sp.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    sp = add("resume", cmd_resume, "continue training from the newest complete checkpoint")
+    sp.add_argument("job")
+    executor(sp)
+    sp = add("shell", cmd_shell, "interactive shell in the policy image with the job's mounts and env")
+    sp.add_argument("job", help="job file, job name, or policy name (dp3, rdt, command)")
+    executor(sp)
+    for name, fn, help_ in (("ps", cmd_ps, "runs in progress"), ("history", cmd_history, "runs of a job"),
+                            ("logs", cmd_logs, "print (or follow) a run's logs"), ("stop", cmd_stop, "stop a run")):
+        sp = add(name, fn, help_)
+        sp.add_argument("--runs-dir", help="default: ./runs")
+        if name == "ps":
+            sp.add_argument("--all", action="store_true")
+        elif name == "history":
+            sp.add_argument("job")
+        else:
+            sp.add_argument("ref", help="job name or run id")
+        if name == "logs":
+            sp.add_argument("-f", "--follow", action="store_true")
+            sp.add_argument("--step")
+        if name == "stop":
+            sp.add_argument("--grace", type=float, help="seconds between SIGTERM and SIGKILL (default 30)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from runner.errors import RunnerError
+
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.fn(args)
+    except RunnerError as e:
+        _err(f"error: {e}")
+        return e.exit_code
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except BrokenPipeError:
+        return 0
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""PURE: classify a failed step from its exit status, OOM flag and log tail, with the one-line fix."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from runner.spec.types import format_size
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    kind: str
+    cause: str
+    fix: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "cause": self.cause, "fix": self.fix}
+
+
+@dataclass(frozen=True)
+class FailureFacts:
+    step: str
+    exit_code: int
+    oom_killed: bool
+    log_tail: str
+    shm_size: int | None = None
+    shm_needed: int = 0
+    num_workers: int = 0
+    nccl_ifname: str | None = None
+    interfaces: tuple[str, ...] = ()
+
+
+_SHM = re.compile(r"Bus error|out of shared memory|insufficient shared memory|shm_open|/dev/shm", re.I)
+_NCCL_IF = re.compile(r"no socket interface found|NCCL_SOCKET_IFNAME.*(not found|no such)", re.I)
+_NCCL_NET = re.compile(r"NCCL (WARN|error).*(Connection refused|connect|timed? ?out|unhandled system error)|"
+                       r"DistNetworkError|Socket Timeout", re.I)
+_CUDA_OOM = re.compile(r"CUDA out of memory|OutOfMemoryError|CUDA error: out of memory", re.I)
+_SHAPE = re.compile(r"(mat1 and mat2 shapes cannot be multiplied[^\n]*|size mismatch[^\n]*|"
+                    r"shape '\[[^\n]*\]' is invalid[^\n]*|must match the size of tensor[^\n]*)")
+_MISSING = re.compile(r"(?:FileNotFoundError|No such file or directory)[^\n]*?['\"]([^'\"\n]+)['\"]")
+
+
+def classify(f: FailureFacts) -> Diagnosis | None:
+    """The most specific known cause of a failure, or None when nothing matches."""
+    tail = f.log_tail
+    if f.exit_code in (130, 143) and not f.oom_killed:
+        return Diagnosis("interrupted", "the step was stopped by a signal (Ctrl-C or `runner stop`)",
+                         f"resume it: `runner resume <job>` (or re-run `{f.step}`)")
+    if _SHM.search(tail):
+        need = max(f.shm_needed * 5 // 4, 2 * (f.shm_size or 64 * 1024**2))
+        need = -(-need // GIB) * GIB
+        have = format_size(f.shm_size) if f.shm_size else "64m (docker's default)"
+        return Diagnosis("shm", f"DataLoader workers ran out of shared memory (/dev/shm {have}, "
+                         f"{f.num_workers} workers)",
+                         f"set steps.{f.step}.shm: {format_size(need)} in the job, or num_workers: 0")
+    if _NCCL_IF.search(tail):
+        where = f" (there: {', '.join(f.interfaces)})" if f.interfaces else ""
+        return Diagnosis("nccl_interface", f"NCCL found no socket interface named {f.nccl_ifname!r}",
+                         f"remove resources.nccl_socket_ifname so the runner picks one, or name one that exists{where}")
+    if _CUDA_OOM.search(tail):
+        return Diagnosis("cuda_oom", "the GPU ran out of memory",
+                         f"lower steps.{f.step}.batch_size (and raise gradient accumulation), or use more GPUs")
+    if f.oom_killed or f.exit_code == 137:
+        return Diagnosis("host_oom", "the kernel killed the step for using too much host memory (exit 137)",
+                         "raise resources.memory, or lower num_workers / batch size")
+    m = _SHAPE.search(tail)
+    if m:
+        return Diagnosis("shape_mismatch", f"tensor shapes disagree: {m.group(1).strip()}",
+                         "a dimension in the job does not match the data; remove pinned state/action dims "
+                         "so they are read from the data, or re-convert the data")
+    if _NCCL_NET.search(tail):
+        return Diagnosis("nccl_connect", "NCCL ranks could not connect to each other",
+                         "check resources.nccl_socket_ifname reaches the other ranks; "
+                         "on one machine leave it unset (loopback)")
+    m = _MISSING.search(tail)
+    if m:
+        return Diagnosis("missing_file", f"a file the step needs is missing: {m.group(1)}",
+                         "check the data/weights paths in the job and that the step before this one ran")
+    if f.exit_code == 127:
+        return Diagnosis("command_not_found", "the step's command was not found in the image",
+                         "check steps.<step>.command, or add the package with image.pip / image.apt")
+    if f.exit_code == 126:
+        return Diagnosis("not_executable", "the step's command is not executable",
+                         "check the command's path and permissions")
+    return None
+
+
+def tail_text(data: bytes, lines: int = 80) -> str:
+    """The last `lines` lines of a log, decoded leniently."""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])

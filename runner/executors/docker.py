@@ -1,0 +1,126 @@
+"""Docker executor through the Docker SDK. The only module (with docker_build) that imports `docker`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+
+from runner.dockerargs import to_sdk_kwargs
+from runner.errors import ExecutorError, ImageError
+from runner.executors.base import GRACE_S, StepHandle, StepOutcome
+from runner.plan import StepPlan
+from runner.records import StepRecord
+
+INSTALL_HINT = ("Install and start the Docker engine (as root: `apt-get install -y docker.io && dockerd &`, "
+                "or `make setup`), or run with `--executor local` to use this Python environment instead.")
+
+
+def connect(timeout: int = 60) -> docker.DockerClient:
+    """A client for the local engine; ExecutorError with what to do when none answers."""
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except docker.errors.DockerException as e:
+        msg = f"no Docker engine answers ({_short(e)}). {INSTALL_HINT}"
+        msg_0 = "docker"
+        raise ExecutorError(msg_0, msg) from e
+    return client
+
+
+def _short(e: Exception) -> str:
+    text = str(e)
+    return text if len(text) < 200 else text[:200] + "..."
+
+
+class DockerExecutor:
+    name = "docker"
+
+    def __init__(self, client: Any = None, environ: Mapping[str, str] | None = None,
+                 out: BinaryIO | None = None, grace_s: float = GRACE_S) -> None:
+        self._client = client
+        self.environ = dict(os.environ if environ is None else environ)
+        self.out = out or sys.stdout.buffer
+        self.grace_s = grace_s
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = connect()
+        return self._client
+
+    def run_step(self, plan: StepPlan, on_start: Callable[[StepHandle], None]) -> StepOutcome:
+        kwargs = to_sdk_kwargs(plan.docker, self.environ)
+        try:
+            container: Container = self.client.containers.create(**kwargs)
+        except docker.errors.ImageNotFound as e:
+            raise ImageError(plan.docker.image, "not found in the engine; run `runner build <job>`") from e
+        except docker.errors.APIError as e:
+            msg = "docker"
+            raise ExecutorError(msg, f"cannot create the container: {e.explanation or e}") from e
+        interrupted = False
+        try:
+            on_start(StepHandle(container_id=container.id))
+            container.start()
+            try:
+                for chunk in container.logs(stream=True, follow=True):
+                    self.out.write(chunk)
+                    self.out.flush()
+                status = container.wait()
+            except KeyboardInterrupt:
+                interrupted = True
+                status = self._stop(container)
+            container.reload()
+            oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
+            return StepOutcome(exit_code=int(status.get("StatusCode", 1)), oom_killed=oom, interrupted=interrupted)
+        finally:
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
+
+    def _stop(self, container: Container) -> dict[str, Any]:
+        """docker stop: SIGTERM, SIGKILL after the grace period. A second Ctrl-C kills at once."""
+        try:
+            container.stop(timeout=int(self.grace_s))
+        except KeyboardInterrupt:
+            container.kill()
+        result: dict[str, Any] = container.wait()
+        return result
+
+    def stop(self, step: StepRecord, grace_s: float) -> bool:
+        if not step.container_id:
+            return False
+        try:
+            c = self.client.containers.get(step.container_id)
+        except docker.errors.NotFound:
+            return False
+        if c.status != "running":
+            return False
+        c.stop(timeout=int(grace_s))
+        return True
+
+    def is_alive(self, step: StepRecord) -> bool:
+        if not step.container_id:
+            return False
+        try:
+            return bool(self.client.containers.get(step.container_id).status == "running")
+        except docker.errors.NotFound:
+            return False
+
+    def engine_facts(self) -> tuple[tuple[str, ...], bool, str]:
+        """(runtimes, CDI GPU devices present, docker root dir)."""
+        info = self.client.info()
+        runtimes = tuple(sorted((info.get("Runtimes") or {}).keys()))
+        cdi = any("nvidia.com/gpu" in str(d) for d in (info.get("DiscoveredDevices") or []))
+        return runtimes, cdi, str(info.get("DockerRootDir", "/var/lib/docker"))
+
+    def image_id(self, tag: str) -> str | None:
+        try:
+            return str(self.client.images.get(tag).id)
+        except docker.errors.ImageNotFound:
+            return None

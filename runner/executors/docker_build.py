@@ -1,0 +1,93 @@
+"""Build a policy image through the Docker SDK, streaming its output to the terminal and a log file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import docker.errors
+
+from runner.errors import ImageError
+from runner.images import ImagePlan, generated_files
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    tag: str
+    id: str
+    built: bool
+
+
+def ensure_image(client: Any, plan: ImagePlan, log_path: Path, out: BinaryIO, *, rebuild: bool = False
+                 ) -> ImageResult:
+    """The image for `plan`, built only when no image has its tag (the tag is the content hash)."""
+    if not rebuild:
+        try:
+            return ImageResult(plan.tag, str(client.images.get(plan.tag).id), built=False)
+        except docker.errors.ImageNotFound:
+            pass
+    _check_base(client, plan)
+    with tempfile.TemporaryDirectory(prefix="rr-build-") as tmp:
+        ctx = Path(tmp)
+        _stage(ctx, plan)
+        image_id = _build(client, ctx, plan, log_path, out)
+    return ImageResult(plan.tag, image_id, built=True)
+
+
+def _check_base(client: Any, plan: ImagePlan) -> None:
+    base = plan.inputs.base
+    try:
+        client.images.get(base)
+    except docker.errors.ImageNotFound:
+        hint = ("build it with `make base-image` (debootstrap + docker import; no registry needed)"
+                if base.startswith("robo-runner/") else f"pull it (`docker pull {base}`) or set image.base")
+        raise ImageError(plan.tag, f"base image {base} is not in the engine: {hint}") from None
+
+
+def _stage(ctx: Path, plan: ImagePlan) -> None:
+    for name, text in generated_files(plan.inputs, plan.dockerfile).items():
+        (ctx / name).parent.mkdir(parents=True, exist_ok=True)
+        (ctx / name).write_text(text)
+    for name, src in plan.files.items():
+        dst = ctx / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dst)  # wheels can be hundreds of MB: link, copy only across file systems
+        except OSError:
+            shutil.copyfile(src, dst)
+
+
+def _build(client: Any, ctx: Path, plan: ImagePlan, log_path: Path, out: BinaryIO) -> str:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    image_id: str | None = None
+    tail: list[str] = []
+    with open(log_path, "ab") as log:
+        try:
+            stream = client.api.build(path=str(ctx), tag=plan.tag, rm=True, forcerm=True, decode=True,
+                                      buildargs=dict(plan.inputs.build_args),
+                                      labels={"runner.image": plan.inputs.image})
+            for item in stream:
+                text = item.get("stream") or item.get("status") or ""
+                if "error" in item:
+                    text = f"ERROR: {item['error']}\n"
+                if text:
+                    data = text.encode()
+                    log.write(data)
+                    log.flush()
+                    out.write(data)
+                    out.flush()
+                    tail = (tail + text.splitlines())[-20:]
+                if "aux" in item and "ID" in item["aux"]:
+                    image_id = item["aux"]["ID"]
+                if "error" in item:
+                    msg = f"build failed (log: {log_path}):\n" + "\n".join(tail)
+                    raise ImageError(plan.tag, msg)
+        except docker.errors.APIError as e:
+            raise ImageError(plan.tag, f"the engine refused the build: {e.explanation or e}") from e
+    if image_id is None:
+        image_id = str(client.images.get(plan.tag).id)
+    return image_id

@@ -1,0 +1,79 @@
+"""Local executor: the step as a subprocess in this environment (a GPU box without docker, debugging)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import BinaryIO
+
+from runner.executors.base import GRACE_S, StepHandle, StepOutcome
+from runner.plan import StepPlan
+from runner.records import StepRecord
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(self, environ: Mapping[str, str] | None = None, out: BinaryIO | None = None,
+                 grace_s: float = GRACE_S) -> None:
+        self.environ = dict(os.environ if environ is None else environ)
+        self.out = out or sys.stdout.buffer
+        self.grace_s = grace_s
+
+    def run_step(self, plan: StepPlan, on_start: Callable[[StepHandle], None]) -> StepOutcome:
+        env = {**self.environ, **dict(plan.local.env)}
+        # Own session: a closed terminal's SIGHUP does not reach the step; the runner forwards Ctrl-C itself.
+        proc = subprocess.Popen(list(plan.local.argv), env=env, cwd=plan.local.cwd, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        on_start(StepHandle(pid=proc.pid))
+        interrupted = False
+        try:
+            assert proc.stdout is not None
+            for chunk in iter(lambda: proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
+                self.out.write(chunk)
+                self.out.flush()
+            rc = proc.wait()
+        except KeyboardInterrupt:
+            interrupted = True
+            rc = _terminate(proc, self.grace_s)
+        return StepOutcome(exit_code=rc if rc >= 0 else 128 - rc, interrupted=interrupted)
+
+    def stop(self, step: StepRecord, grace_s: float) -> bool:
+        if step.pid is None or not self.is_alive(step):
+            return False
+        os.killpg(step.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and self.is_alive(step):
+            time.sleep(0.1)
+        if self.is_alive(step):
+            os.killpg(step.pid, signal.SIGKILL)
+        return True
+
+    def is_alive(self, step: StepRecord) -> bool:
+        if step.pid is None:
+            return False
+        try:
+            os.killpg(step.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+
+def _terminate(proc: subprocess.Popen[bytes], grace_s: float) -> int:
+    """SIGTERM the step's process group, SIGKILL after the grace period; returns its exit status."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            return proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        except KeyboardInterrupt:
+            continue  # a second Ctrl-C goes straight to SIGKILL
+    return proc.wait()

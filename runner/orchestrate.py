@@ -1,0 +1,237 @@
+"""Run a job's steps: preflight, lock, record, image, then each step through its executor, with diagnosis."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from policies import PIPELINE
+from runner import preflight, records
+from runner.diagnose import FailureFacts, classify, tail_text
+from runner.dockerargs import render_cli
+from runner.errors import PreflightError, RunnerError, SpecError, SpecProblem
+from runner.executors.base import Executor, StepHandle
+from runner.jobs import JOB_COPY, JOB_SOURCE
+from runner.machine import gather_machine, git_info
+from runner.plan import StepPlan, build_plan, job_dir, redact_spec
+from runner.records import JobLock, RunRecord, StepRecord
+from runner.spec.load import LoadedJob
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class RunRequest:
+    job: LoadedJob
+    steps: list[str] = field(default_factory=list)  # empty: the job's pipeline
+    executor: str | None = None  # None: the job's
+    resume: bool = False
+    rebuild: bool = False
+
+
+def pipeline_steps(job: LoadedJob) -> list[str]:
+    """Steps `runner run JOB` runs: the job's listed steps in pipeline order (deploy only by name)."""
+    listed = job.step_names()
+    if not job.policy.fixed_steps:
+        return listed
+    return [s for s in PIPELINE if s in listed]
+
+
+def check_steps(job: LoadedJob, steps: list[str]) -> None:
+    listed = job.step_names()
+    problems = [SpecProblem(job.file, None, None, "steps",
+                            f"the job has no step {s!r}; it lists: {', '.join(listed) or 'none'}. "
+                            f"Add `{s}:` under steps to run it with its defaults")
+                for s in steps if s not in listed]
+    if problems:
+        raise SpecError(problems)
+
+
+def is_implemented(job: LoadedJob, step: str) -> bool:
+    if not job.policy.fixed_steps or job.step(step).command is not None:
+        return True
+    return step in job.policy.implemented
+
+
+class Orchestrator:
+    """Owns one run. Executors and clocks are injected so tests can drive it without docker."""
+
+    def __init__(self, environ: Mapping[str, str], say: Say, out: BinaryIO | None = None,
+                 now: Callable[[], datetime] = datetime.now,
+                 make_executor: Callable[[str], Executor] | None = None) -> None:
+        self.environ = dict(environ)
+        self.say = say
+        self.out = out or sys.stdout.buffer
+        self.now = now
+        self._make_executor = make_executor or self._default_executor
+        self.machine = gather_machine(self.environ)
+
+    def _default_executor(self, name: str) -> Executor:
+        if name == "docker":
+            from runner.executors.docker import DockerExecutor
+
+            return DockerExecutor(environ=self.environ, out=self.out)
+        from runner.executors.local import LocalExecutor
+
+        return LocalExecutor(environ=self.environ, out=self.out)
+
+    def run(self, req: RunRequest) -> RunRecord:
+        job = req.job
+        steps = req.steps or pipeline_steps(job)
+        check_steps(job, steps)
+        executor_name = req.executor or job.spec.executor
+        reasons = [str(i) for s in steps for i in preflight.check_paths(job, s)]
+        reasons += preflight.check_disk(job.spec.outputs.runs_dir,
+                                        preflight.gather_free(job.spec.outputs.runs_dir))
+        reasons = list(dict.fromkeys(reasons))
+        executor = self._make_executor(executor_name)
+        image: dict[str, Any] = {}
+        if executor_name == "docker":
+            reasons += self._engine_checks(job, executor)
+        if reasons:
+            raise PreflightError(reasons)
+        lock = JobLock(job_dir(job), job.name)
+        run_id = records.new_run_id(self.now())
+        lock.acquire({"run": run_id, "pid": os.getpid(), "host": self.machine.hostname})
+        try:
+            record = self._new_record(job, run_id, executor_name, req.resume)
+            if executor_name == "docker" and any(is_implemented(job, s) for s in steps):
+                image = self._ensure_image(job, executor, record, req.rebuild)
+            self._run_steps(job, steps, executor, record, image.get("tag", ""), req.resume)
+        finally:
+            lock.release()
+        return record
+
+    def _engine_checks(self, job: LoadedJob, executor: Executor) -> list[str]:
+        from runner.executors.docker import DockerExecutor
+        from runner.images import plan_image
+
+        if not isinstance(executor, DockerExecutor):
+            return []
+        runtimes, cdi, root = executor.engine_facts()
+        tag = plan_image(job.spec.image, job.policy, self.environ).tag
+        free = preflight.gather_free(Path(root)) if Path(root).exists() else None
+        facts = preflight.EngineFacts(runtimes, cdi, free, executor.image_id(tag) is not None)
+        return preflight.check_engine(job, facts)
+
+    def _ensure_image(self, job: LoadedJob, executor: Executor, record: RunRecord, rebuild: bool) -> dict[str, Any]:
+        from runner.executors.docker import DockerExecutor
+        from runner.executors.docker_build import ensure_image
+        from runner.images import plan_image
+
+        assert isinstance(executor, DockerExecutor)
+        plan = plan_image(job.spec.image, job.policy, self.environ)
+        log = job_dir(job) / record.run_id / "build.log"
+        result = ensure_image(executor.client, plan, log, self.out, rebuild=rebuild)
+        self.say(f"image {result.tag} " + ("built" if result.built else "up to date"))
+        record.image = {"tag": result.tag, "id": result.id, "built": result.built}
+        records.save(record, job.spec.outputs.runs_dir)
+        return record.image
+
+    def _new_record(self, job: LoadedJob, run_id: str, executor: str, resume: bool) -> RunRecord:
+        runs = job.spec.outputs.runs_dir
+        record = RunRecord(
+            job=job.name, run_id=run_id, policy=job.policy.name, job_file=str(job.file),
+            spec_as_written=job.text, spec_resolved=redact_spec(job.spec.model_dump(mode="json")),
+            host=socket.gethostname(), git=git_info(job.file), executor=executor, status="running",
+            started=self.now().isoformat(timespec="seconds"), resume=resume)
+        path = records.save(record, runs)
+        _write_text_atomic(job_dir(job) / JOB_COPY, job.text)
+        _write_text_atomic(job_dir(job) / JOB_SOURCE, str(job.file) + "\n")
+        self.say(f"run {job.name}/{run_id} -> {path.parent}")
+        return record
+
+    def _run_steps(self, job: LoadedJob, steps: list[str], executor: Executor, record: RunRecord,
+                   image: str, resume: bool) -> None:
+        runs = job.spec.outputs.runs_dir
+        for name in steps:
+            step = record.step(name)
+            if not is_implemented(job, name):
+                step.status = "not_implemented"
+                self.say(f"[yellow]{name}: the {job.policy.name} {name} step is not implemented yet; skipped[/]")
+                records.save(record, runs)
+                continue
+            plan = build_plan(job, name, self.machine, run_id=record.run_id, image=image,
+                              resume=resume and name == "train", executor=executor.name)
+            for w in plan.warnings:
+                self.say(f"[yellow]warning: {w}[/]")
+            self._start_step(plan, step, executor.name)
+            records.save(record, runs)
+            self.say(f"[bold]{name}[/] started ({executor.name}); log: {plan.log_file}")
+
+            def on_start(h: StepHandle, step: StepRecord = step) -> None:
+                step.container_id, step.pid = h.container_id, h.pid
+                records.save(record, runs)
+
+            outcome = executor.run_step(plan, on_start)
+            step.exit_code = outcome.exit_code
+            step.ended = self.now().isoformat(timespec="seconds")
+            step.status = ("succeeded" if outcome.exit_code == 0 else
+                           "interrupted" if outcome.interrupted else "failed")
+            if step.status != "succeeded":
+                self._diagnose(job, plan, step, outcome.oom_killed)
+                break
+        statuses = {s.status for s in record.steps}
+        record.status = next((s for s in ("interrupted", "failed") if s in statuses), "succeeded")
+        record.ended = self.now().isoformat(timespec="seconds")
+        records.save(record, runs)
+
+    def _start_step(self, plan: StepPlan, step: StepRecord, executor: str) -> None:
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        for m in plan.docker.mounts:
+            if not m.read_only:
+                Path(m.source).mkdir(parents=True, exist_ok=True)  # outputs: a missing folder is created, as yours
+        records.write_json_atomic(plan.run_dir / f"{plan.step}.context.json", plan.contexts[executor])
+        step.status, step.executor = "running", executor
+        step.started = self.now().isoformat(timespec="seconds")
+        step.log = str(plan.log_file)
+        step.command = render_cli(plan.docker) if executor == "docker" else list(plan.local.argv)
+
+    def _diagnose(self, job: LoadedJob, plan: StepPlan, step: StepRecord, oom: bool) -> None:
+        try:
+            tail = tail_text(plan.log_file.read_bytes()[-65536:])
+        except OSError:
+            tail = ""
+        opts = job.step(plan.step)
+        nccl = dict((e.name, e.value) for e in plan.docker.env).get("NCCL_SOCKET_IFNAME")
+        facts = FailureFacts(step=plan.step, exit_code=step.exit_code or 0, oom_killed=oom, log_tail=tail,
+                             shm_size=plan.docker.shm_size, shm_needed=opts.loader_shm_bytes(),
+                             num_workers=opts.num_workers, nccl_ifname=nccl,
+                             interfaces=tuple(i.name for i in self.machine.interfaces))
+        diagnosis = classify(facts)
+        if diagnosis:
+            step.diagnosis = diagnosis.as_dict()
+            self.say(f"[red]{plan.step} failed (exit {step.exit_code}): {diagnosis.cause}[/]\n  fix: {diagnosis.fix}")
+        else:
+            self.say(f"[red]{plan.step} failed (exit {step.exit_code})[/]; see {plan.log_file}")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def exit_code_of(record: RunRecord) -> int:
+    """The CLI's exit status for a finished run: the failing step's code, 130 when interrupted."""
+    if record.status == "interrupted":
+        return 130
+    for s in record.steps:
+        if s.status == "failed":
+            return s.exit_code or 1
+    return 0
+
+
+def dump_json(data: Any) -> str:
+    return json.dumps(data, indent=2, default=str)
+
+
+__all__ = ["Orchestrator", "RunRequest", "RunnerError", "exit_code_of"]

@@ -1,0 +1,303 @@
+"""PURE: build_plan(job, step, machine, ...) -> StepPlan. Everything a step needs to start, with the why of each option."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner import layout
+from runner.dockerargs import BindMount, DockerRunArgs, EnvVar, GpuRequest, Ulimit, render_cli, render_shell
+from runner.netif import Interface, choose_nccl_ifname
+from runner.spec.load import LoadedJob
+from runner.spec.models import StepSpec
+from runner.spec.types import format_size
+
+GIB = 1024**3
+#: /dev/shm for training when the loader needs less: docker's 64 MB default is what killed DP3's workers.
+TRAIN_SHM = 8 * GIB
+OTHER_SHM = 2 * GIB
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Facts about where the runner runs, gathered once by runner.machine (the only impure part)."""
+
+    uid: int
+    gid: int
+    hostname: str
+    interfaces: tuple[Interface, ...]
+    code_dir: Path
+    python: str
+    environ: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LocalArgs:
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]  # overlaid on the runner's environment
+    cwd: str
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    job: str
+    step: str
+    run_id: str
+    executor: str
+    docker: DockerRunArgs
+    local: LocalArgs
+    why: tuple[tuple[str, str], ...]
+    warnings: tuple[str, ...]
+    contexts: Mapping[str, Mapping[str, Any]]  # executor -> JSON the step reads (paths as it sees them)
+    log_file: Path  # on the host
+    run_dir: Path  # on the host
+
+
+def job_dir(job: LoadedJob) -> Path:
+    return job.spec.outputs.runs_dir / job.name
+
+
+def container_name(job: str, step: str, run_id: str) -> str:
+    return f"rr-{job}-{step}-{run_id}"
+
+
+def build_plan(job: LoadedJob, step: str, machine: Machine, *, run_id: str, image: str,
+               resume: bool = False, executor: str | None = None) -> StepPlan:
+    """Everything needed to run `step` of `job` as run `run_id`, for both executors."""
+    opts: StepSpec | None = job.step(step)
+    if opts is None and step == "shell":
+        opts = StepSpec()  # `runner shell`: the job's mounts and env, no step options
+    if opts is None:
+        msg = f"{job.name} has no step {step!r}"
+        raise KeyError(msg)
+    spec = job.spec
+    why: list[tuple[str, str]] = []
+    warnings: list[str] = []
+    host_job = job_dir(job)
+    host_run = host_job / run_id
+    c_run = layout.JOB / run_id
+
+    mounts, c_paths, h_paths = _mounts(job, step, machine, why)
+    shm = _shm(job, step, opts, why, warnings)
+    gpus = _gpus(spec.resources.gpus)
+    network = opts.network or "bridge"
+    if network == "host":
+        why.append(("--network host", f"step {step} asks for the host network (robot/camera links)"))
+    if opts.privileged:
+        warnings.append(f"step {step} runs --privileged: it can reach every device of the host")
+    nccl = choose_nccl_ifname(list(machine.interfaces), explicit=spec.resources.nccl_socket_ifname,
+                              multi_node=spec.resources.nodes > 1, network=network)
+    if nccl.problem:
+        warnings.append(nccl.problem)
+    why.append((f"NCCL_SOCKET_IFNAME={nccl.ifname}", nccl.why))
+
+    base_env = _env(job, step, opts, run_id, nccl.ifname, gpus is not None)
+    secret_names = {e.name for e in base_env if e.secret}
+    pass_env = tuple(sorted(n for n in machine.environ
+                            if n.startswith(layout.PASSTHROUGH_PREFIXES) and n not in {e.name for e in base_env}))
+    if pass_env:
+        why.append(("--env " + " ".join(pass_env), "passed through from your environment by name; values not shown"))
+    if secret_names:
+        why.append(("--env " + " ".join(sorted(secret_names)), "secrets: given to the container, never printed or recorded"))
+
+    log_name = f"{step}.log"
+    c_context = _context(job, step, opts, run_id, resume, c_paths, str(c_run))
+    h_context = _context(job, step, opts, run_id, resume, h_paths, str(host_run))
+    inner_c = _inner_command(job, step, opts, "python3")
+    inner_h = _inner_command(job, step, opts, machine.python)
+    labels = (("runner.managed", "1"), ("runner.job", job.name), ("runner.step", step), ("runner.run_id", run_id))
+    docker = DockerRunArgs(
+        image=image,
+        command=("python3", "-m", "runner.inside", "--log", f"{c_run}/{log_name}", "--", *inner_c),
+        name=container_name(job.name, step, run_id),
+        user=f"{machine.uid}:{machine.gid}",
+        workdir=str(c_run),
+        labels=labels,
+        env=(*_container_env(base_env, c_run, c_paths, opts), EnvVar("RUNNER_CONTEXT", f"{c_run}/{step}.context.json")),
+        pass_env=pass_env,
+        mounts=tuple(mounts),
+        gpus=gpus,
+        shm_size=shm,
+        ipc_mode="private",
+        network=network,
+        ulimits=(Ulimit("memlock", -1, -1), Ulimit("stack", 67108864, 67108864)),
+        devices=tuple(opts.devices),
+        privileged=opts.privileged,
+        cpus=spec.resources.cpus,
+        memory=spec.resources.memory,
+        init=True,
+    )
+    why += [
+        ("--user", f"{machine.uid}:{machine.gid}: files written to mounts belong to you, not root"),
+        ("--ipc private", "--shm-size applies to a private IPC namespace; the host's is not shared"),
+        ("--ulimit memlock=-1 --ulimit stack=67108864", "pinned memory and deep stacks for PyTorch/NCCL (NVIDIA's settings)"),
+        ("--workdir", f"the run folder {host_run}: relative outputs land there"),
+        ("python3 -m runner.inside", f"tees output to {host_run / log_name} from inside, so a lost terminal loses nothing"),
+    ]
+    why.append(("--init", "a real PID 1 reaps orphaned DataLoader/launcher processes and forwards docker stop's SIGTERM"))
+    if gpus is not None:
+        note = " (the quotes are the docker CLI's syntax for a device list)" if gpus.device_ids else ""
+        why.append(("--gpus", f"resources.gpus: {spec.resources.gpus}{note}"))
+    local_env = [(e.name, e.value) for e in base_env]
+    local_env += [("PYTHONPATH", _pythonpath(str(machine.code_dir), h_paths, opts)),
+                  ("RUNNER_CONTEXT", str(host_run / f"{step}.context.json")), ("RUNNER_RUN_DIR", str(host_run))]
+    local_env += _cuda_visible(spec.resources.gpus)
+    local = LocalArgs(
+        argv=(machine.python, "-m", "runner.inside", "--log", str(host_run / log_name), "--", *inner_h),
+        env=tuple(local_env), cwd=str(host_run))
+    return StepPlan(job=job.name, step=step, run_id=run_id, executor=executor or spec.executor,
+                    docker=docker, local=local, why=tuple(why), warnings=tuple(warnings),
+                    contexts={"docker": c_context, "local": h_context},
+                    log_file=host_run / log_name, run_dir=host_run)
+
+
+def _mounts(job: LoadedJob, step: str, machine: Machine, why: list[tuple[str, str]]
+            ) -> tuple[list[BindMount], dict[str, Any], dict[str, Any]]:
+    spec = job.spec
+    mounts = [BindMount(str(machine.code_dir), str(layout.CODE), True),
+              BindMount(str(job_dir(job)), str(layout.JOB), False)]
+    c: dict[str, Any] = {"code": str(layout.CODE), "job_dir": str(layout.JOB),
+                         "checkpoints": str(layout.JOB / layout.CHECKPOINTS), "weights": {}, "third_party": {}}
+    h: dict[str, Any] = {"code": str(machine.code_dir), "job_dir": str(job_dir(job)),
+                         "checkpoints": str(job_dir(job) / layout.CHECKPOINTS), "weights": {}, "third_party": {}}
+    why.append((f"--mount {layout.CODE}", "runner and policy code, read-only: editing code needs no image rebuild"))
+    why.append((f"--mount {layout.JOB}", "the job's runs and checkpoints, read-write: outputs survive the container"))
+    if spec.data.raw is not None:
+        mounts.append(BindMount(str(spec.data.raw), str(layout.RAW), True))
+        c["raw"], h["raw"] = str(layout.RAW), str(spec.data.raw)
+    if spec.data.converted is not None:
+        writes = step == "convert"
+        mounts.append(BindMount(str(spec.data.converted), str(layout.CONVERTED), not writes))
+        c["converted"], h["converted"] = str(layout.CONVERTED), str(spec.data.converted)
+        why.append((f"--mount {layout.CONVERTED}",
+                    "read-write: convert writes it" if writes else "read-only: only convert writes converted data"))
+    for group, root in (("weights", layout.WEIGHTS), ("third_party", layout.THIRD_PARTY)):
+        for name, path in getattr(spec, group).items():
+            if group == "third_party" and name == "gello" and not _uses_gello(job, step):
+                continue
+            mounts.append(BindMount(str(path), str(root / name), True))
+            c[group][name], h[group][name] = str(root / name), str(path)
+    for m in spec.mounts:
+        mounts.append(BindMount(str(m.source), m.target, m.read_only))
+    return mounts, c, h
+
+
+def _uses_gello(job: LoadedJob, step: str) -> bool:
+    """third_party.gello is mounted (and put on PYTHONPATH) only for steps that set `gello: true`."""
+    opts = job.step(step)
+    return bool(opts is not None and opts.gello)
+
+
+def _shm(job: LoadedJob, step: str, opts: StepSpec, why: list[tuple[str, str]], warnings: list[str]) -> int:
+    need = opts.loader_shm_bytes()
+    explicit = opts.shm or job.spec.resources.shm
+    if explicit is not None:
+        if need > explicit:
+            warnings.append(f"steps.{step}: /dev/shm {format_size(explicit)} is below the ~{_gib(need)} its "
+                            f"{opts.num_workers} DataLoader workers need; expect 'Bus error' (raise shm or lower num_workers)")
+        why.append((f"--shm-size {format_size(explicit)}", "set in the job"))
+        return explicit
+    base = TRAIN_SHM if step == "train" else OTHER_SHM
+    size = max(base, -(-int(need * 1.25) // GIB) * GIB)
+    reason = (f"{opts.num_workers} DataLoader workers need ~{_gib(need)}; raised with 25% headroom" if size > base
+              else f"default for {step} (docker's 64m default crashes DataLoader workers with 'Bus error')")
+    why.append((f"--shm-size {format_size(size)}", reason))
+    return size
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.1f}g"
+
+
+def _gpus(value: Any) -> GpuRequest | None:
+    if value == "all":
+        return GpuRequest(all=True)
+    if isinstance(value, list):
+        return GpuRequest(device_ids=tuple(str(i) for i in value))
+    return GpuRequest(count=value) if value else None
+
+
+def _cuda_visible(value: Any) -> list[tuple[str, str]]:
+    if isinstance(value, list):
+        return [("CUDA_VISIBLE_DEVICES", ",".join(str(i) for i in value))]
+    if isinstance(value, int) and value > 0:
+        return [("CUDA_VISIBLE_DEVICES", ",".join(str(i) for i in range(value)))]
+    if value == 0:
+        return [("CUDA_VISIBLE_DEVICES", "")]
+    return []
+
+
+def _env(job: LoadedJob, step: str, opts: StepSpec, run_id: str, nccl: str, gpus: bool) -> list[EnvVar]:
+    env: dict[str, str] = {"PYTHONUNBUFFERED": "1", **layout.NVLS_OFF, "NCCL_SOCKET_IFNAME": nccl}
+    if gpus:
+        env["NVIDIA_DRIVER_CAPABILITIES"] = "compute,utility,graphics" if step == "eval" else "compute,utility"
+    env.update({"RUNNER_JOB": job.name, "RUNNER_STEP": step, "RUNNER_RUN_ID": run_id,
+                "RUNNER_POLICY": job.policy.name})
+    env.update({k: _str(v) for k, v in job.spec.env.items()})
+    env.update({k: _str(v) for k, v in opts.env.items()})
+    return [EnvVar(k, v, layout.is_secret(k)) for k, v in env.items()]
+
+
+def _str(v: Any) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else str(v)
+
+
+def _pythonpath(code: str, paths: Mapping[str, Any], opts: StepSpec) -> str:
+    parts = [code]
+    gello = paths["third_party"].get("gello")
+    if opts.gello and gello:
+        parts.append(gello)
+    return ":".join(parts)
+
+
+def _container_env(base: list[EnvVar], c_run: Any, c_paths: Mapping[str, Any], opts: StepSpec) -> list[EnvVar]:
+    return [*base, EnvVar("PYTHONPATH", _pythonpath(str(layout.CODE), c_paths, opts)),
+            EnvVar("HOME", layout.HOME), EnvVar("RUNNER_RUN_DIR", str(c_run))]
+
+
+def _inner_command(job: LoadedJob, step: str, opts: StepSpec, python: str) -> list[str]:
+    cmd = opts.command
+    if cmd is None:
+        return [python, "-m", job.policy.entry, step]
+    if isinstance(cmd, str):
+        return ["sh", "-c", cmd]
+    return list(cmd)
+
+
+def _context(job: LoadedJob, step: str, opts: StepSpec, run_id: str, resume: bool,
+             paths: Mapping[str, Any], run_dir: str) -> dict[str, Any]:
+    return {
+        "schema_version": 1, "job": job.name, "policy": job.policy.name, "task": job.spec.task,
+        "step": step, "run_id": run_id, "resume": resume, "run_dir": run_dir, "paths": dict(paths),
+        "options": opts.model_dump(mode="json"),
+        "spec": redact_spec(job.spec.model_dump(mode="json")),
+    }
+
+
+def redact_spec(data: dict[str, Any]) -> dict[str, Any]:
+    """A spec dump with the values of secret-named env keys replaced, for records and contexts."""
+    def walk(v: Any, key: str | None) -> Any:
+        if isinstance(v, dict):
+            return {k: walk(x, k) for k, x in v.items()}
+        if isinstance(v, list):
+            return [walk(x, None) for x in v]
+        return "<redacted>" if key is not None and layout.is_secret(key) else v
+    out: dict[str, Any] = walk(data, None)
+    return out
+
+
+def render_plan_text(plan: StepPlan) -> str:
+    """What `runner plan` prints: the exact command, then why each non-obvious option is there."""
+    executor = plan.executor
+    if executor == "docker":
+        cmd = render_shell(render_cli(plan.docker))
+    else:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in plan.local.env)
+        cmd = f"cd {shlex.quote(plan.local.cwd)} && env {env} \\\n    " + " ".join(shlex.quote(x) for x in plan.local.argv)
+    lines = [f"# {plan.job} / {plan.step}  (run {plan.run_id}, executor {executor})", cmd, "", "# why:"]
+    lines += [f"#   {opt}: {reason}" for opt, reason in plan.why]
+    lines += [f"# WARNING: {w}" for w in plan.warnings]
+    return "\n".join(lines)

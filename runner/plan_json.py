@@ -1,0 +1,28 @@
+"""Versioned JSON view of plans (`runner plan --json`); secrets appear by name only."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+from runner.dockerargs import render_cli
+from runner.plan import StepPlan
+
+PLAN_SCHEMA = 1
+
+
+def plan_to_dict(p: StepPlan) -> dict[str, Any]:
+    docker = asdict(p.docker)
+    docker["env"] = [{"name": e.name, "value": None if e.secret else e.value, "secret": e.secret}
+                     for e in p.docker.env]
+    return {"job": p.job, "step": p.step, "run_id": p.run_id, "executor": p.executor,
+            "argv": render_cli(p.docker) if p.executor == "docker" else list(p.local.argv),
+            "docker": docker, "local": asdict(p.local),
+            "why": [{"option": o, "reason": r} for o, r in p.why], "warnings": list(p.warnings),
+            "log_file": str(p.log_file)}
+
+
+def plan_to_json(plans: list[StepPlan], image: str) -> str:
+    return json.dumps({"schema_version": PLAN_SCHEMA, "image": image, "steps": [plan_to_dict(p) for p in plans]},
+                      indent=2)

@@ -1,0 +1,100 @@
+"""Checks before anything is built or started. `check_*` are pure over gathered facts; `gather_*` read the machine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.spec.load import LoadedJob
+from runner.spec.types import format_size
+
+GIB = 1024**3
+#: Free space a run needs on the runs folder beyond what the image takes: logs, checkpoints of small jobs.
+MIN_RUNS_FREE = 2 * GIB
+#: Free space the engine needs for a build it has not cached yet (a torch image is ~2-3 GB unpacked).
+MIN_BUILD_FREE = 6 * GIB
+
+
+@dataclass(frozen=True)
+class PathIssue:
+    key: str
+    path: Path
+    problem: str  # "missing" | "unreadable"
+
+    def __str__(self) -> str:
+        if self.problem == "missing":
+            return f"{self.key}: {self.path} does not exist"
+        return f"{self.key}: {self.path} cannot be read by uid {os.getuid()} (the container runs as you)"
+
+
+def input_paths(job: LoadedJob, step: str | None) -> list[tuple[str, Path, bool]]:
+    """(key, host path, must exist for this step) for every path the job mounts."""
+    spec = job.spec
+    out: list[tuple[str, Path, bool]] = []
+    if spec.data.raw is not None:
+        out.append(("data.raw", spec.data.raw, step in (None, "convert")))
+    if spec.data.converted is not None:
+        out.append(("data.converted", spec.data.converted, step not in (None, "convert", "deploy")))
+    out += [(f"weights.{k}", v, True) for k, v in spec.weights.items()]
+    out += [(f"third_party.{k}", v, k != "gello" or _step_uses_gello(job, step)) for k, v in spec.third_party.items()]
+    out += [(f"mounts[{i}].source", m.source, True) for i, m in enumerate(spec.mounts)]
+    return out
+
+
+def _step_uses_gello(job: LoadedJob, step: str | None) -> bool:
+    opts = job.step(step) if step else None
+    return bool(opts is not None and opts.gello)
+
+
+def check_paths(job: LoadedJob, step: str | None) -> list[PathIssue]:
+    """Missing or unreadable inputs (a warning for validate/plan, an error for run)."""
+    issues = []
+    for key, path, required in input_paths(job, step):
+        if not path.exists():
+            if required or step is None:
+                issues.append(PathIssue(key, path, "missing"))
+        elif not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+            issues.append(PathIssue(key, path, "unreadable"))
+    return issues
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    runtimes: tuple[str, ...]
+    cdi_gpus: bool
+    docker_root_free: int | None
+    image_cached: bool
+
+
+def check_engine(job: LoadedJob, facts: EngineFacts) -> list[str]:
+    reasons = []
+    if job.spec.resources.gpus and "nvidia" not in facts.runtimes and not facts.cdi_gpus:
+        reasons.append(
+            f"resources.gpus is {job.spec.resources.gpus!r} but the Docker engine has no NVIDIA runtime "
+            f"(runtimes: {', '.join(facts.runtimes) or 'none'}). Install nvidia-container-toolkit and run "
+            "`nvidia-ctk runtime configure --runtime=docker`, or set resources.gpus: 0")
+    if not facts.image_cached and facts.docker_root_free is not None and facts.docker_root_free < MIN_BUILD_FREE:
+        reasons.append(f"the Docker engine has {format_size(facts.docker_root_free)} free; building the image "
+                       f"needs about {format_size(MIN_BUILD_FREE)}. Free space (`docker system prune`)")
+    return reasons
+
+
+def check_disk(runs_dir: Path, free: int) -> list[str]:
+    if free < MIN_RUNS_FREE:
+        return [f"{runs_dir} has {format_size(free)} free; a run needs at least {format_size(MIN_RUNS_FREE)}"]
+    return []
+
+
+def gather_free(path: Path) -> int:
+    """Free bytes on the file system that holds `path` (or its nearest existing parent)."""
+    p = path
+    while not p.exists() and p.parent != p:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def summarize(issues: Iterable[object]) -> list[str]:
+    return [str(i) for i in issues]

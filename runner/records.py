@@ -1,0 +1,152 @@
+"""Run records: runs/<job>/<run_id>/run.json, written atomically; run ids; the per-job lock."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from runner.errors import LockError, RecordError
+
+SCHEMA_VERSION = 1
+RECORD = "run.json"
+#: Step and run states. "running" is only trusted while its process or container is alive (see reconcile).
+STATES = ("pending", "running", "succeeded", "failed", "interrupted", "not_implemented", "lost")
+
+
+def new_run_id(now: datetime, token: str | None = None) -> str:
+    """Sortable and unique: 20261127-134501-3f9a."""
+    return now.strftime("%Y%m%d-%H%M%S") + "-" + (token or secrets.token_hex(2))
+
+
+@dataclass
+class StepRecord:
+    name: str
+    status: str = "pending"
+    exit_code: int | None = None
+    started: str | None = None
+    ended: str | None = None
+    executor: str | None = None
+    container_id: str | None = None
+    pid: int | None = None
+    command: list[str] = field(default_factory=list)
+    log: str | None = None
+    diagnosis: dict[str, str] | None = None
+    slurm_job_id: str | None = None
+
+
+@dataclass
+class RunRecord:
+    job: str
+    run_id: str
+    policy: str
+    job_file: str
+    spec_as_written: str
+    spec_resolved: dict[str, Any]
+    host: str
+    git: dict[str, Any]
+    executor: str
+    image: dict[str, Any] = field(default_factory=dict)
+    status: str = "pending"
+    started: str | None = None
+    ended: str | None = None
+    resume: bool = False
+    steps: list[StepRecord] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+
+    def step(self, name: str) -> StepRecord:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        rec = StepRecord(name)
+        self.steps.append(rec)
+        return rec
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temp file beside `path`, fsync, then rename over it: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save(record: RunRecord, runs_dir: Path) -> Path:
+    path = runs_dir / record.job / record.run_id / RECORD
+    write_json_atomic(path, asdict(record))
+    return path
+
+
+def load(path: Path) -> RunRecord:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise RecordError(path, "no such run record") from e
+    except (OSError, json.JSONDecodeError) as e:
+        raise RecordError(path, f"unreadable run record ({e})") from e
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise RecordError(path, f"record schema {data.get('schema_version')} is not {SCHEMA_VERSION}")
+    steps = [StepRecord(**s) for s in data.pop("steps", [])]
+    return RunRecord(**data, steps=steps)
+
+
+def list_runs(runs_dir: Path, job: str | None = None) -> list[Path]:
+    """Record paths, oldest first (run ids sort by time)."""
+    if not runs_dir.is_dir():
+        return []
+    jobs = [runs_dir / job] if job else sorted(p for p in runs_dir.iterdir() if p.is_dir())
+    out: list[Path] = []
+    for j in jobs:
+        if j.is_dir():
+            out += sorted(j.glob(f"*/{RECORD}"), key=lambda p: p.parent.name)
+    return out
+
+
+class JobLock:
+    """An exclusive flock on runs/<job>/.lock for the whole run; released when the process exits, even by SIGKILL."""
+
+    def __init__(self, job_dir: Path, job: str) -> None:
+        self.path = job_dir / ".lock"
+        self.job = job
+        self._f: TextIO | None = None
+
+    def acquire(self, holder: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the lock's lifetime
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            who = f.read().strip() or "another process"
+            f.close()
+            msg = (f"job {self.job} is already running ({who}). Two runs of one job would overwrite each "
+                   f"other's checkpoints: wait for it, or stop it with `runner stop {self.job}`.")
+            raise LockError(msg) from None
+        f.seek(0)
+        f.truncate()
+        f.write(" ".join(f"{k}={v}" for k, v in holder.items()))
+        f.flush()
+        self._f = f
+
+    def release(self) -> None:
+        if self._f is not None:
+            self._f.seek(0)
+            self._f.truncate()
+            fcntl.flock(self._f.fileno(), fcntl.LOCK_UN)
+            self._f.close()
+            self._f = None
+
+    def __enter__(self) -> JobLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -1,0 +1,107 @@
+"""Typed job spec: the fields every job has. Policy-specific step options live in policies/<name>/config.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from runner.spec.types import ByteSize, Gpus, JobName
+
+
+class Model(BaseModel):
+    """Strict base: unknown keys are errors, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+EnvValue = str | int | float | bool
+
+
+class StepSpec(Model):
+    """Options every step has: how its container is run. Policies subclass this with their own options."""
+
+    enabled: bool = True
+    command: list[str] | str | None = Field(
+        default=None, description="argv (or a shell string) run instead of the policy's own step")
+    env: dict[str, EnvValue] = Field(default_factory=dict)
+    shm: ByteSize | None = Field(default=None, description="/dev/shm size; default sized from the data loader")
+    network: Literal["bridge", "host", "none"] | None = None
+    devices: list[str] = Field(default_factory=list, description="host devices, e.g. /dev/bus/usb")
+    privileged: bool = False
+    gello: bool = Field(default=False, description="mount third_party.gello and put it on PYTHONPATH")
+    num_workers: int = Field(default=0, ge=0, description="DataLoader worker processes (they need /dev/shm)")
+
+    def loader_shm_bytes(self) -> int:
+        """Shared memory the step's DataLoader workers need; 0 when it loads in-process."""
+        return 0
+
+
+class StepsModel(Model):
+    """Base of a policy's `steps:` mapping: a step written with no options (`train:`) gets the defaults."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_is_default(cls, v: object) -> object:
+        return {} if v is None else v
+
+
+class Mount(Model):
+    source: Path
+    target: str
+    read_only: bool = True
+
+    @field_validator("target")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/"):
+            msg = f"a mount target is an absolute path inside the container, got {v!r}"
+            raise ValueError(msg)
+        return v
+
+
+class Resources(Model):
+    gpus: Gpus = 0
+    shm: ByteSize | None = Field(default=None, description="/dev/shm for every step unless the step sets its own")
+    cpus: float | None = Field(default=None, gt=0)
+    memory: ByteSize | None = None
+    nccl_socket_ifname: str | None = Field(default=None, description="override the detected interface")
+    nodes: int = Field(default=1, ge=1)
+
+
+class ImageSpec(Model):
+    base: str = Field(default="robo-runner/os:bookworm", description="image the policy image is built FROM")
+    pip: list[str] = Field(default_factory=list, description="extra pip requirements")
+    apt: list[str] = Field(default_factory=list, description="extra Debian packages")
+    build_args: dict[str, str] = Field(default_factory=dict)
+    ca_bundle: Path | None = Field(default=None, description="CA bundle for pip; default $PIP_CERT / $SSL_CERT_FILE")
+    wheelhouse: Path | None = Field(default=None, description="local wheels for pip; default $PIP_FIND_LINKS")
+    pip_index_url: str | None = None
+    pip_extra_index_url: str | None = None
+
+
+class DataPaths(Model):
+    raw: Path | None = Field(default=None, description="recorded demonstrations (input of convert)")
+    converted: Path | None = Field(default=None, description="converted training data (output of convert)")
+
+
+class Outputs(Model):
+    runs_dir: Path = Path("runs")
+
+
+class JobCommon(Model):
+    """Fields shared by every policy's job."""
+
+    name: JobName
+    description: str = ""
+    task: str | None = None
+    executor: Literal["docker", "local"] = "docker"
+    data: DataPaths = Field(default_factory=DataPaths)
+    weights: dict[str, Path] = Field(default_factory=dict)
+    third_party: dict[str, Path] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    image: ImageSpec = Field(default_factory=ImageSpec)
+    env: dict[str, EnvValue] = Field(default_factory=dict)
+    mounts: list[Mount] = Field(default_factory=list)
+    outputs: Outputs = Field(default_factory=Outputs)
