@@ -32,8 +32,9 @@ class LocalExecutor:
         on_start(StepHandle(pid=proc.pid))
         interrupted = False
         try:
-            assert proc.stdout is not None
-            for chunk in iter(lambda: proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
+            assert proc.stdout is not None  # PIPE was asked for
+            fd = proc.stdout.fileno()
+            for chunk in iter(lambda: os.read(fd, 65536), b""):
                 self.out.write(chunk)
                 self.out.flush()
             rc = proc.wait()
