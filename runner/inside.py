@@ -6,11 +6,13 @@ Stdlib only and tiny: it starts before every step. Usage: python -m runner.insid
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +22,13 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, sign
 def exit_file(log: Path) -> Path:
     """Where the exit code of the step logging to `log` is left."""
     return log.with_suffix(".exit")
+
+
+def _grace_s() -> float:
+    try:
+        return float(os.environ.get("RUNNER_STOP_GRACE_S", "30"))
+    except ValueError:
+        return 30.0
 
 
 def _stamp(msg: str) -> bytes:
@@ -32,7 +41,9 @@ def run(log_path: Path, cmd: list[str]) -> int:
     terminal_ok = True
     with open(log_path, "ab", buffering=0) as log:
         try:
-            child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            # Its own process group: a signal reaches the step and everything it started, as Ctrl-C in a
+            # terminal would (a shell waiting on `sleep` would otherwise sit on a SIGTERM until it returns).
+            child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as e:
             msg = _stamp(f"cannot start {cmd[0]!r}: {e.strerror}")
             log.write(msg)
@@ -41,9 +52,19 @@ def run(log_path: Path, cmd: list[str]) -> int:
             _leave_exit(log_path, 127)
             return 127
 
+        def kill_group(signum: int) -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signum)
+
         def forward(signum: int, _frame: object) -> None:
-            if child.poll() is None:
-                child.send_signal(signum)
+            if child.poll() is not None:
+                return
+            kill_group(signum)
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                # Whoever stops us may not be able to reach the step's group: escalate ourselves.
+                timer = threading.Timer(_grace_s(), kill_group, args=(signal.SIGKILL,))
+                timer.daemon = True
+                timer.start()
 
         for s in FORWARDED:
             signal.signal(s, forward)

@@ -12,6 +12,8 @@ WEIGHTS = PurePosixPath("/weights")
 THIRD_PARTY = PurePosixPath("/third_party")
 CHECKPOINTS = "checkpoints"  # under the job folder, shared by the job's runs so resume finds them
 HOME = "/tmp"  # the container user has no passwd entry; caches need a writable HOME
+#: Seconds between SIGTERM and SIGKILL when a step is stopped: long enough to write a checkpoint.
+STOP_GRACE_S = 30.0
 
 #: Env names whose values are never printed, logged or recorded.
 SECRET_SUFFIXES = ("_TOKEN", "_KEY", "_SECRET", "_PASSWORD", "_PASS", "_CREDENTIALS")

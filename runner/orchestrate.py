@@ -20,11 +20,13 @@ from runner.errors import PreflightError, RunnerError, SpecError, SpecProblem
 from runner.executors.base import Executor, StepHandle
 from runner.jobs import JOB_COPY, JOB_SOURCE
 from runner.machine import gather_machine, git_info
-from runner.plan import StepPlan, build_plan, job_dir, redact_spec
+from runner.plan import Machine, StepPlan, build_plan, job_dir, redact_spec
 from runner.records import JobLock, RunRecord, StepRecord
 from runner.spec.load import LoadedJob
 
 Say = Callable[[str], None]
+#: Exit codes of a step ended by SIGINT / SIGTERM (Ctrl-C, `runner stop`, `docker stop`).
+STOP_CODES = (130, 143)
 
 
 @dataclass
@@ -65,13 +67,13 @@ class Orchestrator:
 
     def __init__(self, environ: Mapping[str, str], say: Say, out: BinaryIO | None = None,
                  now: Callable[[], datetime] = datetime.now,
-                 make_executor: Callable[[str], Executor] | None = None) -> None:
+                 make_executor: Callable[[str], Executor] | None = None, machine: Machine | None = None) -> None:
         self.environ = dict(environ)
         self.say = say
         self.out = out or sys.stdout.buffer
         self.now = now
         self._make_executor = make_executor or self._default_executor
-        self.machine = gather_machine(self.environ)
+        self.machine = machine or gather_machine(self.environ)
 
     def _default_executor(self, name: str) -> Executor:
         if name == "docker":
@@ -170,11 +172,18 @@ class Orchestrator:
                 step.container_id, step.pid = h.container_id, h.pid
                 records.save(record, runs)
 
-            outcome = executor.run_step(plan, on_start)
+            try:
+                outcome = executor.run_step(plan, on_start)
+            except RunnerError as e:
+                step.status, step.ended = "failed", self.now().isoformat(timespec="seconds")
+                step.diagnosis = {"kind": "executor", "cause": str(e), "fix": ""}
+                record.status, record.ended = "failed", step.ended
+                records.save(record, runs)
+                raise
             step.exit_code = outcome.exit_code
             step.ended = self.now().isoformat(timespec="seconds")
-            step.status = ("succeeded" if outcome.exit_code == 0 else
-                           "interrupted" if outcome.interrupted else "failed")
+            stopped = outcome.interrupted or (outcome.exit_code in STOP_CODES and not outcome.oom_killed)
+            step.status = "succeeded" if outcome.exit_code == 0 else "interrupted" if stopped else "failed"
             if step.status != "succeeded":
                 self._diagnose(job, plan, step, outcome.oom_killed)
                 break

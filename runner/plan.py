@@ -83,13 +83,15 @@ def build_plan(job: LoadedJob, step: str, machine: Machine, *, run_id: str, imag
     mounts, c_paths, h_paths = _mounts(job, step, machine, why)
     shm = _shm(job, step, opts, why, warnings)
     gpus = _gpus(spec.resources.gpus)
-    network = opts.network or "bridge"
+    multi_node = spec.resources.nodes > 1
+    network = opts.network or ("host" if multi_node and step == "train" else "bridge")
     if network == "host":
-        why.append(("--network host", f"step {step} asks for the host network (robot/camera links)"))
+        why.append(("--network host", f"step {step} asks for the host network (robot/camera links)" if opts.network
+                    else "several nodes: ranks on other machines must reach this one's NCCL sockets"))
     if opts.privileged:
         warnings.append(f"step {step} runs --privileged: it can reach every device of the host")
     nccl = choose_nccl_ifname(list(machine.interfaces), explicit=spec.resources.nccl_socket_ifname,
-                              multi_node=spec.resources.nodes > 1, network=network)
+                              multi_node=multi_node, network=network)
     if nccl.problem:
         warnings.append(nccl.problem)
     why.append((f"NCCL_SOCKET_IFNAME={nccl.ifname}", nccl.why))
@@ -123,7 +125,7 @@ def build_plan(job: LoadedJob, step: str, machine: Machine, *, run_id: str, imag
         shm_size=shm,
         ipc_mode="private",
         network=network,
-        ulimits=(Ulimit("memlock", -1, -1), Ulimit("stack", 67108864, 67108864)),
+        ulimits=_ulimits(gpus is not None),
         devices=tuple(opts.devices),
         privileged=opts.privileged,
         cpus=spec.resources.cpus,
@@ -133,7 +135,7 @@ def build_plan(job: LoadedJob, step: str, machine: Machine, *, run_id: str, imag
     why += [
         ("--user", f"{machine.uid}:{machine.gid}: files written to mounts belong to you, not root"),
         ("--ipc private", "--shm-size applies to a private IPC namespace; the host's is not shared"),
-        ("--ulimit memlock=-1 --ulimit stack=67108864", "pinned memory and deep stacks for PyTorch/NCCL (NVIDIA's settings)"),
+        ("--ulimit", "stack=64m always; memlock=-1 with GPUs: pinned host memory for CUDA/NCCL (NVIDIA's settings)"),
         ("--workdir", f"the run folder {host_run}: relative outputs land there"),
         ("python3 -m runner.inside", f"tees output to {host_run / log_name} from inside, so a lost terminal loses nothing"),
     ]
@@ -185,6 +187,12 @@ def _mounts(job: LoadedJob, step: str, machine: Machine, why: list[tuple[str, st
     return mounts, c, h
 
 
+def _ulimits(gpus: bool) -> tuple[Ulimit, ...]:
+    # Unlimited memlock only where CUDA pins memory: an engine whose own hard limit is lower refuses it.
+    stack = Ulimit("stack", 67108864, 67108864)
+    return (Ulimit("memlock", -1, -1), stack) if gpus else (stack,)
+
+
 def _uses_gello(job: LoadedJob, step: str) -> bool:
     """third_party.gello is mounted (and put on PYTHONPATH) only for steps that set `gello: true`."""
     opts = job.step(step)
@@ -231,7 +239,8 @@ def _cuda_visible(value: Any) -> list[tuple[str, str]]:
 
 
 def _env(job: LoadedJob, step: str, opts: StepSpec, run_id: str, nccl: str, gpus: bool) -> list[EnvVar]:
-    env: dict[str, str] = {"PYTHONUNBUFFERED": "1", **layout.NVLS_OFF, "NCCL_SOCKET_IFNAME": nccl}
+    env: dict[str, str] = {"PYTHONUNBUFFERED": "1", **layout.NVLS_OFF, "NCCL_SOCKET_IFNAME": nccl,
+                           "RUNNER_STOP_GRACE_S": str(int(layout.STOP_GRACE_S))}
     if gpus:
         env["NVIDIA_DRIVER_CAPABILITIES"] = "compute,utility,graphics" if step == "eval" else "compute,utility"
     env.update({"RUNNER_JOB": job.name, "RUNNER_STEP": step, "RUNNER_RUN_ID": run_id,
@@ -295,7 +304,7 @@ def render_plan_text(plan: StepPlan) -> str:
     if executor == "docker":
         cmd = render_shell(render_cli(plan.docker))
     else:
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in plan.local.env)
+        env = " ".join(f"{k}=<secret>" if layout.is_secret(k) else f"{k}={shlex.quote(v)}" for k, v in plan.local.env)
         cmd = f"cd {shlex.quote(plan.local.cwd)} && env {env} \\\n    " + " ".join(shlex.quote(x) for x in plan.local.argv)
     lines = [f"# {plan.job} / {plan.step}  (run {plan.run_id}, executor {executor})", cmd, "", "# why:"]
     lines += [f"#   {opt}: {reason}" for opt, reason in plan.why]

@@ -7,11 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from runner.layout import STOP_GRACE_S
 from runner.plan import StepPlan
 from runner.records import StepRecord
 
-#: Seconds between SIGTERM and SIGKILL when a step is stopped: long enough to write a checkpoint.
-GRACE_S = 30.0
+GRACE_S = STOP_GRACE_S
 
 
 @dataclass

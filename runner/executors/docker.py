@@ -67,7 +67,11 @@ class DockerExecutor:
         interrupted = False
         try:
             on_start(StepHandle(container_id=container.id))
-            container.start()
+            try:
+                container.start()
+            except docker.errors.APIError as e:
+                msg = f"the container did not start: {e.explanation or e}"
+                raise ExecutorError(self.name, msg) from e
             try:
                 for chunk in container.logs(stream=True, follow=True):
                     self.out.write(chunk)

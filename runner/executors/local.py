@@ -46,8 +46,9 @@ class LocalExecutor:
     def stop(self, step: StepRecord, grace_s: float) -> bool:
         if step.pid is None or not self.is_alive(step):
             return False
-        os.killpg(step.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
+        # runner.inside forwards SIGTERM to the step's process group and escalates to SIGKILL itself.
+        os.kill(step.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s + 10
         while time.monotonic() < deadline and self.is_alive(step):
             time.sleep(0.1)
         if self.is_alive(step):
@@ -65,10 +66,14 @@ class LocalExecutor:
 
 
 def _terminate(proc: subprocess.Popen[bytes], grace_s: float) -> int:
-    """SIGTERM the step's process group, SIGKILL after the grace period; returns its exit status."""
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+    """SIGTERM runner.inside (it forwards to the step's group and escalates after the grace period);
+    SIGKILL its group if it is still there well after that. Returns its exit status."""
+    for sig, wait in ((signal.SIGTERM, grace_s + 10), (signal.SIGKILL, 10.0)):
         try:
-            os.killpg(proc.pid, sig)
+            if sig == signal.SIGTERM:
+                os.kill(proc.pid, sig)
+            else:
+                os.killpg(proc.pid, sig)
         except ProcessLookupError:
             break
         try:

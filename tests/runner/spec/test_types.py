@@ -1,0 +1,35 @@
+import pytest
+
+from runner.spec.types import format_size, parse_gpus, parse_size
+
+
+@pytest.mark.parametrize(("text", "n"), [("8g", 8 * 1024**3), ("512m", 512 * 1024**2), ("1.5GiB", 1536 * 1024**2),
+                                         ("64k", 65536), (" 2G ", 2 * 1024**3), (4096, 4096), ("100", 100)])
+def test_parse_size(text: object, n: int) -> None:
+    assert parse_size(text) == n
+
+
+@pytest.mark.parametrize("bad", ["lots", "8x", "", "-1g", 0, -5, True, "0.1b"])
+def test_parse_size_refuses(bad: object) -> None:
+    with pytest.raises(ValueError, match="size"):
+        parse_size(bad)
+
+
+def test_format_size_is_exact_and_round_trips() -> None:
+    for n in (8 * 1024**3, 1536 * 1024**2, 65536, 100, 3 * 1024**4):
+        assert parse_size(format_size(n)) == n
+    assert format_size(8 * 1024**3) == "8g"
+    assert format_size(1536 * 1024**2) == "1536m"
+
+
+@pytest.mark.parametrize(("value", "out"), [("all", "all"), ("ALL", "all"), (2, 2), ("2", 2), (0, 0), (None, 0),
+                                            ([0, 3], [0, 3])])
+def test_parse_gpus(value: object, out: object) -> None:
+    assert parse_gpus(value) == out
+
+
+@pytest.mark.parametrize(("value", "msg"), [([0, "a"], r"\[1\] 'a'"), ([1.5], r"\[0\] 1.5"), ([True], "True"),
+                                            (-1, "negative"), ("some", "'all'"), ([1, 1], "repeated"), ([], "empty")])
+def test_parse_gpus_refuses(value: object, msg: str) -> None:
+    with pytest.raises(ValueError, match=msg):
+        parse_gpus(value)

@@ -1,0 +1,104 @@
+import difflib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from runner.dockerargs import render_cli
+from runner.plan import Machine, StepPlan, build_plan, render_plan_text
+from runner.spec.load import LoadedJob, load_job
+
+REPO = Path(__file__).resolve().parents[2]
+SNAPSHOTS = REPO / "tests" / "snapshots" / "plan"
+RUN = "20261127-120000-abcd"
+
+
+def plan(job: LoadedJob, step: str, machine: Machine, **kw: object) -> StepPlan:
+    return build_plan(job, step, machine, run_id=RUN, image="robo-runner/x:1", **kw)  # type: ignore[arg-type]
+
+
+def shipped(name: str) -> LoadedJob:
+    return load_job(REPO / "jobs" / f"{name}.yaml", {})
+
+
+def check_snapshot(name: str, text: str) -> None:
+    text = text.replace(str(REPO), "<repo>")
+    path = SNAPSHOTS / f"{name}.txt"
+    if os.environ.get("UPDATE_SNAPSHOTS") or not path.exists():
+        path.write_text(text)
+    expected = path.read_text()
+    diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True), str(path), "rendered"))
+    assert not diff, f"plan differs from the reviewed snapshot (UPDATE_SNAPSHOTS=1 to accept):\n{diff}"
+
+
+@pytest.mark.parametrize(("job", "step"), [("dp3_banana", "train"), ("dp3_banana", "deploy"), ("rdt_demo_clean", "train")])
+def test_plan_snapshots(job: str, step: str, machine: Machine) -> None:
+    check_snapshot(f"{job}_{step}", render_plan_text(plan(shipped(job), step, machine)))
+
+
+def test_dp3_banana_train_fixes_every_docker_failure_of_the_workflow(machine: Machine) -> None:
+    argv = render_cli(plan(shipped("dp3_banana"), "train", machine).docker)
+    joined = " ".join(argv)
+    assert argv[argv.index("--shm-size") + 1] == "8g"  # Bus error with docker's 64m
+    assert "NCCL_SOCKET_IFNAME=lo" in argv  # eth0 did not exist
+    assert argv[argv.index("--gpus") + 1] == '"device=3"'
+    assert "--privileged" not in argv and argv[argv.index("--network") + 1] == "bridge"
+    assert argv[argv.index("--user") + 1] == "1000:1000"  # outputs not root-owned
+    for name in ("NCCL_NVLS_ENABLE=0", "TORCH_SYMM_MEM_DISABLE_MULTICAST=1", "NVSHMEM_DISABLE_NVLS=1"):
+        assert name in argv
+    assert "sekrit" not in joined and "WANDB_API_KEY" in argv  # passed through by name
+    converted = "/data2/blzou/dataset/robotwin/converted/move_banana_to_box-demo_clean"
+    assert f"type=bind,source={converted},target=/data/converted,readonly" in argv
+    assert "target=/job" in joined and "target=/job,readonly" not in joined
+    assert "/third_party/gello" not in joined  # only deploy asks for gello
+
+
+def test_convert_writes_converted_data(machine: Machine) -> None:
+    argv = render_cli(plan(shipped("dp3_banana"), "convert", machine).docker)
+    assert any(a.endswith("target=/data/converted") for a in argv)
+
+
+def test_deploy_gets_host_network_and_gello_on_pythonpath(machine: Machine) -> None:
+    p = plan(shipped("dp3_banana"), "deploy", machine)
+    argv = render_cli(p.docker)
+    assert argv[argv.index("--network") + 1] == "host"
+    assert "PYTHONPATH=/opt/robo-runner:/third_party/gello" in argv
+    assert any("--network host" in o for o, _ in p.why)
+
+
+def test_rdt_train_shm_raised_for_its_loader(machine: Machine, write_job: Callable[..., Path]) -> None:
+    job = load_job(write_job("name: a\npolicy: rdt\nsteps:\n  train:\n    train_batch_size: 64\n"), {})
+    p = plan(job, "train", machine)
+    need = job.step("train").loader_shm_bytes()
+    assert p.docker.shm_size is not None and p.docker.shm_size >= need * 1.25
+    assert p.docker.shm_size > 8 * 1024**3
+    assert any("DataLoader workers need" in r for _, r in p.why)
+
+
+def test_explicit_shm_below_need_warns(write_job: Callable[..., Path], machine: Machine) -> None:
+    job = load_job(write_job("name: a\npolicy: dp3\nsteps:\n  train:\n    num_workers: 8\n    shm: 64m\n"), {})
+    p = plan(job, "train", machine)
+    assert p.docker.shm_size == 64 * 1024**2
+    assert any("Bus error" in w for w in p.warnings)
+
+
+def test_bad_explicit_nccl_interface_is_a_warning_naming_real_ones(write_job: Callable[..., Path], machine: Machine) -> None:
+    job = load_job(write_job("name: a\npolicy: rdt\nresources: {nodes: 2, nccl_socket_ifname: eth0}\nsteps: {train: }\n"), {})
+    p = plan(job, "train", machine, executor="docker")
+    assert any("no interface matching eth0" in w and "enp5s0" in w for w in p.warnings)
+
+
+def test_local_args_mirror_the_container(machine: Machine, write_job: Callable[..., Path]) -> None:
+    job = load_job(write_job("name: a\npolicy: command\nresources: {gpus: [1, 2]}\nenv: {HF_TOKEN: t0k}\n"
+                             "steps:\n  go: {command: [echo, hi]}\n"), {})
+    p = plan(job, "go", machine, executor="local")
+    env = dict(p.local.env)
+    assert env["CUDA_VISIBLE_DEVICES"] == "1,2"
+    assert env["PYTHONPATH"] == "/src/robo-runner"
+    assert p.local.argv[-2:] == ("echo", "hi")
+    assert p.local.argv[:3] == ("/usr/bin/python3", "-m", "runner.inside")
+    assert p.contexts["local"]["paths"]["job_dir"] == str(job.spec.outputs.runs_dir / "a")
+    assert p.contexts["docker"]["paths"]["job_dir"] == "/job"
+    assert p.contexts["docker"]["spec"]["env"]["HF_TOKEN"] == "<redacted>"
+    assert "t0k" not in render_plan_text(p)
