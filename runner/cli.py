@@ -35,10 +35,12 @@ def _job(ref: str) -> LoadedJob:
 
 
 def _path_warnings(job: LoadedJob, step: str | None) -> None:
-    from runner.preflight import check_paths
+    from runner.preflight import check_paths, literal_secrets
 
     for issue in check_paths(job, step):
         _err(f"warning: {job.file}: {issue} (an error for `runner run`; fine for planning elsewhere)")
+    for text in literal_secrets(job):
+        _err(f"warning: {job.file}: {text}")
 
 
 def cmd_validate(a: argparse.Namespace) -> int:

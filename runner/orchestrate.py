@@ -19,6 +19,7 @@ from runner.dockerargs import render_cli
 from runner.errors import PreflightError, RunnerError, SpecError, SpecProblem
 from runner.executors.base import Executor, StepHandle
 from runner.jobs import JOB_COPY, JOB_SOURCE
+from runner.layout import is_secret
 from runner.machine import gather_machine, git_info
 from runner.plan import Machine, StepPlan, build_plan, job_dir, redact_spec
 from runner.records import JobLock, RunRecord, StepRecord
@@ -141,11 +142,11 @@ class Orchestrator:
         runs = job.spec.outputs.runs_dir
         record = RunRecord(
             job=job.name, run_id=run_id, policy=job.policy.name, job_file=str(job.file),
-            spec_as_written=job.text, spec_resolved=redact_spec(job.spec.model_dump(mode="json")),
+            spec_as_written=redact_text(job), spec_resolved=redact_spec(job.spec.model_dump(mode="json")),
             host=socket.gethostname(), git=git_info(job.file), executor=executor, status="running",
             started=self.now().isoformat(timespec="seconds"), resume=resume)
         path = records.save(record, runs)
-        _write_text_atomic(job_dir(job) / JOB_COPY, job.text)
+        _write_text_atomic(job_dir(job) / JOB_COPY, redact_text(job))
         _write_text_atomic(job_dir(job) / JOB_SOURCE, str(job.file) + "\n")
         self.say(f"run {job.name}/{run_id} -> {path.parent}")
         return record
@@ -217,9 +218,21 @@ class Orchestrator:
         diagnosis = classify(facts)
         if diagnosis:
             step.diagnosis = diagnosis.as_dict()
-            self.say(f"[red]{plan.step} failed (exit {step.exit_code}): {diagnosis.cause}[/]\n  fix: {diagnosis.fix}")
+            self.say(f"[red]{plan.step} {step.status} (exit {step.exit_code}): {diagnosis.cause}[/]\n"
+                     f"  fix: {diagnosis.fix}")
         else:
-            self.say(f"[red]{plan.step} failed (exit {step.exit_code})[/]; see {plan.log_file}")
+            self.say(f"[red]{plan.step} {step.status} (exit {step.exit_code})[/]; see {plan.log_file}")
+
+
+def redact_text(job: LoadedJob) -> str:
+    """The job text with literal secret values replaced; `${oc.env:NAME}` references stay as written."""
+    text = job.text
+    envs = [job.spec.env, *(getattr(job.step(s), "env", {}) for s in job.step_names())]
+    for env in envs:
+        for key, value in env.items():
+            if is_secret(key) and str(value) and str(value) in text:
+                text = text.replace(str(value), "<redacted>")
+    return text
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.layout import is_secret as _is_secret
 from runner.spec.load import LoadedJob
 from runner.spec.types import format_size
 
@@ -98,3 +99,17 @@ def gather_free(path: Path) -> int:
 
 def summarize(issues: Iterable[object]) -> list[str]:
     return [str(i) for i in issues]
+
+
+def literal_secrets(job: LoadedJob) -> list[str]:
+    """Secret-named env keys whose value is written in the job file itself rather than referenced."""
+    out = []
+    for key in job.spec.env:
+        if _is_secret(key) and f"{key}:" in job.text and "${" not in _line_of(job.text, f"{key}:"):
+            out.append(f"env.{key} holds a literal secret; write `{key}: ${{oc.env:{key}}}` to keep it out of files "
+                       "(records show it as <redacted>)")
+    return out
+
+
+def _line_of(text: str, needle: str) -> str:
+    return next((line for line in text.splitlines() if needle in line), "")

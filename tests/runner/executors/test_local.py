@@ -1,0 +1,110 @@
+"""The local executor end to end: the orchestrator, runner.inside, records and logs, without docker."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from runner import records
+from runner.orchestrate import Orchestrator, RunRequest, exit_code_of
+from runner.spec.load import load_job
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def orchestrator(out: io.BytesIO, said: list[str]) -> Orchestrator:
+    return Orchestrator(os.environ, said.append, out=out)  # type: ignore[arg-type]
+
+
+JOB = """\
+name: loc
+policy: command
+executor: local
+env: {GREETING: hello, API_TOKEN: t0psecret}
+steps:
+  first:
+    command:
+      - sh
+      - -c
+      - >-
+        echo $GREETING from $RUNNER_STEP;
+        python3 -c 'import json,os; print(json.load(open(os.environ["RUNNER_CONTEXT"]))["step"])'
+  second:
+    command: ["sh", "-c", "echo second; exit 4"]
+  third:
+    command: "echo never"
+"""
+
+
+def test_steps_run_in_order_logs_and_records(write_job: Callable[..., Path]) -> None:
+    out, said = io.BytesIO(), []
+    job = load_job(write_job(JOB), os.environ)
+    rec = orchestrator(out, said).run(RunRequest(job))
+    assert [s.status for s in rec.steps] == ["succeeded", "failed"]
+    assert exit_code_of(rec) == 4 and rec.status == "failed"
+    run_dir = job.spec.outputs.runs_dir / "loc" / rec.run_id
+    assert (run_dir / "first.log").read_text().startswith("hello from first\nfirst\n")
+    assert b"hello from first" in out.getvalue() and b"second" in out.getvalue()
+    saved = records.load(run_dir / "run.json")
+    assert saved.status == "failed" and saved.steps[1].exit_code == 4
+    text = (run_dir / "run.json").read_text() + (run_dir / "first.context.json").read_text()
+    assert "t0psecret" not in text  # secrets reach the step's env only
+    assert json.loads((run_dir / "first.context.json").read_text())["paths"]["job_dir"] == str(run_dir.parent)
+    copy = (job.spec.outputs.runs_dir / "loc" / "job.yaml").read_text()
+    assert copy == job.text.replace("t0psecret", "<redacted>")
+
+
+def test_missing_input_path_refused_before_anything_runs(write_job: Callable[..., Path], tmp_path: Path) -> None:
+    from runner.errors import PreflightError
+
+    job = load_job(write_job(JOB + "mounts: [{source: /nonexistent/data, target: /d}]\n"), os.environ)
+    with pytest.raises(PreflightError, match=r"mounts\[0\]\.source: /nonexistent/data does not exist"):
+        orchestrator(io.BytesIO(), []).run(RunRequest(job))
+    assert not (tmp_path / "runs").exists()
+
+
+def _wait_for(path: Path, text: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never appeared in {path}")
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "runner-stop"])
+def test_stop_records_interrupted_and_leaves_no_process(write_job: Callable[..., Path], tmp_path: Path, how: str) -> None:
+    marker = f"rr-test-sleeper-{how}-{os.getpid()}"
+    write_job(f"name: sleepy\npolicy: command\nexecutor: local\nsteps:\n  long:\n"
+              f"    command: [sh, -c, 'echo started; python3 -c \"import time; time.sleep(120)\" {marker}']\n",
+              "sleepy.yaml")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", "sleepy"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        logs = list((tmp_path / "runs" / "sleepy").glob("*/long.log"))
+        deadline = time.monotonic() + 20
+        while not logs and time.monotonic() < deadline:
+            time.sleep(0.05)
+            logs = list((tmp_path / "runs" / "sleepy").glob("*/long.log"))
+        _wait_for(logs[0], "started")
+        if how == "ctrl-c":
+            proc.send_signal(signal.SIGINT)
+        else:
+            stop = subprocess.run([sys.executable, "-m", "runner.cli", "stop", "sleepy", "--grace", "5"], cwd=tmp_path,
+                                  env=env, capture_output=True, text=True, timeout=60)
+            assert "stopped sleepy/" in stop.stdout, stop.stderr
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    rec = records.load(logs[0].parent / "run.json")
+    assert rec.status == "interrupted" and rec.steps[0].status == "interrupted"
+    assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 1, "the step outlived its stop"
