@@ -1,0 +1,77 @@
+# robo-runner. JOB=jobs/<name>.yaml (or a job name) for the job targets.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+RUNNER := $(BIN)/runner
+JOB ?= jobs/sample_dp3.yaml
+EXECUTOR ?=
+EXEC_FLAG := $(if $(EXECUTOR),--executor $(EXECUTOR),)
+
+.PHONY: help setup venv docker base-image test test-docker test-all lint bench build run convert train eval deploy \
+        resume shell plan validate demo clean
+
+help:
+	@echo "make setup            venv + Docker engine + local base image (root on a fresh machine)"
+	@echo "make demo             run jobs/sample_dp3.yaml end to end (as far as the steps that exist go)"
+	@echo "make test             fast unit tests (no docker, slurm or GPU)"
+	@echo "make test-all         everything, with the Docker integration tests (what CI runs)"
+	@echo "make plan|build|run|convert|train|eval|deploy|resume|shell JOB=jobs/x.yaml [EXECUTOR=local]"
+
+$(BIN)/runner: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,data]'
+	@touch $@
+
+venv: $(BIN)/runner
+
+docker:
+	.ci/setup-docker.sh
+
+base-image:
+	images/os/build.sh
+
+setup: venv docker
+
+test: venv
+	$(BIN)/pytest -q -m "not docker and not slurm and not gpu"
+
+test-docker: setup
+	$(BIN)/pytest -q -m docker
+
+test-all: setup
+	$(BIN)/pytest -q -m "not slurm and not gpu"
+
+lint: venv
+	$(BIN)/ruff check runner policies robot tests bench
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python bench/runner_overhead.py
+
+demo: setup
+	$(RUNNER) run jobs/sample_dp3.yaml $(EXEC_FLAG)
+
+validate: venv
+	$(RUNNER) validate $(JOB)
+
+plan: venv
+	$(RUNNER) plan $(JOB)
+
+build: venv
+	$(RUNNER) build $(JOB)
+
+run: venv
+	$(RUNNER) run $(JOB) $(EXEC_FLAG)
+
+convert train eval deploy: venv
+	$(RUNNER) $@ $(JOB) $(EXEC_FLAG)
+
+resume: venv
+	$(RUNNER) resume $(JOB) $(EXEC_FLAG)
+
+shell: venv
+	$(RUNNER) shell $(JOB) $(EXEC_FLAG)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
