@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from policies.command import CommandJob
-from policies.dp3.config import Dp3Job
-from policies.rdt.config import RdtJob
-from runner.spec.models import JobCommon
+if TYPE_CHECKING:
+    from runner.spec.models import JobCommon
 
 #: Steps `runner run JOB` executes, in this order, when the job lists them. Deploy moves a robot:
 #: it only ever runs when asked for by name.
@@ -19,18 +19,24 @@ class PolicyInfo:
     """What the runner needs to know about a policy to build its image and run its steps."""
 
     name: str
-    job_model: type[JobCommon]
+    model_path: str  # "module:Class" of the job model, imported only for the policy a job uses
     image: str  # images/<image>/ build context and templates/Dockerfile.<image>.j2
     steps: tuple[str, ...]  # the steps a job of this policy may list
     implemented: frozenset[str]  # steps whose code has landed
     entry: str  # module run inside the image as `python -m <entry> <step>`
     fixed_steps: bool = True  # False: the job names its own steps (command policy)
 
+    @property
+    def job_model(self) -> type[JobCommon]:
+        module, _, cls = self.model_path.partition(":")
+        model: type[JobCommon] = getattr(importlib.import_module(module), cls)
+        return model
+
 
 POLICIES: dict[str, PolicyInfo] = {
     "dp3": PolicyInfo(
         name="dp3",
-        job_model=Dp3Job,
+        model_path="policies.dp3.config:Dp3Job",
         image="dp3",
         steps=("convert", "train", "eval", "deploy"),
         implemented=frozenset(),
@@ -38,7 +44,7 @@ POLICIES: dict[str, PolicyInfo] = {
     ),
     "rdt": PolicyInfo(
         name="rdt",
-        job_model=RdtJob,
+        model_path="policies.rdt.config:RdtJob",
         image="rdt",
         steps=("convert", "train", "eval", "deploy"),
         implemented=frozenset(),
@@ -46,7 +52,7 @@ POLICIES: dict[str, PolicyInfo] = {
     ),
     "command": PolicyInfo(
         name="command",
-        job_model=CommandJob,
+        model_path="policies.command:CommandJob",
         image="base",
         steps=(),
         implemented=frozenset(),

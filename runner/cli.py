@@ -22,6 +22,12 @@ def _err(msg: str) -> None:
 
 
 def _say() -> Callable[[str], None]:
+    """Status lines on stderr: rich colours on a terminal; plain text (and no rich import) otherwise."""
+    if not sys.stderr.isatty():
+        import re
+
+        markup = re.compile(r"\[/?(?:bold|red|yellow|green|dim)?\]")
+        return lambda m: _err(markup.sub("", m))
     from rich.console import Console
 
     console = Console(stderr=True, highlight=False)

@@ -5,6 +5,7 @@ The build itself (effects, docker SDK) is runner/executors/docker_build.py.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -103,13 +104,21 @@ def generated_files(inputs: BuildInputs, dockerfile: str) -> dict[str, str]:
     return out
 
 
-def context_hash(inputs: BuildInputs, dockerfile: str, files: Mapping[str, Path]) -> str:
-    """sha256 over the Dockerfile, build args and every context file (wheels by name, size and mtime)."""
+def template_files(image: str) -> list[Path]:
+    """The Dockerfile templates an image renders from (its own, and the base it extends)."""
+    return sorted({TEMPLATES / "Dockerfile.base.j2", TEMPLATES / f"Dockerfile.{image}.j2"})
+
+
+def context_hash(inputs: BuildInputs, files: Mapping[str, Path]) -> str:
+    """sha256 over the templates, the build inputs and every context file (wheels by name, size and mtime).
+
+    The rendered Dockerfile is a pure function of the first two, so hashing them gives the same identity
+    without importing jinja2: a no-op `runner build` and `runner plan` stay fast.
+    """
     h = hashlib.sha256()
-    for name, text in sorted(generated_files(inputs, dockerfile).items()):
-        h.update(f"gen:{name}\0".encode() + text.encode() + b"\0")
-    for k, v in inputs.build_args:
-        h.update(f"arg:{k}={v}\0".encode())
+    for t in template_files(inputs.image):
+        h.update(f"tpl:{t.name}\0".encode() + t.read_bytes() + b"\0")
+    h.update(repr(dataclasses.replace(inputs, ca_bundle=None, wheelhouse=None)).encode() + b"\0")
     for name, path in sorted(files.items()):
         st = path.stat()
         if name.startswith("wheelhouse/"):
@@ -128,14 +137,16 @@ def image_tag(image: str, digest: str) -> str:
 @dataclass(frozen=True)
 class ImagePlan:
     inputs: BuildInputs
-    dockerfile: str
     files: Mapping[str, Path]
     tag: str
 
+    @property
+    def dockerfile(self) -> str:
+        return render_dockerfile(self.inputs)
+
 
 def plan_image(spec: ImageSpec, policy: PolicyInfo, environ: Mapping[str, str]) -> ImagePlan:
-    """Inputs, Dockerfile, context files and tag for a job's image (reads only small local files)."""
+    """Inputs, context files and tag for a job's image (reads only small local files)."""
     inputs = build_inputs(spec, policy, environ)
-    dockerfile = render_dockerfile(inputs)
     files = context_files(inputs)
-    return ImagePlan(inputs, dockerfile, files, image_tag(inputs.image, context_hash(inputs, dockerfile, files)))
+    return ImagePlan(inputs, files, image_tag(inputs.image, context_hash(inputs, files)))

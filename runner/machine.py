@@ -26,10 +26,12 @@ def git_info(path: Path) -> dict[str, Any]:
     """Commit and dirty flag of the git repo holding `path`, or {} when it is not in one."""
     cwd = path if path.is_dir() else path.parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True,
-                                timeout=10, check=True).stdout
+        # One process for both: porcelain v2 prints "# branch.oid <commit>" and a line per change.
+        out = subprocess.run(["git", "status", "--porcelain=v2", "--branch"], cwd=cwd, capture_output=True,
+                             text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
-    return {"commit": commit, "dirty": bool(status.strip())}
+    lines = out.splitlines()
+    commit = next((ln.split()[2] for ln in lines if ln.startswith("# branch.oid ")), None)
+    dirty = any(not ln.startswith("#") for ln in lines)
+    return {"commit": None if commit == "(initial)" else commit, "dirty": dirty}

@@ -18,6 +18,7 @@ from runner.diagnose import FailureFacts, classify, tail_text
 from runner.dockerargs import render_cli
 from runner.errors import PreflightError, RunnerError, SpecError, SpecProblem
 from runner.executors.base import Executor, StepHandle
+from runner.images import ImagePlan
 from runner.jobs import JOB_COPY, JOB_SOURCE
 from runner.layout import is_secret
 from runner.machine import gather_machine, git_info
@@ -96,8 +97,10 @@ class Orchestrator:
         reasons = list(dict.fromkeys(reasons))
         executor = self._make_executor(executor_name)
         image: dict[str, Any] = {}
+        image_plan, image_id = None, None
         if executor_name == "docker":
-            reasons += self._engine_checks(job, executor)
+            image_plan, image_id, engine_reasons = self._engine_checks(job, executor)
+            reasons += engine_reasons
         if reasons:
             raise PreflightError(reasons)
         lock = JobLock(job_dir(job), job.name)
@@ -105,34 +108,35 @@ class Orchestrator:
         lock.acquire({"run": run_id, "pid": os.getpid(), "host": self.machine.hostname})
         try:
             record = self._new_record(job, run_id, executor_name, req.resume)
-            if executor_name == "docker" and any(is_implemented(job, s) for s in steps):
-                image = self._ensure_image(job, executor, record, req.rebuild)
+            if image_plan is not None and any(is_implemented(job, s) for s in steps):
+                image = self._ensure_image(job, executor, record, image_plan, image_id, req.rebuild)
             self._run_steps(job, steps, executor, record, image.get("tag", ""), req.resume)
         finally:
             lock.release()
         return record
 
-    def _engine_checks(self, job: LoadedJob, executor: Executor) -> list[str]:
+    def _engine_checks(self, job: LoadedJob, executor: Executor) -> tuple[ImagePlan | None, str | None, list[str]]:
+        """The job's image plan, its id when already built, and what the engine lacks for this job."""
         from runner.executors.docker import DockerExecutor
         from runner.images import plan_image
 
         if not isinstance(executor, DockerExecutor):
-            return []
+            return None, None, []
         runtimes, cdi, root = executor.engine_facts()
-        tag = plan_image(job.spec.image, job.policy, self.environ).tag
+        plan = plan_image(job.spec.image, job.policy, self.environ)
+        image_id = executor.image_id(plan.tag)
         free = preflight.gather_free(Path(root)) if Path(root).exists() else None
-        facts = preflight.EngineFacts(runtimes, cdi, free, executor.image_id(tag) is not None)
-        return preflight.check_engine(job, facts)
+        facts = preflight.EngineFacts(runtimes, cdi, free, image_id is not None)
+        return plan, image_id, preflight.check_engine(job, facts)
 
-    def _ensure_image(self, job: LoadedJob, executor: Executor, record: RunRecord, rebuild: bool) -> dict[str, Any]:
+    def _ensure_image(self, job: LoadedJob, executor: Executor, record: RunRecord, plan: ImagePlan,
+                      image_id: str | None, rebuild: bool) -> dict[str, Any]:
         from runner.executors.docker import DockerExecutor
         from runner.executors.docker_build import ensure_image
-        from runner.images import plan_image
 
         assert isinstance(executor, DockerExecutor)
-        plan = plan_image(job.spec.image, job.policy, self.environ)
         log = job_dir(job) / record.run_id / "build.log"
-        result = ensure_image(executor.client, plan, log, self.out, rebuild=rebuild)
+        result = ensure_image(executor.client, plan, log, self.out, rebuild=rebuild, known_id=image_id)
         self.say(f"image {result.tag} " + ("built" if result.built else "up to date"))
         record.image = {"tag": result.tag, "id": result.id, "built": result.built}
         records.save(record, job.spec.outputs.runs_dir)

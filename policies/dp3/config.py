@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from policies.deploy import Deploy
 from runner.spec.models import JobCommon, Model, StepsModel, StepSpec
 
 # Bytes of one float32 point with xyz + rgb.
@@ -68,14 +69,6 @@ class Dp3Train(StepSpec):
 class Dp3Eval(StepSpec):
     checkpoint: str = Field(default="latest", description="latest, best, or a path")
     episodes: int | None = Field(default=None, gt=0, description="held-out episodes to evaluate")
-
-
-class Deploy(StepSpec):
-    robot_host: str = "127.0.0.1"
-    robot_port: int = Field(default=6001, gt=0, lt=65536)
-    control_hz: float = Field(default=10.0, gt=0)
-    max_joint_delta: float = Field(default=0.05, gt=0, description="radians per control step")
-    dry_run: bool = False
 
 
 class Dp3Steps(StepsModel):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from policies.dp3.config import Deploy
+from policies.deploy import Deploy
 from runner.spec.models import JobCommon, StepsModel, StepSpec
 
 CAMERA_SLOTS = ("cam_high", "cam_right_wrist", "cam_left_wrist")

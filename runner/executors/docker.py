@@ -24,14 +24,18 @@ INSTALL_HINT = ("Install and start the Docker engine (as root: `apt-get install 
 
 def connect(timeout: int = 60) -> docker.DockerClient:
     """A client for the local engine; ExecutorError with what to do when none answers."""
+    return _connect(timeout)[0]
+
+
+def _connect(timeout: int = 60) -> tuple[docker.DockerClient, dict[str, Any]]:
+    # `info` doubles as the ping: one round trip tells both that the engine answers and what it has.
     try:
         client = docker.from_env(timeout=timeout)
-        client.ping()
+        info: dict[str, Any] = client.info()
     except docker.errors.DockerException as e:
         msg = f"no Docker engine answers ({_short(e)}). {INSTALL_HINT}"
-        msg_0 = "docker"
-        raise ExecutorError(msg_0, msg) from e
-    return client
+        raise ExecutorError(DockerExecutor.name, msg) from e
+    return client, info
 
 
 def _short(e: Exception) -> str:
@@ -45,6 +49,7 @@ class DockerExecutor:
     def __init__(self, client: Any = None, environ: Mapping[str, str] | None = None,
                  out: BinaryIO | None = None, grace_s: float = GRACE_S) -> None:
         self._client = client
+        self._info: dict[str, Any] | None = None
         self.environ = dict(os.environ if environ is None else environ)
         self.out = out or sys.stdout.buffer
         self.grace_s = grace_s
@@ -52,8 +57,16 @@ class DockerExecutor:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = connect()
+            self._client, self._info = _connect()
         return self._client
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The engine's `docker info`, fetched once (with the connection, when this executor made it)."""
+        client = self.client
+        if self._info is None:
+            self._info = client.info()
+        return self._info
 
     def run_step(self, plan: StepPlan, on_start: Callable[[StepHandle], None]) -> StepOutcome:
         kwargs = to_sdk_kwargs(plan.docker, self.environ)
@@ -118,7 +131,7 @@ class DockerExecutor:
 
     def engine_facts(self) -> tuple[tuple[str, ...], bool, str]:
         """(runtimes, CDI GPU devices present, docker root dir)."""
-        info = self.client.info()
+        info = self.info
         runtimes = tuple(sorted((info.get("Runtimes") or {}).keys()))
         cdi = any("nvidia.com/gpu" in str(d) for d in (info.get("DiscoveredDevices") or []))
         return runtimes, cdi, str(info.get("DockerRootDir", "/var/lib/docker"))

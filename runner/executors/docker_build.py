@@ -22,9 +22,14 @@ class ImageResult:
     built: bool
 
 
-def ensure_image(client: Any, plan: ImagePlan, log_path: Path, out: BinaryIO, *, rebuild: bool = False
-                 ) -> ImageResult:
-    """The image for `plan`, built only when no image has its tag (the tag is the content hash)."""
+def ensure_image(client: Any, plan: ImagePlan, log_path: Path, out: BinaryIO, *, rebuild: bool = False,
+                 known_id: str | None = None) -> ImageResult:
+    """The image for `plan`, built only when no image has its tag (the tag is the content hash).
+
+    `known_id`: the id the caller already looked up for this tag, saving a round trip.
+    """
+    if known_id and not rebuild:
+        return ImageResult(plan.tag, known_id, built=False)
     if not rebuild:
         try:
             return ImageResult(plan.tag, str(client.images.get(plan.tag).id), built=False)

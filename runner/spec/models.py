@@ -13,7 +13,9 @@ from runner.spec.types import ByteSize, Gpus, JobName
 class Model(BaseModel):
     """Strict base: unknown keys are errors, values are immutable once loaded."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: a job validates against one policy's models; building every schema at import costs
+    # a noticeable share of `runner plan`'s start-up.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 EnvValue = str | int | float | bool

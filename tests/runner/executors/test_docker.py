@@ -42,11 +42,25 @@ def _job(tmp_path: Path, body: str, name: str) -> LoadedJob:
     return load_job(path, os.environ)
 
 
-def _orchestrator(out: io.BytesIO, uid: int | None = None) -> Orchestrator:
+def _orchestrator(out: io.BytesIO, uid: int | None = None, code: Path | None = None) -> Orchestrator:
     orch = Orchestrator(os.environ, lambda m: None, out=out)  # type: ignore[arg-type]
     if uid is not None:
         orch.machine = replace(orch.machine, uid=uid, gid=uid)
+    if code is not None:
+        orch.machine = replace(orch.machine, code_dir=code)
     return orch
+
+
+def _code_copy(tmp_path: Path) -> Path:
+    """The runner's code where any uid can read it (a checkout may sit in a 0700 folder)."""
+    import shutil
+
+    code = tmp_path / "code"
+    for pkg in ("runner", "policies"):
+        shutil.copytree(REPO / pkg, code / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    for p in [code, *code.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return code
 
 
 def test_build_then_noop_rebuild(tmp_path: Path, client: object) -> None:
@@ -124,7 +138,7 @@ def test_step_runs_in_the_container_as_rendered(tmp_path: Path, client: object, 
     # calling user could write their own.
     old = os.umask(0)
     try:
-        rec = _orchestrator(out, uid=4321).run(RunRequest(job))
+        rec = _orchestrator(out, uid=4321, code=_code_copy(tmp_path)).run(RunRequest(job))
     finally:
         os.umask(old)
     assert [s.status for s in rec.steps] == ["succeeded", "failed"]
