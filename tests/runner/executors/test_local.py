@@ -108,3 +108,25 @@ def test_stop_records_interrupted_and_leaves_no_process(write_job: Callable[...,
     rec = records.load(logs[0].parent / "run.json")
     assert rec.status == "interrupted" and rec.steps[0].status == "interrupted"
     assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 1, "the step outlived its stop"
+
+
+def test_killed_runner_loses_no_output_and_logs_follow_to_the_end(write_job: Callable[..., Path], tmp_path: Path) -> None:
+    """A lost terminal (the runner killed outright): the step goes on, its log is complete, `logs -f` follows it
+    and the record is settled from the exit code the step left behind."""
+    write_job("name: orphan\npolicy: command\nexecutor: local\nsteps:\n  s:\n"
+              "    command: 'for i in 1 2 3 4 5 6; do echo line-$i; sleep 0.3; done'\n", "orphan.yaml")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", "orphan"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while not list((tmp_path / "runs" / "orphan").glob("*/s.log")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = next((tmp_path / "runs" / "orphan").glob("*/s.log"))
+    _wait_for(log, "line-1")
+    proc.kill()
+    proc.wait(10)
+    follow = subprocess.run([sys.executable, "-m", "runner.cli", "logs", "orphan", "-f"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert [f"line-{i}" for i in range(1, 7)] == [ln for ln in follow.stdout.splitlines() if ln.startswith("line-")]
+    assert "succeeded" in follow.stderr
+    assert records.load(log.parent / "run.json").steps[0].status == "succeeded"

@@ -1,0 +1,89 @@
+"""The CLI as a user meets it: exit codes, messages without tracebacks, job lookup by name."""
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from runner.cli import main
+from runner.errors import JobNotFoundError
+from runner.jobs import resolve_job
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "runner.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_validate_reports_every_problem_without_a_traceback(write_job: Callable[..., Path], tmp_path: Path) -> None:
+    write_job("name: a\npolicy: dp3\nresources: {gpus: [0, x], shm: huge}\n", "a.yaml")
+    r = cli("validate", "jobs/a.yaml", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert "2 problems in" in r.stderr and "resources.gpus" in r.stderr and "resources.shm" in r.stderr
+
+
+def test_validate_warns_about_missing_paths_but_passes(write_job: Callable[..., Path], tmp_path: Path) -> None:
+    write_job("name: a\npolicy: dp3\ndata: {raw: /nope/raw}\nenv: {HF_TOKEN: abc}\nsteps: {convert: }\n", "a.yaml")
+    r = cli("validate", "a", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "data.raw: /nope/raw does not exist" in r.stderr
+    assert "env.HF_TOKEN holds a literal secret" in r.stderr
+
+
+def test_plan_prints_docker_run_for_every_pipeline_step(tmp_path: Path) -> None:
+    r = cli("plan", str(REPO / "jobs" / "dp3_banana.yaml"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("docker run \\") == 3  # convert, train, eval; deploy only when named
+    assert "--shm-size 8g" in r.stdout and "# why:" in r.stdout
+    r = cli("plan", str(REPO / "jobs" / "dp3_banana.yaml"), "deploy", "--json", cwd=tmp_path)
+    import json
+
+    plan = json.loads(r.stdout)
+    assert plan["schema_version"] == 1 and plan["steps"][0]["docker"]["network"] == "host"
+
+
+def test_unknown_step_and_unknown_job(tmp_path: Path, write_job: Callable[..., Path]) -> None:
+    write_job("name: a\npolicy: dp3\nsteps: {train: }\n", "a.yaml")
+    r = cli("plan", "a", "deploy", cwd=tmp_path)
+    assert r.returncode == 2 and "the job has no step 'deploy'; it lists: train" in r.stderr
+    r = cli("train", "nosuchjob", cwd=tmp_path)
+    assert r.returncode == 2 and "no job called 'nosuchjob'" in r.stderr
+
+
+def test_resume_without_a_previous_run_says_what_to_do(tmp_path: Path, write_job: Callable[..., Path]) -> None:
+    write_job("name: a\npolicy: dp3\nsteps: {train: }\n", "a.yaml")
+    assert main(["validate", str(tmp_path / "jobs" / "a.yaml")]) == 0
+    r = cli("resume", "a", cwd=tmp_path)
+    assert r.returncode == 2 and "nothing to resume" in r.stderr and "runner train" in r.stderr
+
+
+def test_job_lookup_by_file_name_declared_name_and_runs_copy(tmp_path: Path, write_job: Callable[..., Path]) -> None:
+    write_job("name: banana\npolicy: dp3\n", "b-file.yaml")
+    assert resolve_job("banana", tmp_path, {}).file.name == "b-file.yaml"
+    assert resolve_job("b-file", tmp_path, {}).name == "banana"
+    copy = tmp_path / "runs" / "gone"
+    copy.mkdir(parents=True)
+    (copy / "job.yaml").write_text("name: gone\npolicy: dp3\ndata: {raw: demos}\n")
+    (copy / "job.source").write_text(str(tmp_path / "jobs" / "gone.yaml") + "\n")
+    job = resolve_job("gone", tmp_path, {})
+    assert job.spec.data.raw == tmp_path / "demos"  # relative paths still resolve against the repo
+    with pytest.raises(JobNotFoundError, match="never run from here"):
+        resolve_job("other", tmp_path, {})
+
+
+def test_history_logs_and_ps_on_a_local_run(tmp_path: Path, write_job: Callable[..., Path]) -> None:
+    write_job("name: h\npolicy: command\nexecutor: local\nsteps: {s: {command: 'echo logged-line'}}\n", "h.yaml")
+    assert cli("run", "h", cwd=tmp_path).returncode == 0
+    hist = cli("history", "h", cwd=tmp_path)
+    assert "succeeded" in hist.stdout and "s:succeeded" in hist.stdout
+    logs = cli("logs", "h", "-f", cwd=tmp_path)
+    assert "logged-line" in logs.stdout and "succeeded" in logs.stderr
+    assert "no runs in progress" in cli("ps", cwd=tmp_path).stdout
+    assert "h " in cli("ps", "--all", cwd=tmp_path).stdout
