@@ -139,7 +139,8 @@ def _cmd_step(step: str) -> Callable[[argparse.Namespace], int]:
     def cmd(a: argparse.Namespace) -> int:
         from runner.orchestrate import RunRequest
 
-        return _run(RunRequest(_job(a.job), [step], a.executor, resume=getattr(a, "resume", False)))
+        return _run(RunRequest(_job(a.job), [step], a.executor, resume=getattr(a, "resume", False),
+                               mode="check" if getattr(a, "check", False) else "run"))
 
     return cmd
 
@@ -320,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
         executor(sp)
         if step == "train":
             sp.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+        if step == "convert":
+            sp.add_argument("--check", action="store_true", help="only check the recorded demos; write nothing")
     sp = add("resume", cmd_resume, "continue training from the newest complete checkpoint")
     sp.add_argument("job")
     executor(sp)

@@ -38,6 +38,7 @@ class RunRequest:
     executor: str | None = None  # None: the job's
     resume: bool = False
     rebuild: bool = False
+    mode: str = "run"  # "check": the step only checks its inputs (`runner convert --check`)
 
 
 def pipeline_steps(job: LoadedJob) -> list[str]:
@@ -91,7 +92,9 @@ class Orchestrator:
         steps = req.steps or pipeline_steps(job)
         check_steps(job, steps)
         executor_name = req.executor or job.spec.executor
-        reasons = [str(i) for s in steps for i in preflight.check_paths(job, s)]
+        self._prepare_inputs(job, steps)
+        reasons = [str(i) for s in steps for i in preflight.check_paths(job, s)
+                   if not (i.key == "data.converted" and i.problem == "missing" and "convert" in steps)]
         reasons += preflight.check_disk(job.spec.outputs.runs_dir,
                                         preflight.gather_free(job.spec.outputs.runs_dir))
         reasons = list(dict.fromkeys(reasons))
@@ -110,7 +113,7 @@ class Orchestrator:
             record = self._new_record(job, run_id, executor_name, req.resume)
             if image_plan is not None and any(is_implemented(job, s) for s in steps):
                 image = self._ensure_image(job, executor, record, image_plan, image_id, req.rebuild)
-            self._run_steps(job, steps, executor, record, image.get("tag", ""), req.resume)
+            self._run_steps(job, steps, executor, record, image.get("tag", ""), req)
         finally:
             lock.release()
         return record
@@ -155,8 +158,20 @@ class Orchestrator:
         self.say(f"run {job.name}/{run_id} -> {path.parent}")
         return record
 
+    def _prepare_inputs(self, job: LoadedJob, steps: list[str]) -> None:
+        """The sample job's demos are generated on first use (`convert.sample_if_missing`)."""
+        opts = job.step("convert") if "convert" in steps else None
+        raw = job.spec.data.raw
+        if opts is not None and getattr(opts, "sample_if_missing", False) and raw is not None and not raw.exists():
+            from policies.data.sample import generate
+
+            self.say(f"generating sample demonstrations in {raw}")
+            tmp = raw.with_name(f".{raw.name}.tmp-{os.getpid()}")
+            generate(tmp, camera=getattr(opts, "camera", "front"))
+            os.replace(tmp, raw)
+
     def _run_steps(self, job: LoadedJob, steps: list[str], executor: Executor, record: RunRecord,
-                   image: str, resume: bool) -> None:
+                   image: str, req: RunRequest) -> None:
         runs = job.spec.outputs.runs_dir
         for name in steps:
             step = record.step(name)
@@ -166,7 +181,7 @@ class Orchestrator:
                 records.save(record, runs)
                 continue
             plan = build_plan(job, name, self.machine, run_id=record.run_id, image=image,
-                              resume=resume and name == "train", executor=executor.name)
+                              resume=req.resume and name == "train", executor=executor.name, mode=req.mode)
             for w in plan.warnings:
                 self.say(f"[yellow]warning: {w}[/]")
             self._start_step(plan, step, executor.name)

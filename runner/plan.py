@@ -65,7 +65,7 @@ def container_name(job: str, step: str, run_id: str) -> str:
 
 
 def build_plan(job: LoadedJob, step: str, machine: Machine, *, run_id: str, image: str,
-               resume: bool = False, executor: str | None = None) -> StepPlan:
+               resume: bool = False, executor: str | None = None, mode: str = "run") -> StepPlan:
     """Everything needed to run `step` of `job` as run `run_id`, for both executors."""
     opts: StepSpec | None = job.step(step)
     if opts is None and step == "shell":
@@ -106,8 +106,8 @@ def build_plan(job: LoadedJob, step: str, machine: Machine, *, run_id: str, imag
         why.append(("--env " + " ".join(sorted(secret_names)), "secrets: given to the container, never printed or recorded"))
 
     log_name = f"{step}.log"
-    c_context = _context(job, step, opts, run_id, resume, c_paths, str(c_run))
-    h_context = _context(job, step, opts, run_id, resume, h_paths, str(host_run))
+    c_context = {**_context(job, step, opts, run_id, resume, c_paths, str(c_run)), "mode": mode}
+    h_context = {**_context(job, step, opts, run_id, resume, h_paths, str(host_run)), "mode": mode}
     inner_c = _inner_command(job, step, opts, "python3")
     inner_h = _inner_command(job, step, opts, machine.python)
     labels = (("runner.managed", "1"), ("runner.job", job.name), ("runner.step", step), ("runner.run_id", run_id))

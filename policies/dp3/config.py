@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from policies.convert_options import ConvertCommon
 from policies.deploy import Deploy
 from runner.spec.models import JobCommon, Model, StepsModel, StepSpec
 
@@ -26,18 +27,13 @@ class CropBox(Model):
     max: tuple[float, float, float]
 
 
-class Dp3Convert(StepSpec):
-    camera: str = "front"
+class Dp3Convert(ConvertCommon):
     intrinsics: Intrinsics | None = None
     extrinsics: list[list[float]] | None = Field(default=None, description="4x4 camera-to-base transform")
     crop: CropBox | None = None
     num_points: int = Field(default=1024, gt=0)
-    binarize_gripper: bool = False
-    gripper_threshold: float = 0.5
-    stride: int = Field(default=1, ge=1)
-    keyframes: bool = False
-    action_source: Literal["next_state", "control"] = "next_state"
-    workers: int = Field(default=2, ge=1)
+    presample: Literal["voxel", "none"] = Field(default="voxel", description="'none': exact FPS on every point")
+    voxel_size: float = Field(default=0.005, gt=0, description="metres")
     seed: int = 0
 
 

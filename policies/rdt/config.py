@@ -6,22 +6,18 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from policies.convert_options import ConvertCommon
 from policies.deploy import Deploy
 from runner.spec.models import JobCommon, StepsModel, StepSpec
 
 CAMERA_SLOTS = ("cam_high", "cam_right_wrist", "cam_left_wrist")
 
 
-class RdtConvert(StepSpec):
+class RdtConvert(ConvertCommon):
     cameras: dict[str, str] = Field(
         default_factory=lambda: {"cam_high": "front"},
         description="RDT camera slot -> recorded camera; slots left out are padded and masked")
     image_size: tuple[int, int] = (640, 480)
-    binarize_gripper: bool = False
-    gripper_threshold: float = 0.5
-    stride: int = Field(default=1, ge=1)
-    instructions: list[str] = Field(default_factory=list)
-    workers: int = Field(default=2, ge=1)
 
     @field_validator("cameras")
     @classmethod

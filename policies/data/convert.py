@@ -1,0 +1,204 @@
+"""GELLO demos -> episode HDF5 files: checked first (every problem listed, nothing written), converted in
+parallel into a staging folder (an interrupted run resumes there), published by one rename when complete."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policies.data.demos import Episode, GelloOptions, Problem, find_episodes, read_episode
+from policies.data.episodes import EpisodeData, encode_jpeg, episode_path, is_complete, write_episode
+from policies.data.pointcloud import CloudSpec, TooFewPointsError, clouds
+from policies.data.transform import TimeOptions, binarize, select_frames
+
+STAGING = ".staging"
+CLOUD_CHUNK = 16  # frames per point-cloud batch: bounds memory at 480x640
+
+
+class ConversionError(ValueError):
+    """The input data has problems; carries every one of them."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        n = len(problems)
+        super().__init__(f"{n} problem{'s' if n != 1 else ''} in the recorded demos (nothing was written):\n"
+                         + "\n".join(f"  {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    task: str
+    config: str = "demo_clean"
+    gello: GelloOptions = field(default_factory=GelloOptions)
+    time: TimeOptions = field(default_factory=TimeOptions)
+    cloud: CloudSpec | None = None  # None: no point clouds in the episodes
+    jpeg_quality: int = 90
+    image_size: tuple[int, int] | None = None  # (width, height) for the stored JPEGs
+    workers: int = 2
+    instructions: tuple[str, ...] = ()
+
+    def attrs(self) -> dict[str, Any]:
+        """What goes into every output's attributes (and so into training and deploy)."""
+        out: dict[str, Any] = {"task": self.task, "config": self.config, "camera": self.gello.camera,
+                               "velocities": self.gello.velocities, "command_gripper": self.gello.command_gripper,
+                               "jpeg_quality": self.jpeg_quality, "image_size": self.image_size, **self.time.attrs()}
+        out["pointcloud"] = asdict(self.cloud) if self.cloud else None
+        if self.cloud:
+            out["depth_scale"] = self.cloud.depth_scale
+        return out
+
+
+@dataclass
+class ConvertReport:
+    episodes: list[Path]
+    skipped: int
+    frames_in: int
+    frames_out: int
+    seconds: float
+
+
+Progress = Callable[[str], None]
+
+
+def check(raw: Path, opts: ConvertOptions) -> list[Problem]:
+    """Every problem in the demos under `raw`, in episode order; writes nothing."""
+    sources = find_episodes(raw)
+    if not sources:
+        return [Problem(str(raw), None, "", "no recorded episodes (*.pkl) found here")]
+    with _pool(opts.workers) as pool:
+        results = list(pool.map(_check_one, sources, [opts] * len(sources)))
+    return [p for r in results for p in r]
+
+
+def _check_one(source: Path, opts: ConvertOptions) -> list[Problem]:
+    ep = read_episode(source, opts.gello)
+    problems = list(ep.problems)
+    if not problems and opts.cloud is not None and ep.depth is not None and ep.rgb is not None:
+        problems += _cloud_problems(ep, opts.cloud)
+    return problems
+
+
+def _cloud_problems(ep: Episode, spec: CloudSpec) -> list[Problem]:
+    assert ep.depth is not None
+    valid = ep.depth > 0
+    if spec.crop_min is None and spec.crop_max is None:
+        few = np.nonzero(valid.reshape(len(valid), -1).sum(1) < spec.num_points)[0]
+        return [Problem(ep.name, int(few[0]), "depth", f"{len(few)} frame(s) with fewer than {spec.num_points} "
+                        "valid depth pixels")] if len(few) else []
+    return []
+
+
+def convert(raw: Path, out: Path, opts: ConvertOptions, progress: Progress = lambda s: None) -> ConvertReport:
+    """Check, convert every episode (resuming a staged run), publish `<out>/<task>/<config>/` in one rename."""
+    t0 = time.perf_counter()
+    problems = check(raw, opts)
+    if problems:
+        raise ConversionError(problems)
+    sources = find_episodes(raw)
+    stage = out / STAGING
+    jobs = [(i, src, _fingerprint(src, opts)) for i, src in enumerate(sources)]
+    todo = [j for j in jobs if not is_complete(episode_path(stage, opts.task, opts.config, j[0]), j[2])]
+    progress(f"convert: {len(sources)} episodes, {len(jobs) - len(todo)} already staged")
+    frames_in = frames_out = 0
+    with _pool(opts.workers) as pool:
+        futures = [pool.submit(_convert_one, i, src, fp, stage, opts) for i, src, fp in todo]
+        for n, fut in enumerate(futures, 1):
+            name, t_in, t_out, errors = fut.result()
+            if errors:
+                raise ConversionError(errors)
+            frames_in, frames_out = frames_in + t_in, frames_out + t_out
+            progress(f"convert: [{n}/{len(todo)}] {name}: {t_in} frames -> {t_out}")
+    _write_instructions(stage, opts, len(sources))
+    final = _publish(stage, out, opts)
+    files = [episode_path(out, opts.task, opts.config, i) for i in range(len(sources))]
+    progress(f"convert: published {final}")
+    return ConvertReport(files, len(jobs) - len(todo), frames_in, frames_out, time.perf_counter() - t0)
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    import multiprocessing
+
+    return ProcessPoolExecutor(max_workers=max(1, workers), mp_context=multiprocessing.get_context("spawn"))
+
+
+def _fingerprint(source: Path, opts: ConvertOptions) -> str:
+    h = hashlib.sha256(json.dumps(opts.attrs(), sort_keys=True, default=str).encode())
+    files = sorted(source.glob("*.pkl")) if source.is_dir() else [source]
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:32]
+
+
+def _convert_one(index: int, source: Path, fingerprint: str, stage: Path, opts: ConvertOptions
+                 ) -> tuple[str, int, int, list[Problem]]:
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, opts.workers)))
+    ep = read_episode(source, opts.gello)
+    if ep.problems:
+        return ep.name, ep.length, 0, ep.problems
+    gripper = ep.joint_positions[:, -1]
+    keep = select_frames(ep.joint_positions, gripper, opts.time)
+    if opts.time.binarize_gripper:
+        gripper = binarize(gripper, opts.time.gripper_threshold)
+        control_grip = binarize(ep.control[:, -1], opts.time.gripper_threshold)
+    else:
+        control_grip = ep.control[:, -1]
+    control = np.concatenate([ep.control[:, :-1], control_grip[:, None]], axis=1)
+    assert ep.rgb is not None
+    pc = None
+    if opts.cloud is not None and ep.depth is not None:
+        try:
+            pc = _episode_clouds(ep.depth[keep], ep.rgb[keep], opts.cloud)
+        except TooFewPointsError as e:
+            return ep.name, ep.length, 0, [Problem(ep.name, int(keep[e.frame]), "depth", str(e).split(": ", 1)[1])]
+    data = EpisodeData(
+        ee_pos_quat=ep.ee_pos_quat[keep], gripper=gripper[keep], positions=ep.joint_positions[keep, :-1],
+        velocities=ep.joint_velocities[keep], control=control[keep], timestamps=ep.timestamps[keep],
+        camera=opts.gello.camera, jpegs=[encode_jpeg(img, opts.jpeg_quality, opts.image_size) for img in ep.rgb[keep]],
+        depth=ep.depth[keep] if ep.depth is not None else None, pointcloud=pc,
+        attrs={**opts.attrs(), "source": str(source), "fingerprint": fingerprint, "source_frames": ep.length,
+               "kept_frames": [int(k) for k in keep]})
+    write_episode(episode_path(stage, opts.task, opts.config, index), data)
+    return ep.name, ep.length, len(keep), []
+
+
+def _episode_clouds(depth: np.ndarray, rgb: np.ndarray, spec: CloudSpec) -> np.ndarray:
+    parts = [clouds(depth[i:i + CLOUD_CHUNK], rgb[i:i + CLOUD_CHUNK], spec, first_frame=i)
+             for i in range(0, len(depth), CLOUD_CHUNK)]
+    return np.concatenate(parts, axis=0)
+
+
+def _write_instructions(stage: Path, opts: ConvertOptions, n: int) -> None:
+    folder = stage / opts.task / opts.config / "instructions"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        path = folder / f"episode{i}.json"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"seen": list(opts.instructions), "unseen": []}, indent=2))
+        os.replace(tmp, path)
+
+
+def _publish(stage: Path, out: Path, opts: ConvertOptions) -> Path:
+    """Swap the staged task/config folder into place; the previous one is removed only after the swap."""
+    src = stage / opts.task / opts.config
+    dst = out / opts.task / opts.config
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(stage, ignore_errors=True)
+    return dst

@@ -1,0 +1,106 @@
+"""Episode HDF5 in the lab's layout (RoboTwin-style names), written to a temp name and renamed.
+
+    endpose/ee_pos_quat (T,7) f64     endpose/gripper (T,)          joint_action/gripper (T,)
+    joint_action/positions (T,J)      joint_action/velocities (T,D) joint_action/vector (T,D) = positions+gripper
+    joint_action/control (T,D)        timestamps (T,)               observation/<cam>/rgb (T,) JPEG bytes
+    observation/<cam>/depth_raw (T,H,W,1) f32 (raw units; attr depth_scale)   pointcloud (T,N,6) f32 (optional)
+Attributes: the conversion options, `source`, and `complete` (set last, so a half-written file is never valid).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from PIL import Image
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 90, size: tuple[int, int] | None = None) -> bytes:
+    img = Image.fromarray(rgb)
+    if size is not None and img.size != size:
+        img = img.resize(size, Image.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+@dataclass
+class EpisodeData:
+    ee_pos_quat: np.ndarray
+    gripper: np.ndarray  # observation convention, after binarisation if asked
+    positions: np.ndarray  # (T, J) joints without the gripper
+    velocities: np.ndarray  # (T, D)
+    control: np.ndarray  # (T, D), observation gripper convention
+    timestamps: np.ndarray
+    camera: str
+    jpegs: list[bytes]
+    depth: np.ndarray | None  # (T,H,W) raw
+    pointcloud: np.ndarray | None
+    attrs: dict[str, Any]
+
+    @property
+    def vector(self) -> np.ndarray:
+        return np.concatenate([self.positions, self.gripper[:, None]], axis=1)
+
+
+def episode_path(root: Path, task: str, config: str, index: int) -> Path:
+    return root / task / config / "data" / f"episode{index}.hdf5"
+
+
+def write_episode(path: Path, ep: EpisodeData) -> None:
+    """Write atomically: a temp file beside `path`, `complete` set last, then renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with h5py.File(tmp, "w") as f:
+        f["endpose/ee_pos_quat"] = ep.ee_pos_quat.astype(np.float64)
+        f["endpose/gripper"] = ep.gripper.astype(np.float64)
+        f["joint_action/gripper"] = ep.gripper.astype(np.float64)
+        f["joint_action/positions"] = ep.positions.astype(np.float64)
+        f["joint_action/velocities"] = ep.velocities.astype(np.float64)
+        f["joint_action/vector"] = ep.vector.astype(np.float64)
+        f["joint_action/control"] = ep.control.astype(np.float64)
+        f["timestamps"] = ep.timestamps.astype(np.float64)
+        width = max(len(j) for j in ep.jpegs) if ep.jpegs else 1
+        f.create_dataset(f"observation/{ep.camera}/rgb", data=np.array(ep.jpegs, dtype=f"S{width}"))
+        if ep.depth is not None:
+            d = f.create_dataset(f"observation/{ep.camera}/depth_raw", data=ep.depth[..., None].astype(np.float32),
+                                 chunks=(1, *ep.depth.shape[1:], 1), compression="gzip", compression_opts=1)
+            d.attrs["depth_scale"] = float(ep.attrs.get("depth_scale", 0.001))
+        if ep.pointcloud is not None:
+            f.create_dataset("pointcloud", data=ep.pointcloud.astype(np.float32))
+        for k, v in ep.attrs.items():
+            f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list, tuple)) or v is None else v
+        f.attrs["complete"] = True
+    os.replace(tmp, path)
+
+
+def is_complete(path: Path, fingerprint: str | None = None) -> bool:
+    """A published episode that a later step may trust (and, with `fingerprint`, made from the same inputs)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return bool(f.attrs.get("complete", False)) and (fingerprint is None or f.attrs.get("fingerprint") == fingerprint)
+    except (OSError, KeyError):
+        return False
+
+
+def read_attrs(path: Path) -> dict[str, Any]:
+    with h5py.File(path, "r") as f:
+        out = {}
+        for k, v in f.attrs.items():
+            if (isinstance(v, str) and v[:1] in "{[") or v == "null":
+                try:
+                    v = json.loads(v)
+                except json.JSONDecodeError:
+                    pass
+            out[k] = v.item() if isinstance(v, np.generic) else v
+        return out
