@@ -53,7 +53,7 @@ def main() -> int:
 
     long_bare = median_wall([*bare, "sleep", f"{args.long_s:g}"], work, max(1, args.repeat // 2))
     long_runner = median_wall([*RUNNER, "run", "bench", "long"], work, max(1, args.repeat // 2))
-    rows.append(("step of ~%gs: runner / bare docker run" % args.long_s, f"{long_runner:.2f}s / {long_bare:.2f}s",
+    rows.append((f"step of ~{args.long_s:g}s: runner / bare docker run", f"{long_runner:.2f}s / {long_bare:.2f}s",
                  f"{long_runner / long_bare:.3f}x", "<= 1.05x"))
 
     triv_bare = median_wall([*bare, "true"], work, args.repeat)

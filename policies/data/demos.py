@@ -160,7 +160,7 @@ def _assemble(label: str, source: Path, steps: list[dict[str, Any]], times: list
         control = control.copy()
         control[:, -1] = 1.0 - control[:, -1]
     for k, v in (("joint_positions", qpos), ("control", control)):
-        bad = np.argwhere(~np.isfinite(v)) if v.size else []
+        bad: np.ndarray = np.argwhere(~np.isfinite(v)) if v.size else np.zeros((0, 2), np.int64)
         if len(bad):
             problems.append(Problem(label, int(bad[0][0]), k, f"{len(bad)} NaN/inf value(s), first at step {bad[0][0]}"))
     vel = _velocities(qpos, t, stack["joint_velocities"], opts)

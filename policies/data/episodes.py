@@ -9,6 +9,7 @@ Attributes: the conversion options, `source`, and `complete` (set last, so a hal
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -24,7 +25,7 @@ from PIL import Image
 def encode_jpeg(rgb: np.ndarray, quality: int = 90, size: tuple[int, int] | None = None) -> bytes:
     img = Image.fromarray(rgb)
     if size is not None and img.size != size:
-        img = img.resize(size, Image.BILINEAR)
+        img = img.resize(size, Image.Resampling.BILINEAR)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
@@ -98,9 +99,7 @@ def read_attrs(path: Path) -> dict[str, Any]:
         out = {}
         for k, v in f.attrs.items():
             if (isinstance(v, str) and v[:1] in "{[") or v == "null":
-                try:
+                with contextlib.suppress(json.JSONDecodeError):
                     v = json.loads(v)
-                except json.JSONDecodeError:
-                    pass
             out[k] = v.item() if isinstance(v, np.generic) else v
         return out

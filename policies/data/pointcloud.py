@@ -47,7 +47,7 @@ def default_device() -> torch.device:
 
 def backproject(depth: torch.Tensor, spec: CloudSpec) -> torch.Tensor:
     """(B,H,W) raw depth -> (B,H,W,3) xyz in metres, camera frame (x right, y down, z forward)."""
-    b, h, w = depth.shape
+    _, h, w = depth.shape
     z = depth.to(torch.float32) * spec.depth_scale
     v, u = torch.meshgrid(torch.arange(h, device=depth.device, dtype=torch.float32),
                           torch.arange(w, device=depth.device, dtype=torch.float32), indexing="ij")

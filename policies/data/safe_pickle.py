@@ -15,6 +15,7 @@ _ALLOWED: frozenset[tuple[str, str]] = frozenset({
     ("numpy", "ndarray"), ("numpy", "dtype"),
     *(("builtins", name) for name in ("dict", "list", "tuple", "set", "frozenset", "bytearray", "complex", "slice")),
     ("collections", "OrderedDict"),
+    ("_codecs", "encode"),  # protocol 2 pickles carry array bytes as latin-1 text
 })
 
 
@@ -28,7 +29,7 @@ class UnsafePickleError(ValueError):
 
 
 class _Restricted(pickle.Unpickler):
-    def __init__(self, file: io.BufferedIOBase, source: str) -> None:
+    def __init__(self, file: io.BufferedIOBase | io.BufferedReader, source: str) -> None:
         super().__init__(file)
         self.source = source
 
@@ -46,4 +47,4 @@ def loads(data: bytes, source: str = "<bytes>") -> Any:
 def load_file(path: Path) -> Any:
     """Unpickle a file with the allow-list."""
     with open(path, "rb") as f:
-        return _Restricted(f, str(path)).load()  # type: ignore[arg-type]
+        return _Restricted(f, str(path)).load()

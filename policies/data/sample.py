@@ -32,7 +32,7 @@ def episode_arrays(index: int, steps: int = 50, camera: str = "front") -> list[d
     start_u, end_u = 45 + 6 * index, 115 - 4 * index
     out = []
     for t in range(steps):
-        phase = t / (steps - 1)
+        phase = t / max(1, steps - 1)
         carry = np.clip((phase - 0.35) / 0.4, 0.0, 1.0)  # the cube moves between 35% and 75% of the episode
         cube_u = start_u + (end_u - start_u) * carry
         closed = 0.3 <= phase < 0.8
@@ -40,7 +40,7 @@ def episode_arrays(index: int, steps: int = 50, camera: str = "front") -> list[d
         joints = HOME + np.array([0.6 * carry, 0.25 * np.sin(np.pi * phase), 0.1 * index, 0.3 * phase, 0.0,
                                   0.2 * carry, 0.0]) + rng.normal(0, 0.002, 7)
         qpos = np.concatenate([joints, [gripper_obs]]).astype(np.float64)
-        nxt = min(t + 1, steps - 1) / (steps - 1)
+        nxt = min(t + 1, steps - 1) / max(1, steps - 1)
         closed_next = 0.3 <= nxt < 0.8
         control = qpos.copy()
         control[:7] += np.array([0.6, 0.25, 0.0, 0.3, 0.0, 0.2, 0.0]) / steps

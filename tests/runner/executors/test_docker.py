@@ -118,18 +118,18 @@ def test_step_runs_in_the_container_as_rendered(tmp_path: Path, client: object, 
     (tmp_path / "in" / "data.txt").write_text("demo")
     (tmp_path / "checks.py").write_text(CHECKS)
     os.chmod(tmp_path, 0o755)
-    job = _job(tmp_path, f"""\
+    job = _job(tmp_path, """\
         name: dock-test
         policy: command
-        resources: {{shm: 96m}}
-        env: {{GREETING: hi, API_TOKEN: "${{oc.env:RR_TEST_TOKEN}}"}}
+        resources: {shm: 96m}
+        env: {GREETING: hi, API_TOKEN: "${oc.env:RR_TEST_TOKEN}"}
         mounts:
-          - {{source: in, target: /in}}
-          - {{source: out, target: /out, read_only: false}}
-          - {{source: checks.py, target: /checks.py}}
+          - {source: in, target: /in}
+          - {source: out, target: /out, read_only: false}
+          - {source: checks.py, target: /checks.py}
         steps:
-          check: {{command: [python3, /checks.py]}}
-          fail: {{command: "echo failing now; exit 7"}}
+          check: {command: [python3, /checks.py]}
+          fail: {command: "echo failing now; exit 7"}
         """, "dock")
     (tmp_path / "out").mkdir()
     os.chmod(tmp_path / "out", 0o777)
