@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -95,4 +96,7 @@ def _build(client: Any, ctx: Path, plan: ImagePlan, log_path: Path, out: BinaryI
             raise ImageError(plan.tag, f"the engine refused the build: {e.explanation or e}") from e
     if image_id is None:
         image_id = str(client.images.get(plan.tag).id)
+    # The throw-away package stage stays behind as a dangling image holding the wheelhouse: remove it.
+    with contextlib.suppress(docker.errors.APIError):
+        client.images.prune(filters={"dangling": True, "label": "runner.stage=packages"})
     return image_id
