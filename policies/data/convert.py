@@ -50,6 +50,7 @@ class ConvertOptions:
     def attrs(self) -> dict[str, Any]:
         """What goes into every output's attributes (and so into training and deploy)."""
         out: dict[str, Any] = {"task": self.task, "config": self.config, "camera": self.gello.camera,
+                               "cameras": list(self.gello.cameras),
                                "velocities": self.gello.velocities, "command_gripper": self.gello.command_gripper,
                                "jpeg_quality": self.jpeg_quality, "image_size": self.image_size, **self.time.attrs()}
         out["pointcloud"] = asdict(self.cloud) if self.cloud else None
@@ -83,7 +84,7 @@ def check(raw: Path, opts: ConvertOptions) -> list[Problem]:
 def _check_one(source: Path, opts: ConvertOptions) -> list[Problem]:
     ep = read_episode(source, opts.gello)
     problems = list(ep.problems)
-    if not problems and opts.cloud is not None and ep.depth is not None and ep.rgb is not None:
+    if not problems and opts.cloud is not None and ep.depth is not None:
         problems += _cloud_problems(ep, opts.cloud)
     return problems
 
@@ -156,17 +157,18 @@ def _convert_one(index: int, source: Path, fingerprint: str, stage: Path, opts: 
     else:
         control_grip = ep.control[:, -1]
     control = np.concatenate([ep.control[:, :-1], control_grip[:, None]], axis=1)
-    assert ep.rgb is not None
     pc = None
     if opts.cloud is not None and ep.depth is not None:
         try:
-            pc = _episode_clouds(ep.depth[keep], ep.rgb[keep], opts.cloud)
+            pc = _episode_clouds(ep.depth[keep], ep.rgb[opts.gello.camera][keep], opts.cloud)
         except TooFewPointsError as e:
             return ep.name, ep.length, 0, [Problem(ep.name, int(keep[e.frame]), "depth", str(e).split(": ", 1)[1])]
     data = EpisodeData(
         ee_pos_quat=ep.ee_pos_quat[keep], gripper=gripper[keep], positions=ep.joint_positions[keep, :-1],
         velocities=ep.joint_velocities[keep], control=control[keep], timestamps=ep.timestamps[keep],
-        camera=opts.gello.camera, jpegs=[encode_jpeg(img, opts.jpeg_quality, opts.image_size) for img in ep.rgb[keep]],
+        camera=opts.gello.camera,
+        jpegs={cam: [encode_jpeg(img, opts.jpeg_quality, opts.image_size) for img in frames[keep]]
+               for cam, frames in ep.rgb.items()},
         depth=ep.depth[keep] if ep.depth is not None else None, pointcloud=pc,
         attrs={**opts.attrs(), "source": str(source), "fingerprint": fingerprint, "source_frames": ep.length,
                "kept_frames": [int(k) for k in keep]})

@@ -20,12 +20,17 @@ REQUIRED = ("joint_positions", "control")
 class GelloOptions:
     """GELLO's Franka (Panda) driver quirks, made explicit (UPSTREAM.md §5)."""
 
-    camera: str = "front"
+    camera: str = "front"  # the camera whose depth makes point clouds
+    extra_cameras: tuple[str, ...] = ()  # more cameras whose RGB is kept (RDT's wrist slots)
     # The Panda driver copies joint positions into joint_velocities: derive them from positions and time.
     velocities: Literal["finite_difference", "recorded"] = "finite_difference"
     # Observation gripper 1.0 = open; the Panda command 1.0 = closed. Store commands in the observation's sense.
     command_gripper: Literal["closed_is_one", "open_is_one"] = "closed_is_one"
     need_depth: bool = True
+
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        return (self.camera, *(c for c in self.extra_cameras if c != self.camera))
 
 
 @dataclass
@@ -51,7 +56,7 @@ class Episode:
     joint_velocities: np.ndarray  # (T, D)
     ee_pos_quat: np.ndarray  # (T, 7); zeros when the driver does not report it
     control: np.ndarray  # (T, D) commanded joints + gripper
-    rgb: np.ndarray | None  # (T, H, W, 3) uint8
+    rgb: dict[str, np.ndarray]  # camera -> (T, H, W, 3) uint8
     depth: np.ndarray | None  # (T, H, W) uint16 raw units
     problems: list[Problem] = field(default_factory=list)
 
@@ -140,15 +145,15 @@ def _assemble(label: str, source: Path, steps: list[dict[str, Any]], times: list
               problems: list[Problem]) -> Episode:
     if len(steps) < 2:
         problems.append(Problem(label, None, "", f"{len(steps)} step(s): an episode needs at least 2"))
-    keys = [*REQUIRED, f"{opts.camera}_rgb"] + ([f"{opts.camera}_depth"] if opts.need_depth else [])
+    keys = [*REQUIRED, *(f"{c}_rgb" for c in opts.cameras)] + ([f"{opts.camera}_depth"] if opts.need_depth else [])
     for i, s in enumerate(steps):
         for k in keys:
             if k not in s:
                 hint = " (point clouds need depth: was the camera's depth stream recorded?)" if k.endswith("_depth") else ""
                 problems.append(Problem(label, i, k, f"missing{hint}; the step has {', '.join(sorted(s))}"))
     stack = {k: _stack(steps, k, label, problems) for k in
-             ("joint_positions", "control", "joint_velocities", "ee_pos_quat", f"{opts.camera}_rgb",
-              f"{opts.camera}_depth")}
+             ("joint_positions", "control", "joint_velocities", "ee_pos_quat", f"{opts.camera}_depth",
+              *(f"{c}_rgb" for c in opts.cameras))}
     t = np.asarray(times, dtype=np.float64)
     qpos = stack["joint_positions"]
     empty = np.zeros((len(steps), 0))
@@ -168,8 +173,8 @@ def _assemble(label: str, source: Path, steps: list[dict[str, Any]], times: list
     depth = stack[f"{opts.camera}_depth"]
     if depth is not None and depth.ndim == 4:
         depth = depth[..., 0]
-    return Episode(label, source, t, qpos, vel, np.asarray(ee, np.float64), control, stack[f"{opts.camera}_rgb"],
-                   depth, problems)
+    rgb = {c: img for c in opts.cameras if (img := stack[f"{c}_rgb"]) is not None}
+    return Episode(label, source, t, qpos, vel, np.asarray(ee, np.float64), control, rgb, depth, problems)
 
 
 def _stack(steps: list[dict[str, Any]], key: str, label: str, problems: list[Problem]) -> np.ndarray | None:

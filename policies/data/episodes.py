@@ -43,8 +43,8 @@ class EpisodeData:
     velocities: np.ndarray  # (T, D)
     control: np.ndarray  # (T, D), observation gripper convention
     timestamps: np.ndarray
-    camera: str
-    jpegs: list[bytes]
+    camera: str  # the camera the depth belongs to
+    jpegs: dict[str, list[bytes]]  # camera -> JPEG per frame
     depth: np.ndarray | None  # (T,H,W) raw
     pointcloud: np.ndarray | None
     attrs: dict[str, Any]
@@ -71,8 +71,9 @@ def write_episode(path: Path, ep: EpisodeData) -> None:
         f["joint_action/vector"] = ep.vector.astype(np.float64)
         f["joint_action/control"] = ep.control.astype(np.float64)
         f["timestamps"] = ep.timestamps.astype(np.float64)
-        width = max(len(j) for j in ep.jpegs) if ep.jpegs else 1
-        f.create_dataset(f"observation/{ep.camera}/rgb", data=np.array(ep.jpegs, dtype=f"S{width}"))
+        for cam, jpegs in ep.jpegs.items():
+            width = max((len(j) for j in jpegs), default=1)
+            f.create_dataset(f"observation/{cam}/rgb", data=np.array(jpegs, dtype=f"S{width}"))
         if ep.depth is not None:
             d = f.create_dataset(f"observation/{ep.camera}/depth_raw", data=ep.depth[..., None].astype(np.float32),
                                  chunks=(1, *ep.depth.shape[1:], 1), compression="gzip", compression_opts=1)
