@@ -47,7 +47,7 @@ POLICIES: dict[str, PolicyInfo] = {
         model_path="policies.rdt.config:RdtJob",
         image="rdt",
         steps=("convert", "train", "eval", "deploy"),
-        implemented=frozenset(),
+        implemented=frozenset({"convert"}),
         entry="policies.rdt.steps",
     ),
     "command": PolicyInfo(

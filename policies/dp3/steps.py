@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import sys
 
-from policies.context import StepContext, load_context
-from policies.data.convert import ConversionError, ConvertOptions, check, convert
+from policies.context import StepContext
+from policies.data.convert import ConversionError, ConvertOptions, convert
 from policies.data.demos import GelloOptions
 from policies.data.pointcloud import CloudSpec
 from policies.data.transform import TimeOptions
 from policies.dp3.zarr_buffer import BufferError, buffer_name, write_buffer
+from policies.entry import main, report_check
 
 
 def convert_options(ctx: StepContext) -> ConvertOptions:
@@ -39,11 +40,7 @@ def step_convert(ctx: StepContext) -> int:
     raw, out = ctx.path("raw"), ctx.path("converted")
     opts = convert_options(ctx)
     if ctx.mode == "check":
-        problems = check(raw, opts)
-        for p in problems:
-            print(f"problem: {p}")
-        print(f"check: {len(problems)} problem(s) in {raw}" if problems else f"check: {raw} is ready to convert")
-        return 1 if problems else 0
+        return report_check(raw, opts)
     try:
         report = convert(raw, out, opts, progress=lambda s: print(s, flush=True))
         buf = write_buffer(report.episodes, out / f"{buffer_name(opts.task, opts.config, len(report.episodes))}.zarr")
@@ -62,13 +59,5 @@ def step_convert(ctx: StepContext) -> int:
 STEPS = {"convert": step_convert}
 
 
-def main(argv: list[str]) -> int:
-    step = argv[0] if argv else ""
-    if step not in STEPS:
-        print(f"dp3 {step}: not implemented yet", file=sys.stderr)
-        return 3
-    return STEPS[step](load_context())
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main("dp3", STEPS, sys.argv[1:]))
