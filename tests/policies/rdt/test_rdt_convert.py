@@ -51,6 +51,6 @@ def test_still_episode_is_refused_before_writing(episodes: list[Path], tmp_path:
     with h5py.File(still, "a") as f:
         vec = f["joint_action/vector"][()]
         f["joint_action/vector"][...] = np.repeat(vec[:1], len(vec), axis=0)
-    with pytest.raises(RdtDataError, match="never move more than 0.01"):
+    with pytest.raises(RdtDataError, match=r"never move more than 0\.01"):
         write_rdt([episodes[0], still], tmp_path / "out", {"cam_high": "front"}, (64, 48))
     assert not (tmp_path / "out").exists()
