@@ -202,3 +202,22 @@ def test_host_oom_is_diagnosed(tmp_path: Path, client: object) -> None:
     step = rec.steps[0]
     assert step.status == "failed" and step.exit_code == 137
     assert step.diagnosis and step.diagnosis["kind"] == "host_oom"
+
+
+@pytest.mark.slow
+def test_sample_convert_runs_in_the_dp3_image(tmp_path: Path, client: object) -> None:
+    """`runner convert` inside the real DP3 image (torch, h5py, zarr 2), as the README's first command does."""
+    import shutil
+
+    import zarr
+
+    (tmp_path / "jobs").mkdir()
+    shutil.copy(REPO / "jobs" / "sample_dp3.yaml", tmp_path / "jobs")
+    job = load_job(tmp_path / "jobs" / "sample_dp3.yaml", os.environ)
+    out = io.BytesIO()
+    rec = _orchestrator(out).run(RunRequest(job, ["convert"]))
+    assert rec.steps[0].status == "succeeded", out.getvalue().decode()[-2000:]
+    assert rec.image["tag"].startswith("robo-runner/dp3:")
+    buf = zarr.open(str(tmp_path / "sample_data/converted/sample_pick-demo_clean-3.zarr"), "r")
+    assert buf["data/state"].shape == (147, 8) and buf["data/point_cloud"].shape == (147, 256, 6)
+    assert b"DP3 replay buffer /data/converted/" in out.getvalue()
