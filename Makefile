@@ -20,7 +20,7 @@ help:
 $(BIN)/runner: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,data]' --config-settings editable_mode=compat
+	$(BIN)/pip install -q -e '.[dev,data,policy]' --config-settings editable_mode=compat
 	@touch $@
 
 venv: $(BIN)/runner

@@ -1,0 +1,298 @@
+"""3D Diffusion Policy (Ze et al., RSS 2024) as RoboTwin's policy/DP3 configures it (robot_dp3.yaml).
+
+Module and parameter names follow upstream (`obs_encoder.*`, `model.*`, `normalizer.params_dict.*`,
+`_dummy_variable`), so a state dict trained by upstream code loads here with strict key checking and ours
+loads there. Written from upstream's published architecture; no upstream code is copied.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Dp3Config:
+    state_dim: int
+    action_dim: int
+    num_points: int = 1024
+    point_channels: int = 6  # channels stored in the data; the encoder uses 3 unless use_pc_color
+    use_pc_color: bool = False
+    horizon: int = 8
+    n_obs_steps: int = 3
+    n_action_steps: int = 6
+    encoder_output_dim: int = 128
+    state_mlp_size: tuple[int, ...] = (64, 64)
+    diffusion_step_embed_dim: int = 64
+    down_dims: tuple[int, ...] = (512, 1024, 2048)
+    kernel_size: int = 5
+    n_groups: int = 8
+    num_train_timesteps: int = 100
+    num_inference_steps: int = 10
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def obs_feature_dim(self) -> int:
+        return self.encoder_output_dim + self.state_mlp_size[-1]
+
+
+class PointNetXYZ(nn.Module):
+    """Per-point MLP (3 -> 64 -> 128 -> 256, LayerNorm + ReLU), max-pool, projection with LayerNorm."""
+
+    def __init__(self, out_channels: int) -> None:
+        super().__init__()
+        c = (64, 128, 256)
+        self.mlp = nn.Sequential(nn.Linear(3, c[0]), nn.LayerNorm(c[0]), nn.ReLU(),
+                                 nn.Linear(c[0], c[1]), nn.LayerNorm(c[1]), nn.ReLU(),
+                                 nn.Linear(c[1], c[2]), nn.LayerNorm(c[2]), nn.ReLU())
+        self.final_projection = nn.Sequential(nn.Linear(c[2], out_channels), nn.LayerNorm(out_channels))
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        return self.final_projection(self.mlp(points).max(dim=1).values)
+
+
+class PointNetXYZRGB(nn.Module):
+    """Per-point MLP (6 -> 64 -> 128 -> 256 -> 512), max-pool, projection with LayerNorm."""
+
+    def __init__(self, out_channels: int) -> None:
+        super().__init__()
+        c = (64, 128, 256, 512)
+        self.mlp = nn.Sequential(nn.Linear(6, c[0]), nn.LayerNorm(c[0]), nn.ReLU(),
+                                 nn.Linear(c[0], c[1]), nn.LayerNorm(c[1]), nn.ReLU(),
+                                 nn.Linear(c[1], c[2]), nn.LayerNorm(c[2]), nn.ReLU(),
+                                 nn.Linear(c[2], c[3]))
+        self.final_projection = nn.Sequential(nn.Linear(c[3], out_channels), nn.LayerNorm(out_channels))
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        return self.final_projection(self.mlp(points).max(dim=1).values)
+
+
+class Dp3Encoder(nn.Module):
+    """Point-cloud feature (128) concatenated with a state MLP feature (64)."""
+
+    def __init__(self, cfg: Dp3Config) -> None:
+        super().__init__()
+        self.use_pc_color = cfg.use_pc_color
+        self.extractor: nn.Module = (PointNetXYZRGB if cfg.use_pc_color else PointNetXYZ)(cfg.encoder_output_dim)
+        sizes = cfg.state_mlp_size
+        layers: list[nn.Module] = []
+        dim = cfg.state_dim
+        for width in sizes[:-1]:
+            layers += [nn.Linear(dim, width), nn.ReLU()]
+            dim = width
+        layers.append(nn.Linear(dim, sizes[-1]))
+        self.state_mlp = nn.Sequential(*layers)
+
+    def forward(self, point_cloud: torch.Tensor, agent_pos: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.extractor(point_cloud), self.state_mlp(agent_pos)], dim=-1)
+
+
+class SinusoidalPosEmb(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        freq = torch.exp(torch.arange(half, device=x.device) * -(math.log(10000) / (half - 1)))
+        emb = x.float()[:, None] * freq[None, :]
+        return torch.cat((emb.sin(), emb.cos()), dim=-1)
+
+
+class Conv1dBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel: int, groups: int = 8) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv1d(cin, cout, kernel, padding=kernel // 2), nn.GroupNorm(groups, cout), nn.Mish())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.block(x)
+        return out
+
+
+class CondResBlock(nn.Module):
+    """Two conv blocks; FiLM (per-channel scale and bias from the condition) after the first."""
+
+    def __init__(self, cin: int, cout: int, cond_dim: int, kernel: int, groups: int) -> None:
+        super().__init__()
+        self.out_channels = cout
+        self.blocks = nn.ModuleList([Conv1dBlock(cin, cout, kernel, groups), Conv1dBlock(cout, cout, kernel, groups)])
+        self.cond_encoder = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, cout * 2))
+        self.residual_conv: nn.Module = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        out = self.blocks[0](x)
+        film = self.cond_encoder(cond).reshape(cond.shape[0], 2, self.out_channels, 1)
+        out = film[:, 0] * out + film[:, 1]
+        out = self.blocks[1](out)
+        return out + self.residual_conv(x)
+
+
+class Downsample1d(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(dim, dim, 3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.conv(x)
+        return out
+
+
+class Upsample1d(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv = nn.ConvTranspose1d(dim, dim, 4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.conv(x)
+        return out
+
+
+class ConditionalUnet1D(nn.Module):
+    """The noise-prediction U-Net over the action sequence, FiLM-conditioned on step embedding + observations."""
+
+    def __init__(self, input_dim: int, global_cond_dim: int, step_embed: int, down_dims: tuple[int, ...],
+                 kernel: int, groups: int) -> None:
+        super().__init__()
+        dims = [input_dim, *down_dims]
+        cond = step_embed + global_cond_dim
+        self.diffusion_step_encoder = nn.Sequential(SinusoidalPosEmb(step_embed), nn.Linear(step_embed, step_embed * 4),
+                                                    nn.Mish(), nn.Linear(step_embed * 4, step_embed))
+        pairs = list(zip(dims[:-1], dims[1:], strict=True))
+        mid = dims[-1]
+        self.mid_modules = nn.ModuleList([CondResBlock(mid, mid, cond, kernel, groups) for _ in range(2)])
+        self.down_modules = nn.ModuleList([
+            nn.ModuleList([CondResBlock(a, b, cond, kernel, groups), CondResBlock(b, b, cond, kernel, groups),
+                           Downsample1d(b) if i < len(pairs) - 1 else nn.Identity()])
+            for i, (a, b) in enumerate(pairs)])
+        self.up_modules = nn.ModuleList([
+            nn.ModuleList([CondResBlock(b * 2, a, cond, kernel, groups), CondResBlock(a, a, cond, kernel, groups),
+                           Upsample1d(a)])
+            for a, b in reversed(pairs[1:])])
+        self.final_conv = nn.Sequential(Conv1dBlock(down_dims[0], down_dims[0], kernel), nn.Conv1d(down_dims[0], input_dim, 1))
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
+        """(B,T,A) noisy actions, (B,) steps, (B,G) condition -> (B,T,A)."""
+        x = sample.transpose(1, 2)
+        t = timestep.expand(sample.shape[0]) if timestep.ndim else timestep[None].expand(sample.shape[0])
+        cond = torch.cat([self.diffusion_step_encoder(t), global_cond], dim=-1)
+        skips = []
+        for res1, res2, down in self.down_modules:  # type: ignore[misc]
+            x = res2(res1(x, cond), cond)
+            skips.append(x)
+            x = down(x)
+        for block in self.mid_modules:
+            x = block(x, cond)
+        for res1, res2, up in self.up_modules:  # type: ignore[misc]
+            x = up(res2(res1(torch.cat((x, skips.pop()), dim=1), cond), cond))
+        out: torch.Tensor = self.final_conv(x)
+        return out.transpose(1, 2)
+
+
+class LinearNormalizer(nn.Module):
+    """Min-max ('limits') normalisation to [-1, 1] per last-dim channel, fitted on the training data.
+
+    Parameters live at `params_dict.<key>.{scale,offset,input_stats.{min,max,mean,std}}`, as upstream's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.params_dict = nn.ParameterDict()
+
+    @torch.no_grad()
+    def fit(self, data: dict[str, torch.Tensor], range_eps: float = 1e-4) -> None:
+        for key, value in data.items():
+            x = value.reshape(-1, value.shape[-1]).float()
+            lo, hi = x.min(0).values, x.max(0).values
+            span = hi - lo
+            flat = span < range_eps
+            span[flat] = 2.0
+            scale = 2.0 / span
+            offset = -1.0 - scale * lo
+            offset[flat] = -lo[flat]
+            stats = {"min": lo, "max": hi, "mean": x.mean(0), "std": x.std(0)}
+            self.params_dict[key] = nn.ParameterDict({
+                "scale": nn.Parameter(scale, requires_grad=False), "offset": nn.Parameter(offset, requires_grad=False),
+                "input_stats": nn.ParameterDict({k: nn.Parameter(v, requires_grad=False) for k, v in stats.items()})})
+
+    def normalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        p = self.params_dict[key]
+        return x * p["scale"] + p["offset"]
+
+    def unnormalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        p = self.params_dict[key]
+        return (x - p["offset"]) / p["scale"]
+
+    def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args: object,
+                              **kwargs: object) -> None:
+        # Rebuild the nested dicts from the keys, so an unfitted normalizer can load a checkpoint (as upstream).
+        for full, value in state_dict.items():
+            if not full.startswith(prefix + "params_dict."):
+                continue
+            parts = full[len(prefix + "params_dict."):].split(".")
+            node: nn.ParameterDict = self.params_dict
+            for part in parts[:-1]:
+                if part not in node:
+                    node[part] = nn.ParameterDict()
+                node = node[part]
+            node[parts[-1]] = nn.Parameter(value.clone(), requires_grad=False)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[arg-type]
+
+
+class DP3(nn.Module):
+    """Observation encoder + conditional U-Net + normaliser, with a DDIM noise scheduler (not a module)."""
+
+    def __init__(self, cfg: Dp3Config) -> None:
+        super().__init__()
+        from diffusers import DDIMScheduler
+
+        self.cfg = cfg
+        self._dummy_variable = nn.Parameter(torch.empty(0))  # upstream's ModuleAttrMixin keeps one
+        self.obs_encoder = Dp3Encoder(cfg)
+        self.model = ConditionalUnet1D(cfg.action_dim, cfg.obs_feature_dim * cfg.n_obs_steps,
+                                       cfg.diffusion_step_embed_dim, cfg.down_dims, cfg.kernel_size, cfg.n_groups)
+        self.normalizer = LinearNormalizer()
+        self.noise_scheduler = DDIMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_start=0.0001,
+                                             beta_end=0.02, beta_schedule="squaredcos_cap_v2", clip_sample=True,
+                                             set_alpha_to_one=True, steps_offset=0, prediction_type="sample")
+
+    def global_cond(self, point_cloud: torch.Tensor, agent_pos: torch.Tensor) -> torch.Tensor:
+        """(B,To,P,C) and (B,To,D), normalised -> (B, To * 192)."""
+        b, to = agent_pos.shape[:2]
+        pc = point_cloud if self.cfg.use_pc_color else point_cloud[..., :3]
+        feat = self.obs_encoder(pc.reshape(b * to, *pc.shape[2:]), agent_pos.reshape(b * to, -1))
+        return feat.reshape(b, -1)
+
+    def compute_loss(self, point_cloud: torch.Tensor, agent_pos: torch.Tensor, action: torch.Tensor,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """Denoising loss on one batch of raw windows: (B,T,P,C), (B,T,D), (B,T,A)."""
+        to = self.cfg.n_obs_steps
+        npc = self.normalizer.normalize("point_cloud", point_cloud[:, :to])
+        npos = self.normalizer.normalize("agent_pos", agent_pos[:, :to])
+        target = self.normalizer.normalize("action", action)
+        cond = self.global_cond(npc, npos)
+        noise = torch.randn(target.shape, generator=generator, device=target.device, dtype=target.dtype)
+        steps = torch.randint(0, self.cfg.num_train_timesteps, (target.shape[0],), generator=generator,
+                              device=target.device)
+        noisy = self.noise_scheduler.add_noise(target, noise, steps)
+        pred = self.model(noisy, steps, cond)
+        return F.mse_loss(pred.float(), target.float())  # prediction_type "sample": the target is the clean actions
+
+    @torch.no_grad()
+    def predict_action(self, point_cloud: torch.Tensor, agent_pos: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B,To,P,C), (B,To,D) raw observations -> (B, n_action_steps, A) raw actions."""
+        cfg = self.cfg
+        cond = self.global_cond(self.normalizer.normalize("point_cloud", point_cloud),
+                                self.normalizer.normalize("agent_pos", agent_pos))
+        traj = torch.randn((agent_pos.shape[0], cfg.horizon, cfg.action_dim), generator=generator,
+                           device=agent_pos.device, dtype=cond.dtype)
+        self.noise_scheduler.set_timesteps(cfg.num_inference_steps)
+        for t in self.noise_scheduler.timesteps:
+            out = self.model(traj, t.to(traj.device), cond)
+            traj = self.noise_scheduler.step(out, t, traj, generator=generator).prev_sample
+        actions = self.normalizer.unnormalize("action", traj)
+        start = cfg.n_obs_steps - 1
+        return actions[:, start:start + cfg.n_action_steps]
