@@ -39,7 +39,7 @@ POLICIES: dict[str, PolicyInfo] = {
         model_path="policies.dp3.config:Dp3Job",
         image="dp3",
         steps=("convert", "train", "eval", "deploy"),
-        implemented=frozenset({"convert"}),
+        implemented=frozenset({"convert", "train", "eval"}),
         entry="policies.dp3.steps",
     ),
     "rdt": PolicyInfo(

@@ -102,12 +102,17 @@ def _cloud_problems(ep: Episode, spec: CloudSpec) -> list[Problem]:
 def convert(raw: Path, out: Path, opts: ConvertOptions, progress: Progress = lambda s: None) -> ConvertReport:
     """Check, convert every episode (resuming a staged run), publish `<out>/<task>/<config>/` in one rename."""
     t0 = time.perf_counter()
+    sources = find_episodes(raw)
+    jobs = [(i, src, _fingerprint(src, opts)) for i, src in enumerate(sources)]
+    published = [episode_path(out, opts.task, opts.config, i) for i in range(len(sources))]
+    extra = episode_path(out, opts.task, opts.config, len(sources))
+    if sources and not extra.exists() and all(is_complete(p, fp) for p, (_, _, fp) in zip(published, jobs, strict=True)):
+        progress(f"convert: {len(sources)} episodes up to date in {published[0].parent.parent}")
+        return ConvertReport(published, len(sources), 0, 0, time.perf_counter() - t0)
     problems = check(raw, opts)
     if problems:
         raise ConversionError(problems)
-    sources = find_episodes(raw)
     stage = out / STAGING
-    jobs = [(i, src, _fingerprint(src, opts)) for i, src in enumerate(sources)]
     todo = [j for j in jobs if not is_complete(episode_path(stage, opts.task, opts.config, j[0]), j[2])]
     progress(f"convert: {len(sources)} episodes, {len(jobs) - len(todo)} already staged")
     frames_in = frames_out = 0

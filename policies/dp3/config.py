@@ -55,6 +55,13 @@ class Dp3Train(StepSpec):
     num_points: int = Field(default=1024, gt=0)
     down_dims: tuple[int, ...] = (512, 1024, 2048)
     logger: Literal["none", "tensorboard", "wandb"] = "none"
+    max_steps: int | None = Field(default=None, gt=0, description="stop after this many optimizer steps")
+    val_every: int = Field(default=50, gt=0, description="epochs between validation losses")
+    grad_clip: float = Field(default=1.0, ge=0, description="max gradient norm; 0 turns clipping off")
+    ema: bool = True
+    dataset: str | None = Field(default=None, description="replay buffer name; default <task>-<config>-<n>.zarr")
+    config: str = Field(default="demo_clean", description="task_config the buffer was converted with")
+    device: str | None = Field(default=None, description="cuda / cpu; default cuda when there is one")
 
     def loader_shm_bytes(self) -> int:
         # Each worker keeps prefetch_factor (2) collated batches in shared memory.

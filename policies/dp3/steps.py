@@ -5,11 +5,19 @@ from __future__ import annotations
 import json
 import sys
 
+import torch
+
 from policies.context import StepContext
 from policies.data.convert import ConversionError, ConvertOptions, convert
 from policies.data.demos import GelloOptions
 from policies.data.pointcloud import CloudSpec
 from policies.data.transform import TimeOptions
+from policies.dp3.checkpoints import resolve
+from policies.dp3.data import DataShapeError, ReplayData, check_dims, find_buffer, load_buffer
+from policies.dp3.evaluate import evaluate
+from policies.dp3.infer import model_from_payload
+from policies.dp3.model import Dp3Config
+from policies.dp3.train import TrainSettings, exit_code, stop_flag, train
 from policies.dp3.zarr_buffer import BufferError, buffer_name, write_buffer
 from policies.entry import main, report_check
 
@@ -56,7 +64,71 @@ def step_convert(ctx: StepContext) -> int:
     return 0
 
 
-STEPS = {"convert": step_convert}
+def _buffer(ctx: StepContext) -> ReplayData:
+    o = ctx.options
+    path = find_buffer(ctx.path("converted"), ctx.task or ctx.job, o.get("config", "demo_clean"), o.get("dataset"))
+    return load_buffer(path)
+
+
+def _device(ctx: StepContext) -> torch.device:
+    want = ctx.options.get("device")
+    return torch.device(want or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def step_train(ctx: StepContext) -> int:
+    o = ctx.options
+    try:
+        data = _buffer(ctx)
+        check_dims(data, {"state_dim": o["state_dim"], "action_dim": o["action_dim"], "num_points": o["num_points"]},
+                   ctx.spec.get("name", ctx.job) + "'s job file")
+    except (FileNotFoundError, DataShapeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if o["use_pc_color"] and data.point_cloud.shape[2] < 6:
+        print(f"error: steps.train.use_pc_color needs xyzrgb points; {data.path.name} has {data.point_cloud.shape[2]} "
+              "channels", file=sys.stderr)
+        return 2
+    cfg = Dp3Config(state_dim=data.state.shape[1], action_dim=data.action.shape[1], num_points=data.point_cloud.shape[1],
+                    point_channels=data.point_cloud.shape[2], use_pc_color=o["use_pc_color"], horizon=o["horizon"],
+                    n_obs_steps=o["n_obs_steps"], n_action_steps=o["n_action_steps"], down_dims=tuple(o["down_dims"]))
+    settings = TrainSettings(epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"], lr_warmup_steps=o["lr_warmup_steps"],
+                             checkpoint_every=o["checkpoint_every"], keep_checkpoints=o["keep_checkpoints"],
+                             val_every=o["val_every"], val_ratio=o["val_ratio"], grad_clip=o["grad_clip"], ema=o["ema"],
+                             seed=o["seed"], max_steps=o["max_steps"], logger=o["logger"])
+    import zarr
+
+    extra = {"dataset": str(data.path), "conversion": dict(zarr.open(str(data.path), "r").attrs.get("conversion", {})),
+             "job": ctx.job, "task": ctx.task}
+    result = train(cfg, data, settings, ckpt_dir=ctx.path("checkpoints"), run_dir=ctx.run_dir, device=_device(ctx),
+                   resume=ctx.resume, extra=extra, say=lambda m: print(m, flush=True), stop=stop_flag())
+    return exit_code(result)
+
+
+def step_eval(ctx: StepContext) -> int:
+    o = ctx.options
+    dev = _device(ctx)
+    try:
+        ckpt = resolve(ctx.path("checkpoints"), o["checkpoint"])
+        data = _buffer(ctx).to(dev)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    payload = torch.load(ckpt, map_location=dev, weights_only=False)
+    model = model_from_payload(payload, dev)
+    episodes = list(payload.get("val_episodes") or [])
+    if not episodes:
+        episodes = [data.n_episodes - 1]
+        print(f"eval: the checkpoint held no episode out; evaluating episode {episodes[0]} (seen in training)")
+    if o.get("episodes"):
+        episodes = episodes[: o["episodes"]]
+    summary = evaluate(model, data, episodes, ctx.run_dir / "eval")
+    print(f"eval: {ckpt.name} on episodes {episodes}: joint MSE {summary['mse_joints']:.5f}, gripper MSE "
+          f"{summary['gripper_mse']:.5f}, gripper accuracy {summary['gripper_accuracy']:.3f}; "
+          f"plots and eval.json in {ctx.run_dir / 'eval'}")
+    return 0
+
+
+STEPS = {"convert": step_convert, "train": step_train, "eval": step_eval}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,313 @@
+"""DP3 training: AdamW + cosine warm-up, EMA, bf16 autocast on GPUs, gradient clipping, GPU-resident windows,
+checkpoints that resume exactly (same weights as an uninterrupted run on CPU), stop-and-save on signals."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from policies.dp3 import checkpoints
+from policies.dp3.data import ReplayData, WindowSampler, val_mask, window_table
+from policies.dp3.model import DP3, Dp3Config
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 3000
+    batch_size: int = 256
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.95, 0.999)
+    weight_decay: float = 1e-6
+    lr_warmup_steps: int = 500
+    checkpoint_every: int = 3000
+    keep_checkpoints: int = 3
+    val_every: int = 50
+    val_ratio: float = 0.02
+    grad_clip: float = 1.0
+    ema: bool = True
+    seed: int = 0
+    max_steps: int | None = None
+    log_every: int = 10
+    logger: str = "none"
+
+
+class Ema:
+    """EMA of the weights with upstream's warm-up schedule (inv_gamma 1, power 0.75, max 0.9999)."""
+
+    def __init__(self, model: torch.nn.Module, power: float = 0.75, max_value: float = 0.9999) -> None:
+        import copy
+
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.power, self.max_value, self.step_count = power, max_value, 0
+
+    def decay(self) -> float:
+        step = max(0, self.step_count - 1)
+        return 0.0 if step <= 0 else min(self.max_value, max(0.0, 1 - (1 + step) ** -self.power))
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        d = self.decay()
+        for ema_p, p in zip(self.model.parameters(), model.parameters(), strict=True):
+            if p.requires_grad:
+                ema_p.mul_(d).add_(p.detach(), alpha=1 - d)
+            else:
+                ema_p.copy_(p)
+        self.step_count += 1
+
+
+@dataclass
+class TrainResult:
+    global_step: int
+    epoch: int
+    stopped_by: str | None
+    last_checkpoint: Path | None
+    losses: list[float] = field(default_factory=list)
+
+
+class _StopFlag:
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self.save_now = False
+
+    def install(self) -> None:
+        def stop(signum: int, _frame: object) -> None:
+            self.signal = signum
+
+        def save(_signum: int, _frame: object) -> None:
+            self.save_now = True
+
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, stop)
+        signal.signal(signal.SIGUSR1, save)
+
+
+def build_model(cfg: Dp3Config, data: ReplayData, train_rows: torch.Tensor, device: torch.device) -> DP3:
+    model = DP3(cfg)
+    # The min-max normaliser is fitted on the frames of the training episodes (upstream: the training split).
+    frames = torch.unique(train_rows.reshape(-1)).to(data.state.device)
+    model.normalizer.fit({"action": data.action[frames], "agent_pos": data.state[frames],
+                          "point_cloud": data.point_cloud[frames]})
+    return model.to(device)
+
+
+def make_optimizer(model: DP3, s: TrainSettings, device: torch.device) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=s.lr, betas=s.betas, eps=1e-8, weight_decay=s.weight_decay,
+                             fused=device.type == "cuda")
+
+
+def cosine_with_warmup(opt: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """diffusers' 'cosine' schedule: linear warm-up, then half a cosine to zero (stepped per batch)."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _rng_state(gens: dict[str, torch.Generator]) -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            **{k: g.get_state() for k, g in gens.items()}}
+
+
+def _set_rng(state: dict[str, Any], gens: dict[str, torch.Generator]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for k, g in gens.items():
+        g.set_state(state[k])
+
+
+class Metrics:
+    """metrics.jsonl in the run folder, plus tensorboard or wandb when the job asks."""
+
+    def __init__(self, run_dir: Path, logger: str, config: dict[str, Any]) -> None:
+        self.file = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115 - open for the whole run
+        self.tb: Any = None
+        self.wandb: Any = None
+        if logger == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        elif logger == "wandb":
+            try:
+                import wandb
+            except ImportError as e:
+                msg = "steps.train.logger is wandb but wandb is not installed: add it to image.pip"
+                raise SystemExit(msg) from e
+            self.wandb = wandb.init(dir=str(run_dir), config=config)  # WANDB_MODE=offline works with no network
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        self.file.write(json.dumps({"step": step, **values}) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path, run_dir: Path, device: torch.device,
+          resume: bool, extra: dict[str, Any] | None = None, say: Callable[[str], None] = print,
+          stop: _StopFlag | None = None) -> TrainResult:
+    """Train (or continue training) and return where it stopped."""
+    random.seed(s.seed)
+    np.random.seed(s.seed)
+    torch.manual_seed(s.seed)
+    data = data.to(device)
+    mask = val_mask(data.n_episodes, s.val_ratio, s.seed)
+    pad = (cfg.n_obs_steps - 1, cfg.n_action_steps - 1)
+    train_rows = window_table(data.episode_ends, ~mask, cfg.horizon, *pad)
+    val_rows = window_table(data.episode_ends, mask, cfg.horizon, *pad)
+    sampler, val_sampler = WindowSampler(data, train_rows), WindowSampler(data, val_rows)
+    model = build_model(cfg, data, train_rows, device)
+    ema = Ema(model) if s.ema else None
+    opt = make_optimizer(model, s, device)
+    per_epoch = math.ceil(len(sampler) / s.batch_size)
+    total = per_epoch * s.epochs if s.max_steps is None else min(per_epoch * s.epochs, s.max_steps)
+    sched = cosine_with_warmup(opt, s.lr_warmup_steps, per_epoch * s.epochs)
+    gens = {"sample": torch.Generator().manual_seed(s.seed), "noise": torch.Generator(device).manual_seed(s.seed + 1)}
+    epoch, batch0, global_step, perm_state = 0, 0, 0, None
+    if resume:
+        found = checkpoints.load_latest(ckpt_dir, map_location=device)
+        if found is not None:
+            path, payload = found
+            model.load_state_dict(payload["state_dicts"]["model"], strict=True)
+            if ema is not None and payload["state_dicts"].get("ema_model") is not None:
+                ema.model.load_state_dict(payload["state_dicts"]["ema_model"], strict=True)
+                ema.step_count = payload["loop"]["ema_steps"]
+            opt.load_state_dict(payload["state_dicts"]["optimizer"])
+            sched.load_state_dict(payload["state_dicts"]["lr_scheduler"])
+            _set_rng(payload["rng"], gens)
+            loop = payload["loop"]
+            epoch, batch0, global_step, perm_state = loop["epoch"], loop["batch_in_epoch"], loop["global_step"], loop["perm_state"]
+            say(f"train: resumed from {path} at step {global_step} (epoch {epoch}, batch {batch0})")
+        else:
+            say(f"train: nothing to resume in {ckpt_dir}; starting from scratch")
+    stop = stop or _StopFlag()
+    metrics = Metrics(run_dir, s.logger, {"model": asdict(cfg), "train": asdict(s), **(extra or {})})
+    say(f"train: {sum(p.numel() for p in model.parameters()):,} parameters, {len(sampler)} training windows "
+        f"({int((~mask).sum())} episodes), {len(val_sampler)} validation windows, {per_epoch} batches an epoch, "
+        f"device {device}")
+    result = TrainResult(global_step, epoch, None, None)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    def save(val_loss: float | None, next_epoch: int, next_batch: int, p_state: torch.Tensor | None) -> Path:
+        payload = {
+            "cfg": {"model": asdict(cfg), "train": asdict(s), **(extra or {})},
+            "state_dicts": {"model": model.state_dict(), "ema_model": ema.model.state_dict() if ema else None,
+                            "optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict()},
+            "pickles": {"global_step": global_step, "epoch": next_epoch},
+            "loop": {"epoch": next_epoch, "batch_in_epoch": next_batch, "global_step": global_step,
+                     "perm_state": p_state, "ema_steps": ema.step_count if ema else 0},
+            "rng": _rng_state(gens), "val_episodes": np.nonzero(mask)[0].tolist(), "epoch": next_epoch,
+        }
+        path = checkpoints.save(ckpt_dir, global_step, payload, val_loss=val_loss, keep=s.keep_checkpoints)
+        result.last_checkpoint = path
+        return path
+
+    t_log, n_log = time.perf_counter(), 0
+    try:
+        while epoch < s.epochs:
+            if perm_state is None or batch0 == 0:
+                perm_state = gens["sample"].get_state()
+            else:
+                gens["sample"].set_state(perm_state)
+            perm = torch.randperm(len(sampler), generator=gens["sample"])
+            for bi in range(batch0, per_epoch):
+                rows = perm[bi * s.batch_size:(bi + 1) * s.batch_size]
+                with autocast:
+                    loss = model.compute_loss(*sampler.batch(rows), generator=gens["noise"])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if s.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+                opt.step()
+                sched.step()
+                if ema is not None:
+                    ema.update(model)
+                global_step += 1
+                n_log += len(rows)
+                if global_step % s.log_every == 0 or global_step == 1:
+                    value = float(loss.detach())
+                    result.losses.append(value)
+                    rate = n_log / max(1e-9, time.perf_counter() - t_log)
+                    metrics.log(global_step, {"loss": value, "lr": sched.get_last_lr()[0], "samples_per_s": rate,
+                                              "epoch": epoch})
+                    say(f"train: step {global_step}/{total} epoch {epoch} loss {value:.5f} "
+                        f"lr {sched.get_last_lr()[0]:.2e} {rate:.0f} samples/s")
+                    t_log, n_log = time.perf_counter(), 0
+                done = s.max_steps is not None and global_step >= s.max_steps
+                if stop.signal is not None or stop.save_now or done:
+                    at_end = bi + 1 == per_epoch
+                    path = save(None, epoch + 1 if at_end else epoch, 0 if at_end else bi + 1, None if at_end else perm_state)
+                    stop.save_now = False
+                    if stop.signal is not None or done:
+                        result.stopped_by = "max_steps" if done else signal.Signals(stop.signal).name  # type: ignore[arg-type]
+                        say(f"train: stopped ({result.stopped_by}) at step {global_step}; checkpoint {path}")
+                        result.global_step, result.epoch = global_step, epoch
+                        return result
+            batch0, epoch = 0, epoch + 1
+            val_loss = None
+            if len(val_sampler) and (epoch % s.val_every == 0 or epoch == s.epochs):
+                val_loss = validate(ema.model if ema else model, val_sampler, s.batch_size, device)
+                metrics.log(global_step, {"val_loss": val_loss, "epoch": epoch})
+                say(f"train: epoch {epoch} validation loss {val_loss:.5f}")
+            if epoch % s.checkpoint_every == 0 or epoch == s.epochs:
+                path = save(val_loss, epoch, 0, None)
+                say(f"train: checkpoint {path}")
+    finally:
+        metrics.close()
+    result.global_step, result.epoch = global_step, epoch
+    return result
+
+
+@torch.no_grad()
+def validate(model: DP3, sampler: WindowSampler, batch_size: int, device: torch.device) -> float:
+    gen = torch.Generator(device).manual_seed(1234)
+    total, n = 0.0, 0
+    for start in range(0, len(sampler), batch_size):
+        rows = torch.arange(start, min(start + batch_size, len(sampler)))
+        loss = model.compute_loss(*sampler.batch(rows), generator=gen)
+        total += float(loss) * len(rows)
+        n += len(rows)
+    return total / max(1, n)
+
+
+def stop_flag() -> _StopFlag:
+    flag = _StopFlag()
+    flag.install()
+    return flag
+
+
+def exit_code(result: TrainResult) -> int:
+    """128 + signal when a signal stopped training (the runner records it as interrupted), else 0."""
+    if result.stopped_by in ("SIGTERM", "SIGINT"):
+        return 128 + int(signal.Signals[result.stopped_by])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit("run DP3 training through the runner: `runner train JOB`")
