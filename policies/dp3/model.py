@@ -7,8 +7,10 @@ loads there. Written from upstream's published architecture; no upstream code is
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -161,7 +163,7 @@ class ConditionalUnet1D(nn.Module):
         cond = step_embed + global_cond_dim
         self.diffusion_step_encoder = nn.Sequential(SinusoidalPosEmb(step_embed), nn.Linear(step_embed, step_embed * 4),
                                                     nn.Mish(), nn.Linear(step_embed * 4, step_embed))
-        pairs = list(zip(dims[:-1], dims[1:], strict=True))
+        pairs = list(itertools.pairwise(dims))
         mid = dims[-1]
         self.mid_modules = nn.ModuleList([CondResBlock(mid, mid, cond, kernel, groups) for _ in range(2)])
         self.down_modules = nn.ModuleList([
@@ -180,13 +182,15 @@ class ConditionalUnet1D(nn.Module):
         t = timestep.expand(sample.shape[0]) if timestep.ndim else timestep[None].expand(sample.shape[0])
         cond = torch.cat([self.diffusion_step_encoder(t), global_cond], dim=-1)
         skips = []
-        for res1, res2, down in self.down_modules:  # type: ignore[misc]
+        for stage in self.down_modules:
+            res1, res2, down = list(stage)  # type: ignore[call-overload]
             x = res2(res1(x, cond), cond)
             skips.append(x)
             x = down(x)
         for block in self.mid_modules:
             x = block(x, cond)
-        for res1, res2, up in self.up_modules:  # type: ignore[misc]
+        for stage in self.up_modules:
+            res1, res2, up = list(stage)  # type: ignore[call-overload]
             x = up(res2(res1(torch.cat((x, skips.pop()), dim=1), cond), cond))
         out: torch.Tensor = self.final_conv(x)
         return out.transpose(1, 2)
@@ -219,11 +223,13 @@ class LinearNormalizer(nn.Module):
 
     def normalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
         p = self.params_dict[key]
-        return x * p["scale"] + p["offset"]
+        out: torch.Tensor = x * p["scale"] + p["offset"]
+        return out
 
     def unnormalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
         p = self.params_dict[key]
-        return (x - p["offset"]) / p["scale"]
+        out: torch.Tensor = (x - p["offset"]) / p["scale"]
+        return out
 
     def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args: object,
                               **kwargs: object) -> None:
@@ -238,7 +244,7 @@ class LinearNormalizer(nn.Module):
                     node[part] = nn.ParameterDict()
                 node = node[part]
             node[parts[-1]] = nn.Parameter(value.clone(), requires_grad=False)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[arg-type]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class DP3(nn.Module):
@@ -289,10 +295,11 @@ class DP3(nn.Module):
                                 self.normalizer.normalize("agent_pos", agent_pos))
         traj = torch.randn((agent_pos.shape[0], cfg.horizon, cfg.action_dim), generator=generator,
                            device=agent_pos.device, dtype=cond.dtype)
-        self.noise_scheduler.set_timesteps(cfg.num_inference_steps)
-        for t in self.noise_scheduler.timesteps:
+        sched: Any = self.noise_scheduler  # diffusers' scheduler classes are not typed
+        sched.set_timesteps(cfg.num_inference_steps)
+        for t in sched.timesteps:
             out = self.model(traj, t.to(traj.device), cond)
-            traj = self.noise_scheduler.step(out, t, traj, generator=generator).prev_sample
+            traj = sched.step(out, t, traj, generator=generator).prev_sample
         actions = self.normalizer.unnormalize("action", traj)
         start = cfg.n_obs_steps - 1
         return actions[:, start:start + cfg.n_action_steps]

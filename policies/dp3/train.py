@@ -147,7 +147,7 @@ class Metrics:
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
         elif logger == "wandb":
             try:
-                import wandb
+                import wandb  # type: ignore[import-not-found]
             except ImportError as e:
                 msg = "steps.train.logger is wandb but wandb is not installed: add it to image.pip"
                 raise SystemExit(msg) from e
@@ -202,7 +202,8 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
             sched.load_state_dict(payload["state_dicts"]["lr_scheduler"])
             _set_rng(payload["rng"], gens)
             loop = payload["loop"]
-            epoch, batch0, global_step, perm_state = loop["epoch"], loop["batch_in_epoch"], loop["global_step"], loop["perm_state"]
+            epoch, batch0, global_step = loop["epoch"], loop["batch_in_epoch"], loop["global_step"]
+            perm_state = loop["perm_state"]
             say(f"train: resumed from {path} at step {global_step} (epoch {epoch}, batch {batch0})")
         else:
             say(f"train: nothing to resume in {ckpt_dir}; starting from scratch")
@@ -241,7 +242,7 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
                 with autocast:
                     loss = model.compute_loss(*sampler.batch(rows), generator=gens["noise"])
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 if s.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
                 opt.step()
@@ -254,10 +255,10 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
                     value = float(loss.detach())
                     result.losses.append(value)
                     rate = n_log / max(1e-9, time.perf_counter() - t_log)
-                    metrics.log(global_step, {"loss": value, "lr": sched.get_last_lr()[0], "samples_per_s": rate,
-                                              "epoch": epoch})
+                    lr = float(sched.get_last_lr()[0])
+                    metrics.log(global_step, {"loss": value, "lr": lr, "samples_per_s": rate, "epoch": epoch})
                     say(f"train: step {global_step}/{total} epoch {epoch} loss {value:.5f} "
-                        f"lr {sched.get_last_lr()[0]:.2e} {rate:.0f} samples/s")
+                        f"lr {lr:.2e} {rate:.0f} samples/s")
                     t_log, n_log = time.perf_counter(), 0
                 done = s.max_steps is not None and global_step >= s.max_steps
                 if stop.signal is not None or stop.save_now or done:
@@ -272,7 +273,7 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
             batch0, epoch = 0, epoch + 1
             val_loss = None
             if len(val_sampler) and (epoch % s.val_every == 0 or epoch == s.epochs):
-                val_loss = validate(ema.model if ema else model, val_sampler, s.batch_size, device)
+                val_loss = validate(ema.model if ema else model, val_sampler, s.batch_size, device)  # type: ignore[arg-type]
                 metrics.log(global_step, {"val_loss": val_loss, "epoch": epoch})
                 say(f"train: epoch {epoch} validation loss {val_loss:.5f}")
             if epoch % s.checkpoint_every == 0 or epoch == s.epochs:
