@@ -1,0 +1,118 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from policies.data.convert import ConvertOptions, convert
+from policies.data.pointcloud import CloudSpec
+from policies.data.sample import CX, CY, FX, FY, generate
+from policies.data.transform import TimeOptions
+from policies.dp3 import checkpoints
+from policies.dp3.data import DataShapeError, check_dims, load_buffer
+from policies.dp3.infer import load
+from policies.dp3.model import Dp3Config
+from policies.dp3.train import TrainSettings, train
+from policies.dp3.zarr_buffer import write_buffer
+
+REPO = Path(__file__).resolve().parents[3]
+CFG = Dp3Config(state_dim=8, action_dim=8, num_points=64, down_dims=(16, 32, 64))
+FAST = TrainSettings(epochs=200, batch_size=16, lr=1e-3, lr_warmup_steps=5, checkpoint_every=1000, val_every=1000,
+                     log_every=5, seed=0)
+
+
+@pytest.fixture(scope="module")
+def buffer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("dp3")
+    generate(root / "raw", episodes=3, steps=24)
+    opts = ConvertOptions(task="pick", cloud=CloudSpec(FX, FY, CX, CY, num_points=64), workers=1,
+                          time=TimeOptions(binarize_gripper=True))
+    rep = convert(root / "raw", root / "out", opts)
+    return write_buffer(rep.episodes, root / "out" / "pick-demo_clean-3.zarr").path
+
+
+def run(buffer: Path, tmp: Path, s: TrainSettings, resume: bool = False):  # type: ignore[no-untyped-def]
+    (tmp / "run").mkdir(parents=True, exist_ok=True)
+    return train(CFG, load_buffer(buffer), s, ckpt_dir=tmp / "ckpt", run_dir=tmp / "run", device=torch.device("cpu"),
+                 resume=resume, say=lambda m: None)
+
+
+def test_loss_goes_down_on_the_sample_data(buffer: Path, tmp_path: Path) -> None:
+    result = run(buffer, tmp_path, replace(FAST, max_steps=150))
+    first, last = sum(result.losses[:3]) / 3, sum(result.losses[-3:]) / 3
+    assert last < 0.5 * first, result.losses
+
+
+def test_resume_gives_the_same_weights_as_one_run(buffer: Path, tmp_path: Path) -> None:
+    one = run(buffer, tmp_path / "one", replace(FAST, max_steps=14))
+    half = run(buffer, tmp_path / "two", replace(FAST, max_steps=7))
+    assert half.global_step == 7
+    rest = run(buffer, tmp_path / "two", replace(FAST, max_steps=14), resume=True)
+    assert rest.global_step == 14
+    a = torch.load(one.last_checkpoint, weights_only=False)
+    b = torch.load(rest.last_checkpoint, weights_only=False)
+    for part in ("model", "ema_model"):
+        for k, v in a["state_dicts"][part].items():
+            assert torch.equal(v, b["state_dicts"][part][k]), (part, k)
+    sa, sb = a["state_dicts"]["optimizer"]["state"], b["state_dicts"]["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and sa
+    for k in sa:
+        assert torch.equal(sa[k]["exp_avg"], sb[k]["exp_avg"]) and torch.equal(sa[k]["step"], sb[k]["step"])
+
+
+def test_corrupt_newest_checkpoint_falls_back(buffer: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run(buffer, tmp_path, replace(FAST, max_steps=3))
+    run(buffer, tmp_path, replace(FAST, max_steps=6), resume=True)
+    newest = tmp_path / "ckpt" / "step-6.ckpt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as a crash mid-copy would leave it
+    found = checkpoints.load_latest(tmp_path / "ckpt")
+    assert found is not None and found[0].name == "step-3.ckpt"
+    assert "skipping" in capsys.readouterr().err
+    policy = load(found[0], "cpu")
+    buf = load_buffer(buffer)
+    chunk = policy.act({"point_cloud": buf.point_cloud[0].numpy(), "agent_pos": buf.state[0].numpy()})
+    assert chunk.shape == (CFG.n_action_steps, 8)
+
+
+def test_dim_pinned_in_the_job_but_not_in_the_data_is_refused(buffer: Path) -> None:
+    with pytest.raises(DataShapeError) as e:
+        check_dims(load_buffer(buffer), {"state_dim": 14, "action_dim": None, "num_points": 64}, "jobs/x.yaml")
+    assert "steps.train.state_dim is 14 in jobs/x.yaml" in str(e.value) and "-> 8" in str(e.value)
+
+
+SCRIPT = """
+import sys, torch
+from pathlib import Path
+from policies.dp3.data import load_buffer
+from policies.dp3.model import Dp3Config
+from policies.dp3.train import TrainSettings, train, stop_flag, exit_code
+cfg = Dp3Config(state_dim=8, action_dim=8, num_points=64, down_dims=(16, 32, 64))
+s = TrainSettings(epochs=100000, batch_size=16, checkpoint_every=100000, val_every=100000, log_every=1)
+r = train(cfg, load_buffer(Path(sys.argv[1])), s, ckpt_dir=Path(sys.argv[2]), run_dir=Path(sys.argv[3]),
+          device=torch.device("cpu"), resume=False, say=lambda m: print(m, flush=True), stop=stop_flag())
+sys.exit(exit_code(r))
+"""
+
+
+def test_sigterm_during_training_leaves_a_usable_checkpoint(buffer: Path, tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    script = tmp_path / "t.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(buffer), str(tmp_path / "ckpt"), str(tmp_path / "run")],
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        if line.startswith("train: step 3/") or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, out
+    assert "stopped (SIGTERM)" in out
+    found = checkpoints.load_latest(tmp_path / "ckpt")
+    assert found is not None and found[1]["loop"]["global_step"] >= 3
