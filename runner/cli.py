@@ -125,7 +125,9 @@ def _run(req: RunRequest) -> int:
     signal.signal(signal.SIGTERM, on_term)
     record = Orchestrator(os.environ, _say()).run(req)
     code = exit_code_of(record)
-    _say()(f"run {record.job}/{record.run_id}: {record.status}" + (f" (exit {code})" if code else ""))
+    run_dir = req.job.spec.outputs.runs_dir / record.job / record.run_id
+    _say()(f"run {record.job}/{record.run_id}: {record.status}" + (f" (exit {code})" if code else "")
+           + f"; logs, metrics and results in {run_dir}")
     return code
 
 

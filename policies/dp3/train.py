@@ -58,11 +58,15 @@ class Ema:
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         d = self.decay()
-        for ema_p, p in zip(self.model.parameters(), model.parameters(), strict=True):
-            if p.requires_grad:
-                ema_p.mul_(d).add_(p.detach(), alpha=1 - d)
-            else:
-                ema_p.copy_(p)
+        pairs = list(zip(self.model.parameters(), model.parameters(), strict=True))
+        learned = [(e, p) for e, p in pairs if p.requires_grad and p.numel()]
+        if learned:
+            ema_ps, ps = [e for e, _ in learned], [p.detach() for _, p in learned]
+            torch._foreach_mul_(ema_ps, d)  # one fused pass over all weights instead of one kernel per tensor
+            torch._foreach_add_(ema_ps, ps, alpha=1 - d)
+        for e, p in pairs:
+            if not p.requires_grad:
+                e.copy_(p)
         self.step_count += 1
 
 
@@ -213,7 +217,6 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
         f"({int((~mask).sum())} episodes), {len(val_sampler)} validation windows, {per_epoch} batches an epoch, "
         f"device {device}")
     result = TrainResult(global_step, epoch, None, None)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     def save(val_loss: float | None, next_epoch: int, next_batch: int, p_state: torch.Tensor | None) -> Path:
         payload = {
@@ -239,16 +242,7 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
             perm = torch.randperm(len(sampler), generator=gens["sample"])
             for bi in range(batch0, per_epoch):
                 rows = perm[bi * s.batch_size:(bi + 1) * s.batch_size]
-                with autocast:
-                    loss = model.compute_loss(*sampler.batch(rows), generator=gens["noise"])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
-                if s.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-                opt.step()
-                sched.step()
-                if ema is not None:
-                    ema.update(model)
+                loss = train_step(model, opt, sched, ema, sampler.batch(rows), gens["noise"], s.grad_clip)
                 global_step += 1
                 n_log += len(rows)
                 if global_step % s.log_every == 0 or global_step == 1:
@@ -283,6 +277,24 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
         metrics.close()
     result.global_step, result.epoch = global_step, epoch
     return result
+
+
+def train_step(model: DP3, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler, ema: Ema | None,
+               batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], generator: torch.Generator,
+               grad_clip: float) -> torch.Tensor:
+    """One optimizer step on a batch of windows: bf16 autocast on a GPU, clipping, schedule, EMA."""
+    on_gpu = batch[0].is_cuda
+    with torch.autocast("cuda" if on_gpu else "cpu", dtype=torch.bfloat16, enabled=on_gpu):
+        loss = model.compute_loss(*batch, generator=generator)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()  # type: ignore[no-untyped-call]
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    sched.step()
+    if ema is not None:
+        ema.update(model)
+    return loss
 
 
 @torch.no_grad()
