@@ -106,7 +106,7 @@ def bench_ours(data: ReplayData, table: torch.Tensor, args: argparse.Namespace, 
             torch.cuda.synchronize()
             t0, seen = time.perf_counter(), 0
         rows = perm[(i * args.batch) % (len(perm) - args.batch):][: args.batch]
-        train_step(model, opt, sched, ema, sampler.batch(rows), gen, 1.0)
+        train_step(model, model, opt, sched, ema, sampler.batch(rows), gen, 1.0)
         seen += args.batch
     torch.cuda.synchronize()
     return seen / (time.perf_counter() - t0), torch.cuda.max_memory_allocated()

@@ -25,6 +25,8 @@ class PolicyInfo:
     implemented: frozenset[str]  # steps whose code has landed
     entry: str  # module run inside the image as `python -m <entry> <step>`
     fixed_steps: bool = True  # False: the job names its own steps (command policy)
+    # Steps that run one process a GPU when the job asks for several GPUs, and the launcher that starts them.
+    multi_gpu: tuple[tuple[str, str], ...] = ()
 
     @property
     def job_model(self) -> type[JobCommon]:
@@ -41,6 +43,7 @@ POLICIES: dict[str, PolicyInfo] = {
         steps=("convert", "train", "eval", "deploy"),
         implemented=frozenset({"convert", "train", "eval"}),
         entry="policies.dp3.steps",
+        multi_gpu=(("train", "torchrun"),),
     ),
     "rdt": PolicyInfo(
         name="rdt",

@@ -267,8 +267,22 @@ def _container_env(base: list[EnvVar], c_run: Any, c_paths: Mapping[str, Any], o
             EnvVar("HOME", layout.HOME), EnvVar("RUNNER_RUN_DIR", str(c_run))]
 
 
+def gpu_processes(gpus: Any) -> str | None:
+    """How many processes a multi-GPU step starts: a count, or torchrun's 'gpu' (all visible); None for one."""
+    if gpus == "all":
+        return "gpu"
+    n = len(gpus) if isinstance(gpus, list) else int(gpus)
+    return str(n) if n > 1 else None
+
+
 def _inner_command(job: LoadedJob, step: str, opts: StepSpec, python: str) -> list[str]:
     cmd = opts.command
+    launcher = dict(job.policy.multi_gpu).get(step)
+    procs = gpu_processes(job.spec.resources.gpus)
+    if cmd is None and launcher == "torchrun" and procs is not None:
+        # One process a GPU on this machine; rank 0 writes checkpoints and logs.
+        return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", procs,
+                "-m", job.policy.entry, step]
     if cmd is None:
         return [python, "-m", job.policy.entry, step]
     if isinstance(cmd, str):

@@ -89,7 +89,7 @@ class GraphedPredictor:
         self.out = torch.zeros((batch, cfg.n_action_steps, cfg.action_dim), device=dev)
         self.graph: torch.cuda.CUDAGraph | None = None
         if dev.type == "cuda":
-            stream = torch.cuda.Stream()
+            stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for _ in range(warmup):

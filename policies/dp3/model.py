@@ -277,7 +277,8 @@ class DP3(nn.Module):
         from diffusers import DDIMScheduler
 
         self.cfg = cfg
-        self._dummy_variable = nn.Parameter(torch.empty(0))  # upstream's ModuleAttrMixin keeps one
+        # upstream's ModuleAttrMixin keeps one; frozen here so DDP does not wait for a gradient it never gets
+        self._dummy_variable = nn.Parameter(torch.empty(0), requires_grad=False)
         self.obs_encoder = Dp3Encoder(cfg)
         self.model = ConditionalUnet1D(cfg.action_dim, cfg.obs_feature_dim * cfg.n_obs_steps,
                                        cfg.diffusion_step_embed_dim, cfg.down_dims, cfg.kernel_size, cfg.n_groups)
@@ -292,6 +293,11 @@ class DP3(nn.Module):
         pc = point_cloud if self.cfg.use_pc_color else point_cloud[..., :3]
         feat = self.obs_encoder(pc.reshape(b * to, *pc.shape[2:]), agent_pos.reshape(b * to, -1))
         return feat.reshape(b, -1)
+
+    def forward(self, point_cloud: torch.Tensor, agent_pos: torch.Tensor, action: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """The training loss (so DistributedDataParallel can wrap the policy)."""
+        return self.compute_loss(point_cloud, agent_pos, action, generator)
 
     def compute_loss(self, point_cloud: torch.Tensor, agent_pos: torch.Tensor, action: torch.Tensor,
                      generator: torch.Generator | None = None) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from policies.dp3 import checkpoints
+from policies.dp3 import checkpoints, distributed
 from policies.dp3.data import ReplayData, WindowSampler, val_mask, window_table
 from policies.dp3.model import DP3, Dp3Config
 
@@ -61,7 +62,8 @@ class Ema:
         pairs = list(zip(self.model.parameters(), model.parameters(), strict=True))
         learned = [(e, p) for e, p in pairs if p.requires_grad and p.numel()]
         if learned:
-            ema_ps, ps = [e for e, _ in learned], [p.detach() for _, p in learned]
+            ema_ps: list[torch.Tensor] = [e for e, _ in learned]
+            ps = [p.detach() for _, p in learned]
             torch._foreach_mul_(ema_ps, d)  # one fused pass over all weights instead of one kernel per tensor
             torch._foreach_add_(ema_ps, ps, alpha=1 - d)
         for e, p in pairs:
@@ -141,8 +143,8 @@ def _set_rng(state: dict[str, Any], gens: dict[str, torch.Generator]) -> None:
 class Metrics:
     """metrics.jsonl in the run folder, plus tensorboard or wandb when the job asks."""
 
-    def __init__(self, run_dir: Path, logger: str, config: dict[str, Any]) -> None:
-        self.file = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115 - open for the whole run
+    def __init__(self, run_dir: Path, logger: str, config: dict[str, Any], enabled: bool = True) -> None:
+        self.file = open(run_dir / "metrics.jsonl" if enabled else os.devnull, "a", buffering=1)  # noqa: SIM115
         self.tb: Any = None
         self.wandb: Any = None
         if logger == "tensorboard":
@@ -176,7 +178,10 @@ class Metrics:
 def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path, run_dir: Path, device: torch.device,
           resume: bool, extra: dict[str, Any] | None = None, say: Callable[[str], None] = print,
           stop: _StopFlag | None = None) -> TrainResult:
-    """Train (or continue training) and return where it stopped."""
+    """Train (or continue training) and return where it stopped. Under torchrun, one process a GPU."""
+    ranks, device = distributed.init(device)
+    if not ranks.main:
+        say = _quiet
     random.seed(s.seed)
     np.random.seed(s.seed)
     torch.manual_seed(s.seed)
@@ -193,6 +198,9 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
     total = per_epoch * s.epochs if s.max_steps is None else min(per_epoch * s.epochs, s.max_steps)
     sched = cosine_with_warmup(opt, s.lr_warmup_steps, per_epoch * s.epochs)
     gens = {"sample": torch.Generator().manual_seed(s.seed), "noise": torch.Generator(device).manual_seed(s.seed + 1)}
+    loss_fn: torch.nn.Module = model
+    if ranks.world > 1:
+        loss_fn = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     epoch, batch0, global_step, perm_state = 0, 0, 0, None
     if resume:
         found = checkpoints.load_latest(ckpt_dir, map_location=device)
@@ -208,17 +216,25 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
             loop = payload["loop"]
             epoch, batch0, global_step = loop["epoch"], loop["batch_in_epoch"], loop["global_step"]
             perm_state = loop["perm_state"]
+            if ranks.rank:  # each rank draws its own noise; rank 0's stream continues as in a one-GPU run
+                gens["noise"].manual_seed(s.seed + 1 + 1000 * ranks.rank + global_step)
             say(f"train: resumed from {path} at step {global_step} (epoch {epoch}, batch {batch0})")
         else:
             say(f"train: nothing to resume in {ckpt_dir}; starting from scratch")
+    if ranks.rank and not resume:
+        gens["noise"].manual_seed(s.seed + 1 + 1000 * ranks.rank)
     stop = stop or _StopFlag()
-    metrics = Metrics(run_dir, s.logger, {"model": asdict(cfg), "train": asdict(s), **(extra or {})})
+    metrics = Metrics(run_dir, s.logger if ranks.main else "none", {"model": asdict(cfg), "train": asdict(s), **(extra or {})},
+                      enabled=ranks.main)
     say(f"train: {sum(p.numel() for p in model.parameters()):,} parameters, {len(sampler)} training windows "
         f"({int((~mask).sum())} episodes), {len(val_sampler)} validation windows, {per_epoch} batches an epoch, "
-        f"device {device}")
+        f"device {device}" + (f", {ranks.world} processes (batch {s.batch_size} split across them)" if ranks.world > 1 else ""))
     result = TrainResult(global_step, epoch, None, None)
 
-    def save(val_loss: float | None, next_epoch: int, next_batch: int, p_state: torch.Tensor | None) -> Path:
+    def save(val_loss: float | None, next_epoch: int, next_batch: int, p_state: torch.Tensor | None) -> Path | None:
+        if not ranks.main:  # rank 0 writes; the others wait for it
+            distributed.barrier(ranks)
+            return None
         payload = {
             "cfg": {"model": asdict(cfg), "train": asdict(s), **(extra or {})},
             "state_dicts": {"model": model.state_dict(), "ema_model": ema.model.state_dict() if ema else None,
@@ -230,6 +246,7 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
         }
         path = checkpoints.save(ckpt_dir, global_step, payload, val_loss=val_loss, keep=s.keep_checkpoints)
         result.last_checkpoint = path
+        distributed.barrier(ranks)
         return path
 
     t_log, n_log = time.perf_counter(), 0
@@ -241,10 +258,10 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
                 gens["sample"].set_state(perm_state)
             perm = torch.randperm(len(sampler), generator=gens["sample"])
             for bi in range(batch0, per_epoch):
-                rows = perm[bi * s.batch_size:(bi + 1) * s.batch_size]
-                loss = train_step(model, opt, sched, ema, sampler.batch(rows), gens["noise"], s.grad_clip)
+                rows = perm[bi * s.batch_size:(bi + 1) * s.batch_size][ranks.rank::ranks.world]
+                loss = train_step(loss_fn, model, opt, sched, ema, sampler.batch(rows), gens["noise"], s.grad_clip)
                 global_step += 1
-                n_log += len(rows)
+                n_log += len(rows) * ranks.world
                 if global_step % s.log_every == 0 or global_step == 1:
                     value = float(loss.detach())
                     result.losses.append(value)
@@ -255,37 +272,47 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
                         f"lr {lr:.2e} {rate:.0f} samples/s")
                     t_log, n_log = time.perf_counter(), 0
                 done = s.max_steps is not None and global_step >= s.max_steps
-                if stop.signal is not None or stop.save_now or done:
+                stopping = distributed.any_rank(stop.signal is not None, ranks, device)
+                saving = distributed.any_rank(stop.save_now, ranks, device) if ranks.world > 1 else stop.save_now
+                if stopping or saving or done:
                     at_end = bi + 1 == per_epoch
-                    path = save(None, epoch + 1 if at_end else epoch, 0 if at_end else bi + 1, None if at_end else perm_state)
+                    saved = save(None, epoch + 1 if at_end else epoch, 0 if at_end else bi + 1, None if at_end else perm_state)
                     stop.save_now = False
-                    if stop.signal is not None or done:
-                        result.stopped_by = "max_steps" if done else signal.Signals(stop.signal).name  # type: ignore[arg-type]
-                        say(f"train: stopped ({result.stopped_by}) at step {global_step}; checkpoint {path}")
+                    if stopping or done:
+                        sig = stop.signal or signal.SIGTERM  # a rank that got no signal stops with the others
+                        result.stopped_by = "max_steps" if done else signal.Signals(sig).name
+                        say(f"train: stopped ({result.stopped_by}) at step {global_step}; checkpoint {saved}")
                         result.global_step, result.epoch = global_step, epoch
                         return result
             batch0, epoch = 0, epoch + 1
             val_loss = None
-            if len(val_sampler) and (epoch % s.val_every == 0 or epoch == s.epochs):
+            if ranks.main and len(val_sampler) and (epoch % s.val_every == 0 or epoch == s.epochs):
                 val_loss = validate(ema.model if ema else model, val_sampler, s.batch_size, device)  # type: ignore[arg-type]
                 metrics.log(global_step, {"val_loss": val_loss, "epoch": epoch})
                 say(f"train: epoch {epoch} validation loss {val_loss:.5f}")
             if epoch % s.checkpoint_every == 0 or epoch == s.epochs:
-                path = save(val_loss, epoch, 0, None)
-                say(f"train: checkpoint {path}")
+                say(f"train: checkpoint {save(val_loss, epoch, 0, None)}")
     finally:
         metrics.close()
+        distributed.finish(ranks)
     result.global_step, result.epoch = global_step, epoch
     return result
 
 
-def train_step(model: DP3, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler, ema: Ema | None,
+def _quiet(_message: str) -> None:
+    """Ranks other than 0 print nothing: one log, not one a GPU."""
+
+
+def train_step(loss_fn: torch.nn.Module, model: DP3, opt: torch.optim.Optimizer,
+               sched: torch.optim.lr_scheduler.LRScheduler, ema: Ema | None,
                batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], generator: torch.Generator,
                grad_clip: float) -> torch.Tensor:
-    """One optimizer step on a batch of windows: bf16 autocast on a GPU, clipping, schedule, EMA."""
+    """One optimizer step on a batch of windows: bf16 autocast on a GPU, clipping, schedule, EMA.
+
+    `loss_fn` is the model itself, or its DistributedDataParallel wrapper (which averages gradients across GPUs)."""
     on_gpu = batch[0].is_cuda
     with torch.autocast("cuda" if on_gpu else "cpu", dtype=torch.bfloat16, enabled=on_gpu):
-        loss = model.compute_loss(*batch, generator=generator)
+        loss: torch.Tensor = loss_fn(*batch, generator=generator)
     opt.zero_grad(set_to_none=True)
     loss.backward()  # type: ignore[no-untyped-call]
     if grad_clip > 0:

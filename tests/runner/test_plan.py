@@ -102,3 +102,13 @@ def test_local_args_mirror_the_container(machine: Machine, write_job: Callable[.
     assert p.contexts["docker"]["paths"]["job_dir"] == "/job"
     assert p.contexts["docker"]["spec"]["env"]["HF_TOKEN"] == "<redacted>"
     assert "t0k" not in render_plan_text(p)
+
+
+def test_several_gpus_start_dp3_training_with_torchrun(write_job: Callable[..., Path], machine: Machine) -> None:
+    job = load_job(write_job("name: a\npolicy: dp3\nresources: {gpus: [0, 1]}\nsteps: {train: , eval: }\n"), {})
+    argv = plan(job, "train", machine).docker.command
+    assert argv[argv.index("--") + 1:] == ("python3", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                                           "2", "-m", "policies.dp3.steps", "train")
+    assert plan(job, "eval", machine).docker.command[-3:] == ("-m", "policies.dp3.steps", "eval")
+    one = load_job(write_job("name: b\npolicy: dp3\nresources: {gpus: 1}\nsteps: {train: }\n", "b.yaml"), {})
+    assert "torch.distributed.run" not in plan(one, "train", machine).docker.command

@@ -116,3 +116,35 @@ def test_sigterm_during_training_leaves_a_usable_checkpoint(buffer: Path, tmp_pa
     assert "stopped (SIGTERM)" in out
     found = checkpoints.load_latest(tmp_path / "ckpt")
     assert found is not None and found[1]["loop"]["global_step"] >= 3
+
+
+DDP_SCRIPT = """
+import sys, torch
+from pathlib import Path
+from policies.dp3.data import load_buffer
+from policies.dp3.model import Dp3Config
+from policies.dp3.train import TrainSettings, train
+cfg = Dp3Config(state_dim=8, action_dim=8, num_points=64, down_dims=(16, 32, 64))
+s = TrainSettings(epochs=100, batch_size=16, checkpoint_every=1000, val_every=1000, log_every=1, max_steps=int(sys.argv[4]))
+r = train(cfg, load_buffer(Path(sys.argv[1])), s, ckpt_dir=Path(sys.argv[2]), run_dir=Path(sys.argv[3]),
+          device=torch.device("cpu"), resume=sys.argv[5] == "1", say=lambda m: print(m, flush=True))
+"""
+
+
+def test_two_processes_train_and_one_resumes(buffer: Path, tmp_path: Path) -> None:
+    """torchrun with 2 processes (gloo on CPU): one checkpoint writer, then resumed by a single process."""
+    (tmp_path / "run").mkdir()
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    args = [str(buffer), str(tmp_path / "ckpt"), str(tmp_path / "run")]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), *args, "4", "0"], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
+    assert "2 processes (batch 16 split across them)" in two.stdout
+    assert two.stdout.count("train: stopped (max_steps) at step 4") == 1  # rank 0 speaks for all
+    assert [p.name for p in (tmp_path / "ckpt").glob("step-*.ckpt")] == ["step-4.ckpt"]
+    one = subprocess.run([sys.executable, str(script), *args, "6", "1"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert "resumed from" in one.stdout and "at step 6" in one.stdout
