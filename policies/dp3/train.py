@@ -256,7 +256,9 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
                 perm_state = gens["sample"].get_state()
             else:
                 gens["sample"].set_state(perm_state)
-            perm = torch.randperm(len(sampler), generator=gens["sample"])
+            # Drawn on the CPU generator (reproducible anywhere), moved to the device once an epoch: slicing a
+            # device tensor each step never makes the host wait for the GPU.
+            perm = torch.randperm(len(sampler), generator=gens["sample"]).to(device)
             for bi in range(batch0, per_epoch):
                 rows = perm[bi * s.batch_size:(bi + 1) * s.batch_size][ranks.rank::ranks.world]
                 loss = train_step(loss_fn, model, opt, sched, ema, sampler.batch(rows), gens["noise"], s.grad_clip)
@@ -272,8 +274,11 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
                         f"lr {lr:.2e} {rate:.0f} samples/s")
                     t_log, n_log = time.perf_counter(), 0
                 done = s.max_steps is not None and global_step >= s.max_steps
-                stopping = distributed.any_rank(stop.signal is not None, ranks, device)
-                saving = distributed.any_rank(stop.save_now, ranks, device) if ranks.world > 1 else stop.save_now
+                # Ranks agree on stopping at log steps only: a per-step all-reduce would make every process wait
+                # for its GPU before launching the next step.
+                check = ranks.world == 1 or global_step % s.log_every == 0
+                stopping = check and distributed.any_rank(stop.signal is not None, ranks, device)
+                saving = check and distributed.any_rank(stop.save_now, ranks, device)
                 if stopping or saving or done:
                     at_end = bi + 1 == per_epoch
                     saved = save(None, epoch + 1 if at_end else epoch, 0 if at_end else bi + 1, None if at_end else perm_state)

@@ -1,0 +1,40 @@
+"""DP3 training samples/s through policies.dp3.train.train on 1 GPU, or under torchrun on several.
+
+    PYTHONPATH=. python bench/dp3_ddp.py                                   # 1 GPU
+    PYTHONPATH=. torchrun --standalone --nproc_per_node 2 bench/dp3_ddp.py # 2 GPUs
+Batch 256 in total (split across GPUs), robot_dp3.yaml at Franka dims, synthetic buffer of 100 x 200 frames.
+Prints the median samples/s of the logged windows after the first (warm-up) one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from policies.dp3.model import Dp3Config
+from policies.dp3.train import TrainSettings, train
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from dp3 import synthetic  # type: ignore[import-not-found]
+
+    steps = int(os.environ.get("STEPS", "60"))
+    tmp = Path(tempfile.mkdtemp(prefix="dp3ddp-"))
+    cfg = Dp3Config(state_dim=8, action_dim=8, num_points=1024)
+    s = TrainSettings(epochs=1000, batch_size=256, max_steps=steps, log_every=10, checkpoint_every=10**6,
+                      val_every=10**6, val_ratio=0.0)
+    train(cfg, synthetic(100, 200), s, ckpt_dir=tmp / "ckpt", run_dir=tmp, device=torch.device("cuda"), resume=False,
+          say=lambda m: None)
+    if int(os.environ.get("RANK", "0")) == 0:
+        rows = [json.loads(line) for line in (tmp / "metrics.jsonl").read_text().splitlines()]
+        rates = [r["samples_per_s"] for r in rows if "samples_per_s" in r][2:]
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        print(f"DP3 train, {world} GPU(s): {statistics.median(rates):.0f} samples/s "
+              f"(peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB on GPU 0)")
