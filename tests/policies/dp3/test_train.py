@@ -148,3 +148,22 @@ def test_two_processes_train_and_one_resumes(buffer: Path, tmp_path: Path) -> No
                          timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
     assert "resumed from" in one.stdout and "at step 6" in one.stdout
+
+
+def test_export_to_upstream_layout_and_back(buffer: Path, tmp_path: Path) -> None:
+    from policies.dp3.upstream import export_upstream, get_model, import_upstream
+
+    result = run(buffer, tmp_path, replace(FAST, max_steps=2))
+    assert result.last_checkpoint is not None
+    out = export_upstream(result.last_checkpoint, tmp_path / "up" / "3000.ckpt")
+    payload = torch.load(out, weights_only=False)
+    assert set(payload) == {"cfg", "state_dicts", "pickles"}
+    assert {"model", "ema_model", "optimizer"} <= set(payload["state_dicts"])
+    assert all(k.split(".")[0] in ("_dummy_variable", "obs_encoder", "model", "normalizer")
+               for k in payload["state_dicts"]["model"])
+    assert {"action", "agent_pos", "point_cloud"} <= {k.split(".")[2] for k in payload["state_dicts"]["model"]
+                                                      if k.startswith("normalizer.")}
+    model = import_upstream(out, result.last_checkpoint)
+    assert sum(p.numel() for p in model.parameters()) > 0
+    policy = get_model({"checkpoint": str(result.last_checkpoint), "device": "cpu"})
+    assert policy.cfg.n_action_steps == 6
