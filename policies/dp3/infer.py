@@ -39,6 +39,14 @@ class Policy:
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """obs: point_cloud (P, C), agent_pos (D,) -> (n_action_steps, A) actions in robot units."""
+        self.observe(obs)
+        pcs = torch.from_numpy(np.stack([h[0] for h in self.history]))[None].to(self.device)
+        poss = torch.from_numpy(np.stack([h[1] for h in self.history]))[None].to(self.device)
+        actions = self.model.predict_action(pcs, poss, generator=self.generator)
+        return actions[0].float().cpu().numpy()
+
+    def observe(self, obs: dict[str, np.ndarray]) -> None:
+        """Add an observation to the history without predicting (between the actions of one chunk)."""
         pc = np.asarray(obs["point_cloud"], dtype=np.float32)
         pos = np.asarray(obs["agent_pos"], dtype=np.float32)
         if pc.shape[0] != self.cfg.num_points or pos.shape[-1] != self.cfg.state_dim:
@@ -49,10 +57,6 @@ class Policy:
             self.history.extend([(pc, pos)] * self.cfg.n_obs_steps)
         else:
             self.history.append((pc, pos))
-        pcs = torch.from_numpy(np.stack([h[0] for h in self.history]))[None].to(self.device)
-        poss = torch.from_numpy(np.stack([h[1] for h in self.history]))[None].to(self.device)
-        actions = self.model.predict_action(pcs, poss, generator=self.generator)
-        return actions[0].float().cpu().numpy()
 
 
 def load(checkpoint: Path, device: str | torch.device | None = None) -> Policy:

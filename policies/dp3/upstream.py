@@ -75,7 +75,7 @@ def encode_obs(observation: dict[str, Any]) -> dict[str, np.ndarray]:
 def eval(task_env: Any, model: Policy, observation: dict[str, Any]) -> None:  # RoboTwin names it eval
     for action in model.act(encode_obs(observation)):
         task_env.take_action(action)
-        observation = task_env.get_obs()  # noqa: F841 - the next action chunk comes from the next call
+        model.observe(encode_obs(task_env.get_obs()))  # as upstream: the history follows every executed action
 
 
 def reset_model(model: Policy) -> None:
