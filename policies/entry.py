@@ -8,9 +8,22 @@ from pathlib import Path
 
 from policies.context import StepContext, load_context
 from policies.data.convert import ConvertOptions, check
+from policies.data.demos import GelloOptions
+from policies.data.pointcloud import CloudSpec
+from policies.data.transform import TimeOptions
 
 #: Exit code of a step whose code has not landed yet (the runner skips those before starting them).
 NOT_IMPLEMENTED = 3
+
+
+def convert_options(ctx: StepContext, gello: GelloOptions, cloud: CloudSpec | None) -> ConvertOptions:
+    """The conversion options every policy shares (policies/convert_options.py), from the step's context."""
+    o = ctx.options
+    time = TimeOptions(binarize_gripper=o["binarize_gripper"], gripper_threshold=o["gripper_threshold"], stride=o["stride"],
+                       keyframes=o["keyframes"], keyframe_joint_delta=o["keyframe_joint_delta"],
+                       action_source=o["action_source"])
+    return ConvertOptions(task=ctx.task or ctx.job, config=o["config"], gello=gello, time=time, cloud=cloud,
+                          jpeg_quality=o["jpeg_quality"], workers=o["workers"], instructions=tuple(o["instructions"]))
 
 
 def report_check(raw: Path, opts: ConvertOptions) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from policies.data.demos import Episode, GelloOptions, Problem, find_episodes, read_episode
+from policies.data.demos import Episode, GelloOptions, Problem, ProblemsError, find_episodes, read_episode
 from policies.data.episodes import EpisodeData, encode_jpeg, episode_path, is_complete, write_episode
 from policies.data.pointcloud import CloudSpec, TooFewPointsError, clouds
 from policies.data.transform import TimeOptions, binarize, select_frames
@@ -25,14 +25,8 @@ STAGING = ".staging"
 CLOUD_CHUNK = 16  # frames per point-cloud batch: bounds memory at 480x640
 
 
-class ConversionError(ValueError):
-    """The input data has problems; carries every one of them."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        n = len(problems)
-        super().__init__(f"{n} problem{'s' if n != 1 else ''} in the recorded demos (nothing was written):\n"
-                         + "\n".join(f"  {p}" for p in problems))
+class ConversionError(ProblemsError):
+    what = "problems in the recorded demos"
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,16 @@ class Problem:
         return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
 
 
+class ProblemsError(ValueError):
+    """Data that cannot be used; carries every problem found, and says that nothing was written."""
+
+    what = "the data has problems"
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__(f"{self.what} (nothing was written):\n" + "\n".join(f"  {p}" for p in problems))
+
+
 @dataclass
 class Episode:
     """One demonstration, time-major, in the observation's gripper convention."""

@@ -42,32 +42,23 @@ class Dp3Config:
         return self.encoder_output_dim + self.state_mlp_size[-1]
 
 
-class PointNetXYZ(nn.Module):
-    """Per-point MLP (3 -> 64 -> 128 -> 256, LayerNorm + ReLU), max-pool, projection with LayerNorm."""
+class PointNet(nn.Module):
+    """Per-point MLP with LayerNorm + ReLU, max-pool over points, projection with LayerNorm.
 
-    def __init__(self, out_channels: int) -> None:
+    Upstream's two encoders, with their layer indices: xyz (3 -> 64 -> 128 -> 256, every layer normalised and
+    activated) and xyzrgb (6 -> 64 -> 128 -> 256 -> 512, the last layer linear only)."""
+
+    def __init__(self, in_channels: int, widths: tuple[int, ...], out_channels: int, last_activated: bool) -> None:
         super().__init__()
-        c = (64, 128, 256)
-        self.mlp = nn.Sequential(nn.Linear(3, c[0]), nn.LayerNorm(c[0]), nn.ReLU(),
-                                 nn.Linear(c[0], c[1]), nn.LayerNorm(c[1]), nn.ReLU(),
-                                 nn.Linear(c[1], c[2]), nn.LayerNorm(c[2]), nn.ReLU())
-        self.final_projection = nn.Sequential(nn.Linear(c[2], out_channels), nn.LayerNorm(out_channels))
-
-    def forward(self, points: torch.Tensor) -> torch.Tensor:
-        return self.final_projection(self.mlp(points).max(dim=1).values)
-
-
-class PointNetXYZRGB(nn.Module):
-    """Per-point MLP (6 -> 64 -> 128 -> 256 -> 512), max-pool, projection with LayerNorm."""
-
-    def __init__(self, out_channels: int) -> None:
-        super().__init__()
-        c = (64, 128, 256, 512)
-        self.mlp = nn.Sequential(nn.Linear(6, c[0]), nn.LayerNorm(c[0]), nn.ReLU(),
-                                 nn.Linear(c[0], c[1]), nn.LayerNorm(c[1]), nn.ReLU(),
-                                 nn.Linear(c[1], c[2]), nn.LayerNorm(c[2]), nn.ReLU(),
-                                 nn.Linear(c[2], c[3]))
-        self.final_projection = nn.Sequential(nn.Linear(c[3], out_channels), nn.LayerNorm(out_channels))
+        layers: list[nn.Module] = []
+        dim = in_channels
+        for i, width in enumerate(widths):
+            layers.append(nn.Linear(dim, width))
+            if i < len(widths) - 1 or last_activated:
+                layers += [nn.LayerNorm(width), nn.ReLU()]
+            dim = width
+        self.mlp = nn.Sequential(*layers)
+        self.final_projection = nn.Sequential(nn.Linear(dim, out_channels), nn.LayerNorm(out_channels))
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         return self.final_projection(self.mlp(points).max(dim=1).values)
@@ -79,7 +70,8 @@ class Dp3Encoder(nn.Module):
     def __init__(self, cfg: Dp3Config) -> None:
         super().__init__()
         self.use_pc_color = cfg.use_pc_color
-        self.extractor: nn.Module = (PointNetXYZRGB if cfg.use_pc_color else PointNetXYZ)(cfg.encoder_output_dim)
+        self.extractor = (PointNet(6, (64, 128, 256, 512), cfg.encoder_output_dim, last_activated=False)
+                          if cfg.use_pc_color else PointNet(3, (64, 128, 256), cfg.encoder_output_dim, last_activated=True))
         sizes = cfg.state_mlp_size
         layers: list[nn.Module] = []
         dim = cfg.state_dim

@@ -11,7 +11,6 @@ from policies.context import StepContext
 from policies.data.convert import ConversionError, ConvertOptions, convert
 from policies.data.demos import GelloOptions
 from policies.data.pointcloud import CloudSpec
-from policies.data.transform import TimeOptions
 from policies.dp3.checkpoints import resolve
 from policies.dp3.data import DataShapeError, ReplayData, check_dims, find_buffer, load_buffer
 from policies.dp3.evaluate import evaluate
@@ -19,6 +18,7 @@ from policies.dp3.infer import model_from_payload
 from policies.dp3.model import Dp3Config
 from policies.dp3.train import TrainSettings, exit_code, stop_flag, train
 from policies.dp3.zarr_buffer import BufferError, buffer_name, write_buffer
+from policies.entry import convert_options as common_convert_options
 from policies.entry import main, report_check
 
 
@@ -35,13 +35,8 @@ def convert_options(ctx: StepContext) -> ConvertOptions:
                       extrinsics=tuple(tuple(r) for r in o["extrinsics"]) if o.get("extrinsics") else None,
                       crop_min=tuple(crop["min"]) if crop else None, crop_max=tuple(crop["max"]) if crop else None,
                       presample=o["presample"], voxel_size=o["voxel_size"], seed=o["seed"])
-    return ConvertOptions(
-        task=ctx.task or ctx.job, config=o["config"],
-        gello=GelloOptions(camera=o["camera"], velocities=o["velocities"], command_gripper=o["command_gripper"]),
-        time=TimeOptions(binarize_gripper=o["binarize_gripper"], gripper_threshold=o["gripper_threshold"],
-                         stride=o["stride"], keyframes=o["keyframes"], keyframe_joint_delta=o["keyframe_joint_delta"],
-                         action_source=o["action_source"]),
-        cloud=cloud, jpeg_quality=o["jpeg_quality"], workers=o["workers"], instructions=tuple(o["instructions"]))
+    gello = GelloOptions(camera=o["camera"], velocities=o["velocities"], command_gripper=o["command_gripper"])
+    return common_convert_options(ctx, gello, cloud)
 
 
 def step_convert(ctx: StepContext) -> int:

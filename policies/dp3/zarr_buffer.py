@@ -18,17 +18,15 @@ import h5py
 import numpy as np
 import yaml
 
-from policies.data.demos import Problem
+from policies.data.demos import Problem, ProblemsError
 from policies.data.episodes import is_complete, read_attrs
 from policies.data.transform import shift_actions
 
 CHUNK = 100
 
 
-class BufferError(ValueError):
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("cannot build the DP3 replay buffer (nothing was written):\n" + "\n".join(f"  {p}" for p in problems))
+class BufferError(ProblemsError):
+    what = "cannot build the DP3 replay buffer"
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from policies.data.demos import Problem
+from policies.data.demos import Problem, ProblemsError
 from policies.data.episodes import decode_jpeg, encode_jpeg, is_complete, read_attrs
 from policies.data.transform import shift_actions
 
@@ -32,10 +32,8 @@ SLOTS = ("cam_high", "cam_right_wrist", "cam_left_wrist")
 MOVE_EPS = 1e-2
 
 
-class RdtDataError(ValueError):
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("cannot build the RDT data (nothing was written):\n" + "\n".join(f"  {p}" for p in problems))
+class RdtDataError(ProblemsError):
+    what = "cannot build the RDT data"
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 from policies.context import StepContext
 from policies.data.convert import ConversionError, ConvertOptions, convert
 from policies.data.demos import GelloOptions
-from policies.data.transform import TimeOptions
+from policies.entry import convert_options as common_convert_options
 from policies.entry import main, report_check
 from policies.rdt.convert import RdtDataError, write_rdt
 
@@ -17,14 +17,9 @@ from policies.rdt.convert import RdtDataError, write_rdt
 def convert_options(ctx: StepContext) -> ConvertOptions:
     o = ctx.options
     recorded = list(dict.fromkeys(o["cameras"].values()))
-    return ConvertOptions(
-        task=ctx.task or ctx.job, config=o["config"],
-        gello=GelloOptions(camera=recorded[0], extra_cameras=tuple(recorded[1:]), velocities=o["velocities"],
-                           command_gripper=o["command_gripper"], need_depth=False),
-        time=TimeOptions(binarize_gripper=o["binarize_gripper"], gripper_threshold=o["gripper_threshold"],
-                         stride=o["stride"], keyframes=o["keyframes"], keyframe_joint_delta=o["keyframe_joint_delta"],
-                         action_source=o["action_source"]),
-        cloud=None, jpeg_quality=o["jpeg_quality"], workers=o["workers"], instructions=tuple(o["instructions"]))
+    gello = GelloOptions(camera=recorded[0], extra_cameras=tuple(recorded[1:]), velocities=o["velocities"],
+                         command_gripper=o["command_gripper"], need_depth=False)
+    return common_convert_options(ctx, gello, None)
 
 
 def step_convert(ctx: StepContext) -> int:
