@@ -178,6 +178,11 @@ def cmd_shell(a: argparse.Namespace) -> int:
         env = {**os.environ, **dict(plan.local.env)}
         os.chdir(plan.local.cwd)
         os.execvpe(os.environ.get("SHELL", "bash"), [os.environ.get("SHELL", "bash")], env)
+    from runner.executors.docker import connect
+    from runner.executors.docker_build import ensure_image
+
+    log = job.spec.outputs.runs_dir / "_builds" / f"{image.tag.replace('/', '_').replace(':', '_')}.log"
+    ensure_image(connect(), image, log, sys.stderr.buffer)  # the shell's image exists before docker is asked for it
     args = replace(plan.docker, command=("bash",), interactive=True)
     # An interactive TTY is the docker CLI's job; argv is rendered from the same DockerRunArgs the SDK gets.
     os.execvp("docker", render_cli(args))
