@@ -24,7 +24,7 @@ import torch
 from policies.dp3.data import ReplayData, WindowSampler, window_table
 from policies.dp3.infer import GraphedPredictor
 from policies.dp3.model import DP3, Dp3Config, GemmConv1d
-from policies.dp3.train import Ema, cosine_with_warmup, train_step
+from policies.dp3.train import Ema, GraphedStep, TrainSettings, cosine_with_warmup, make_optimizer, train_step
 
 CFG = Dp3Config(state_dim=8, action_dim=8, num_points=1024)
 
@@ -90,15 +90,19 @@ def bench_baseline(data: ReplayData, table: torch.Tensor, args: argparse.Namespa
     return rate, torch.cuda.max_memory_allocated()
 
 
-def bench_ours(data: ReplayData, table: torch.Tensor, args: argparse.Namespace, dev: torch.device) -> tuple[float, int]:
+def bench_ours(data: ReplayData, table: torch.Tensor, args: argparse.Namespace, dev: torch.device,
+               graphed: bool) -> tuple[float, int, list[float]]:
     gdata = data.to(dev)
+    torch.manual_seed(0)
     model = new_model(gdata, dev)
     ema = Ema(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, fused=True)
+    opt = make_optimizer(model, TrainSettings(), dev, graphed)
     sched = cosine_with_warmup(opt, 500, 100000)
     sampler = WindowSampler(gdata, table)
     gen = torch.Generator(dev).manual_seed(0)
-    perm = torch.randperm(len(sampler))
+    perm = torch.randperm(len(sampler), generator=torch.Generator().manual_seed(0)).to(dev)
+    stepper = GraphedStep(model, opt, sched, ema, 1.0) if graphed else None
+    losses: list[float] = []
     torch.cuda.reset_peak_memory_stats()
     t0, seen = 0.0, 0
     for i in range(args.warmup + args.steps):
@@ -106,10 +110,13 @@ def bench_ours(data: ReplayData, table: torch.Tensor, args: argparse.Namespace, 
             torch.cuda.synchronize()
             t0, seen = time.perf_counter(), 0
         rows = perm[(i * args.batch) % (len(perm) - args.batch):][: args.batch]
-        train_step(model, model, opt, sched, ema, sampler.batch(rows), gen, 1.0)
+        batch = sampler.batch(rows)
+        loss = stepper(batch, gen) if stepper else train_step(model, model, opt, sched, ema, batch, gen, 1.0)
+        if i < 8:
+            losses.append(float(loss))
         seen += args.batch
     torch.cuda.synchronize()
-    return seen / (time.perf_counter() - t0), torch.cuda.max_memory_allocated()
+    return seen / (time.perf_counter() - t0), torch.cuda.max_memory_allocated(), losses
 
 
 def latencies(fn, calls: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
@@ -147,10 +154,16 @@ def main() -> int:
     if not args.skip_train:
         base, base_mem = bench_baseline(data, table, args, dev)
         torch.cuda.empty_cache()
-        ours, ours_mem = bench_ours(data, table, args, dev)
+        eager, eager_mem, eager_losses = bench_ours(data, table, args, dev, graphed=False)
+        torch.cuda.empty_cache()
+        ours, ours_mem, ours_losses = bench_ours(data, table, args, dev, graphed=True)
         print(f"train baseline (DataLoader x{args.workers}, fp32): {base:8.0f} samples/s  peak {base_mem / 2**30:.1f} GiB")
-        print(f"train ours (GPU windows, bf16, fused):     {ours:8.0f} samples/s  peak {ours_mem / 2**30:.1f} GiB"
+        print(f"train ours, eager (GPU windows, bf16):     {eager:8.0f} samples/s  peak {eager_mem / 2**30:.1f} GiB"
+              f"  -> {eager / base:.2f}x")
+        print(f"train ours, CUDA graph step (train()):    {ours:8.0f} samples/s  peak {ours_mem / 2**30:.1f} GiB"
               f"  -> {ours / base:.2f}x")
+        pairs = zip(eager_losses, ours_losses, strict=True)
+        print("first losses eager vs graph: " + ", ".join(f"{a:.4f}/{b:.4f}" for a, b in pairs))
 
     model = new_model(data, dev).eval()
     pc = data.point_cloud[: CFG.n_obs_steps][None].to(dev)

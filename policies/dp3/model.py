@@ -278,6 +278,8 @@ class DP3(nn.Module):
         self.noise_scheduler = DDIMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_start=0.0001,
                                              beta_end=0.02, beta_schedule="squaredcos_cap_v2", clip_sample=True,
                                              set_alpha_to_one=True, steps_offset=0, prediction_type="sample")
+        # The scheduler's alphas as a buffer that follows the model's device (not saved: derived from the config).
+        self.register_buffer("_alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone().float(), persistent=False)
 
     def global_cond(self, point_cloud: torch.Tensor, agent_pos: torch.Tensor) -> torch.Tensor:
         """(B,To,P,C) and (B,To,D), normalised -> (B, To * 192)."""
@@ -294,15 +296,26 @@ class DP3(nn.Module):
     def compute_loss(self, point_cloud: torch.Tensor, agent_pos: torch.Tensor, action: torch.Tensor,
                      generator: torch.Generator | None = None) -> torch.Tensor:
         """Denoising loss on one batch of raw windows: (B,T,P,C), (B,T,D), (B,T,A)."""
+        noise, steps = self.draw_noise(action, generator)
+        return self.loss_given_noise(point_cloud, agent_pos, action, noise, steps)
+
+    def draw_noise(self, action: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The noise and diffusion steps of one batch (drawn apart so a CUDA graph can replay the rest)."""
+        noise = torch.randn(action.shape, generator=generator, device=action.device, dtype=torch.float32)
+        steps = torch.randint(0, self.cfg.num_train_timesteps, (action.shape[0],), generator=generator,
+                              device=action.device)
+        return noise, steps
+
+    def loss_given_noise(self, point_cloud: torch.Tensor, agent_pos: torch.Tensor, action: torch.Tensor,
+                         noise: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         to = self.cfg.n_obs_steps
         npc = self.normalizer.normalize("point_cloud", point_cloud[:, :to])
         npos = self.normalizer.normalize("agent_pos", agent_pos[:, :to])
         target = self.normalizer.normalize("action", action)
         cond = self.global_cond(npc, npos)
-        noise = torch.randn(target.shape, generator=generator, device=target.device, dtype=target.dtype)
-        steps = torch.randint(0, self.cfg.num_train_timesteps, (target.shape[0],), generator=generator,
-                              device=target.device)
-        noisy = self.noise_scheduler.add_noise(target, noise, steps)
+        alphas: torch.Tensor = self._alphas_cumprod  # type: ignore[assignment]  # DDPM forward process (add_noise)
+        a = alphas[steps].reshape(-1, 1, 1)
+        noisy = a.sqrt() * target + (1 - a).sqrt() * noise.to(target.dtype)
         pred = self.model(noisy, steps, cond)
         return F.mse_loss(pred.float(), target.float())  # prediction_type "sample": the target is the clean actions
 
