@@ -7,6 +7,7 @@ one gather on the device.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,3 +127,26 @@ class WindowSampler:
         pos = self.data.state.index_select(0, flat).reshape(b, t, -1)
         act = self.data.action.index_select(0, flat).reshape(b, t, -1)
         return pc, pos, act
+
+
+class _BatchWindows(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+    """Whole batches cut in DataLoader workers from the buffer in host memory (they travel through /dev/shm)."""
+
+    def __init__(self, sampler: WindowSampler, batches: list[torch.Tensor]) -> None:
+        self.sampler, self.batches = sampler, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.sampler.batch(self.batches[i])
+
+
+def worker_batches(sampler: WindowSampler, batches: list[torch.Tensor], workers: int, device: torch.device
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The given batches, in order, cut by `workers` processes and moved to `device` (upstream's way, for data
+    kept in host memory; the runner sizes /dev/shm for it from num_workers)."""
+    loader = torch.utils.data.DataLoader(_BatchWindows(sampler, batches), batch_size=None, shuffle=False,
+                                         num_workers=workers, pin_memory=device.type == "cuda")
+    for pc, pos, act in loader:
+        yield (pc.to(device, non_blocking=True), pos.to(device, non_blocking=True), act.to(device, non_blocking=True))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from policies.dp3 import checkpoints, distributed
-from policies.dp3.data import ReplayData, WindowSampler, val_mask, window_table
+from policies.dp3.data import ReplayData, WindowSampler, val_mask, window_table, worker_batches
 from policies.dp3.model import DP3, Dp3Config
 
 
@@ -42,6 +42,7 @@ class TrainSettings:
     log_every: int = 10
     logger: str = "none"
     cuda_graph: bool = True  # capture the whole step on one GPU (see GraphedStep)
+    num_workers: int = 0  # > 0: the buffer stays in host memory and DataLoader workers cut the batches
 
 
 class Ema:
@@ -189,7 +190,7 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
     random.seed(s.seed)
     np.random.seed(s.seed)
     torch.manual_seed(s.seed)
-    data = data.to(device)
+    data = data.to(device if s.num_workers == 0 else torch.device("cpu"))
     mask = val_mask(data.n_episodes, s.val_ratio, s.seed)
     pad = (cfg.n_obs_steps - 1, cfg.n_action_steps - 1)
     train_rows = window_table(data.episode_ends, ~mask, cfg.horizon, *pad)
@@ -264,10 +265,12 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
                 gens["sample"].set_state(perm_state)
             # Drawn on the CPU generator (reproducible anywhere), moved to the device once an epoch: slicing a
             # device tensor each step never makes the host wait for the GPU.
-            perm = torch.randperm(len(sampler), generator=gens["sample"]).to(device)
-            for bi in range(batch0, per_epoch):
-                rows = perm[bi * s.batch_size:(bi + 1) * s.batch_size][ranks.rank::ranks.world]
-                batch = sampler.batch(rows)
+            perm = torch.randperm(len(sampler), generator=gens["sample"]).to(data.state.device)
+            chunks = [perm[bi * s.batch_size:(bi + 1) * s.batch_size][ranks.rank::ranks.world]
+                      for bi in range(batch0, per_epoch)]
+            batches = (worker_batches(sampler, chunks, s.num_workers, device) if s.num_workers
+                       else (sampler.batch(rows) for rows in chunks))
+            for bi, rows, batch in zip(range(batch0, per_epoch), chunks, batches, strict=True):
                 if stepper is not None and len(rows) == s.batch_size:
                     loss = stepper(batch, gens["noise"])
                 else:  # one process, CPU, or the short last batch of an epoch
@@ -410,7 +413,8 @@ def validate(model: DP3, sampler: WindowSampler, batch_size: int, device: torch.
     total, n = 0.0, 0
     for start in range(0, len(sampler), batch_size):
         rows = torch.arange(start, min(start + batch_size, len(sampler)))
-        loss = model.compute_loss(*sampler.batch(rows), generator=gen)
+        pc, pos, act = (t.to(device) for t in sampler.batch(rows))
+        loss = model.compute_loss(pc, pos, act, generator=gen)
         total += float(loss) * len(rows)
         n += len(rows)
     return total / max(1, n)

@@ -167,3 +167,12 @@ def test_export_to_upstream_layout_and_back(buffer: Path, tmp_path: Path) -> Non
     assert sum(p.numel() for p in model.parameters()) > 0
     policy = get_model({"checkpoint": str(result.last_checkpoint), "device": "cpu"})
     assert policy.cfg.n_action_steps == 6
+
+
+def test_dataloader_workers_give_the_same_training(buffer: Path, tmp_path: Path) -> None:
+    """num_workers > 0 (buffer in host memory, batches cut in worker processes) trains exactly as the default."""
+    a = run(buffer, tmp_path / "a", replace(FAST, max_steps=6))
+    b = run(buffer, tmp_path / "b", replace(FAST, max_steps=6, num_workers=2))
+    wa = torch.load(a.last_checkpoint, weights_only=False)["state_dicts"]["model"]
+    wb = torch.load(b.last_checkpoint, weights_only=False)["state_dicts"]["model"]
+    assert all(torch.equal(v, wb[k]) for k, v in wa.items())
