@@ -93,9 +93,12 @@ class DockerExecutor:
             except KeyboardInterrupt:
                 interrupted = True
                 status = self._stop(container)
-            container.reload()
-            oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
-            return StepOutcome(exit_code=int(status.get("StatusCode", 1)), oom_killed=oom, interrupted=interrupted)
+            code = int(status.get("StatusCode", 1))
+            oom = False
+            if code != 0:  # only a failure needs the container's state (one round trip saved on success)
+                container.reload()
+                oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
+            return StepOutcome(exit_code=code, oom_killed=oom, interrupted=interrupted)
         finally:
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True)
