@@ -24,7 +24,8 @@ import torch
 from policies.dp3.data import ReplayData, WindowSampler, window_table
 from policies.dp3.infer import GraphedPredictor
 from policies.dp3.model import DP3, Dp3Config, GemmConv1d
-from policies.dp3.train import Ema, GraphedStep, TrainSettings, cosine_with_warmup, make_optimizer, train_step
+from policies.dp3.optim_step import Ema, GraphedStep, train_step
+from policies.dp3.train import TrainSettings, cosine_with_warmup, make_optimizer
 
 CFG = Dp3Config(state_dim=8, action_dim=8, num_points=1024)
 

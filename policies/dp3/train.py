@@ -3,9 +3,7 @@ checkpoints that resume exactly (same weights as an uninterrupted run on CPU), s
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import signal
 import sys
@@ -21,6 +19,8 @@ import torch
 from policies.dp3 import checkpoints, distributed
 from policies.dp3.data import ReplayData, WindowSampler, val_mask, window_table, worker_batches
 from policies.dp3.model import DP3, Dp3Config
+from policies.dp3.optim_step import Ema, GraphedStep, train_step
+from policies.metrics import Metrics
 
 
 @dataclass(frozen=True)
@@ -43,35 +43,6 @@ class TrainSettings:
     logger: str = "none"
     cuda_graph: bool = True  # capture the whole step on one GPU (see GraphedStep)
     num_workers: int = 0  # > 0: the buffer stays in host memory and DataLoader workers cut the batches
-
-
-class Ema:
-    """EMA of the weights with upstream's warm-up schedule (inv_gamma 1, power 0.75, max 0.9999)."""
-
-    def __init__(self, model: torch.nn.Module, power: float = 0.75, max_value: float = 0.9999) -> None:
-        import copy
-
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.power, self.max_value, self.step_count = power, max_value, 0
-
-    def decay(self) -> float:
-        step = max(0, self.step_count - 1)
-        return 0.0 if step <= 0 else min(self.max_value, max(0.0, 1 - (1 + step) ** -self.power))
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        d = self.decay()
-        pairs = list(zip(self.model.parameters(), model.parameters(), strict=True))
-        learned = [(e, p) for e, p in pairs if p.requires_grad and p.numel()]
-        if learned:
-            ema_ps: list[torch.Tensor] = [e for e, _ in learned]
-            ps = [p.detach() for _, p in learned]
-            torch._foreach_mul_(ema_ps, d)  # one fused pass over all weights instead of one kernel per tensor
-            torch._foreach_add_(ema_ps, ps, alpha=1 - d)
-        for e, p in pairs:
-            if not p.requires_grad:
-                e.copy_(p)
-        self.step_count += 1
 
 
 @dataclass
@@ -143,41 +114,6 @@ def _set_rng(state: dict[str, Any], gens: dict[str, torch.Generator]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     for k, g in gens.items():
         g.set_state(state[k])
-
-
-class Metrics:
-    """metrics.jsonl in the run folder, plus tensorboard or wandb when the job asks."""
-
-    def __init__(self, run_dir: Path, logger: str, config: dict[str, Any], enabled: bool = True) -> None:
-        self.file = open(run_dir / "metrics.jsonl" if enabled else os.devnull, "a", buffering=1)  # noqa: SIM115
-        self.tb: Any = None
-        self.wandb: Any = None
-        if logger == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-        elif logger == "wandb":
-            try:
-                import wandb  # type: ignore[import-not-found]
-            except ImportError as e:
-                msg = "steps.train.logger is wandb but wandb is not installed: add it to image.pip"
-                raise SystemExit(msg) from e
-            self.wandb = wandb.init(dir=str(run_dir), config=config)  # WANDB_MODE=offline works with no network
-
-    def log(self, step: int, values: dict[str, float]) -> None:
-        self.file.write(json.dumps({"step": step, **values}) + "\n")
-        if self.tb is not None:
-            for k, v in values.items():
-                self.tb.add_scalar(k, v, step)
-        if self.wandb is not None:
-            self.wandb.log(values, step=step)
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-        if self.wandb is not None:
-            self.wandb.finish()
 
 
 def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path, run_dir: Path, device: torch.device,
@@ -319,92 +255,6 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
 
 def _quiet(_message: str) -> None:
     """Ranks other than 0 print nothing: one log, not one a GPU."""
-
-
-def train_step(loss_fn: torch.nn.Module, model: DP3, opt: torch.optim.Optimizer,
-               sched: torch.optim.lr_scheduler.LRScheduler, ema: Ema | None,
-               batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], generator: torch.Generator,
-               grad_clip: float) -> torch.Tensor:
-    """One optimizer step on a batch of windows: bf16 autocast on a GPU, clipping, schedule, EMA.
-
-    `loss_fn` is the model itself, or its DistributedDataParallel wrapper (which averages gradients across GPUs)."""
-    on_gpu = batch[0].is_cuda
-    with torch.autocast("cuda" if on_gpu else "cpu", dtype=torch.bfloat16, enabled=on_gpu):
-        loss: torch.Tensor = loss_fn(*batch, generator=generator)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()  # type: ignore[no-untyped-call]
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    opt.step()
-    sched.step()
-    if ema is not None:
-        ema.update(model)
-    return loss
-
-
-class GraphedStep:
-    """train_step as one CUDA graph: forward, backward, clipping, fused AdamW and EMA replayed with one launch.
-
-    DP3's U-Net runs ~2,000 small kernels a step; launching them from Python, not the GPU, bounds eager training.
-    The noise and diffusion steps are drawn outside the graph from the same generator, in the same order, as
-    the eager step; the learning rate and EMA decay live in device tensors the graph reads. The first
-    `warmup` steps run eagerly on a side stream (lazy CUDA initialisation must not be captured)."""
-
-    def __init__(self, model: DP3, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
-                 ema: Ema | None, grad_clip: float, warmup: int = 3) -> None:
-        self.model, self.opt, self.sched, self.ema, self.grad_clip = model, opt, sched, ema, grad_clip
-        self.warmup = warmup
-        self.calls = 0
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.static: list[torch.Tensor] = []
-        self.loss = torch.zeros((), device=next(model.parameters()).device)
-        dev = self.loss.device
-        self.decay, self.keep = torch.zeros((), device=dev), torch.zeros((), device=dev)
-        self.stream = torch.cuda.Stream(device=dev)  # type: ignore[no-untyped-call]
-
-    def _body(self, pc: torch.Tensor, pos: torch.Tensor, act: torch.Tensor, noise: torch.Tensor, steps: torch.Tensor
-              ) -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
-            loss = self.model.loss_given_noise(pc, pos, act, noise, steps)
-        self.opt.zero_grad(set_to_none=False)
-        loss.backward()  # type: ignore[no-untyped-call]
-        if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.opt.step()
-        if self.ema is not None:
-            pairs = [(e, p) for e, p in zip(self.ema.model.parameters(), self.model.parameters(), strict=True)
-                     if p.requires_grad and p.numel()]
-            ema_ps: list[torch.Tensor] = [e for e, _ in pairs]
-            torch._foreach_mul_(ema_ps, self.decay)
-            torch._foreach_add_(ema_ps, torch._foreach_mul([p.detach() for _, p in pairs], self.keep))
-        self.loss.copy_(loss.detach())
-
-    def __call__(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
-        noise, steps = self.model.draw_noise(batch[2], generator)
-        if self.ema is not None:
-            d = self.ema.decay()
-            self.decay.fill_(d)
-            self.keep.fill_(1 - d)
-        inputs = [*batch, noise, steps]
-        if self.calls < self.warmup:
-            self.stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.stream):
-                self._body(*inputs)
-            torch.cuda.current_stream().wait_stream(self.stream)
-        else:
-            if self.graph is None:
-                self.static = [t.clone() for t in inputs]
-                self.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self.graph):
-                    self._body(*self.static)
-            for dst, src in zip(self.static, inputs, strict=True):
-                dst.copy_(src)
-            self.graph.replay()
-        self.calls += 1
-        self.sched.step()
-        if self.ema is not None:
-            self.ema.step_count += 1
-        return self.loss
 
 
 @torch.no_grad()
