@@ -1,0 +1,31 @@
+from collections.abc import Callable
+from pathlib import Path
+
+from runner.preflight import EngineFacts, check_disk, check_engine, check_paths
+from runner.spec.load import load_job
+
+GIB = 1024**3
+
+
+def test_gpus_without_an_nvidia_runtime_are_refused(write_job: Callable[..., Path]) -> None:
+    job = load_job(write_job("name: a\npolicy: dp3\nresources: {gpus: all}\nsteps: {train: }\n"), {})
+    reasons = check_engine(job, EngineFacts(("io.containerd.runc.v2", "runc"), False, 100 * GIB, True))
+    assert len(reasons) == 1 and "no NVIDIA runtime" in reasons[0] and "nvidia-ctk" in reasons[0]
+    assert check_engine(job, EngineFacts(("nvidia", "runc"), False, 100 * GIB, True)) == []
+    assert check_engine(job, EngineFacts(("runc",), True, 100 * GIB, True)) == []  # CDI devices also serve
+
+
+def test_low_disk_is_refused_only_when_a_build_is_needed(write_job: Callable[..., Path], tmp_path: Path) -> None:
+    job = load_job(write_job("name: a\npolicy: dp3\nsteps: {train: }\n"), {})
+    assert check_engine(job, EngineFacts(("runc",), False, 1 * GIB, image_cached=True)) == []
+    assert "free space" in check_engine(job, EngineFacts(("runc",), False, 1 * GIB, image_cached=False))[0].lower()
+    assert check_disk(tmp_path, 1 * GIB) and not check_disk(tmp_path, 10 * GIB)
+
+
+def test_paths_needed_per_step(write_job: Callable[..., Path], tmp_path: Path) -> None:
+    (tmp_path / "raw").mkdir()
+    job = load_job(write_job("name: a\npolicy: dp3\ndata: {raw: raw, converted: conv}\nthird_party: {gello: g}\n"
+                             "steps: {convert: , train: , deploy: {gello: true}}\n"), {})
+    assert [str(i) for i in check_paths(job, "convert")] == []  # convert writes data.converted
+    assert [i.key for i in check_paths(job, "train")] == ["data.converted"]
+    assert [i.key for i in check_paths(job, "deploy")] == ["third_party.gello"]  # only the step that asks mounts it
