@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+import torch
+
+from policies.rdt.model import RdtConfig, RdtRunner
+from policies.rdt.state_space import FRANKA
+
+
+def test_1b_config_matches_the_official_checkpoint_size_and_names() -> None:
+    """RDT-1B: 1,228,319,872 parameters (upstream's count, the issue's calibration), official key names and shapes."""
+    with torch.device("meta"):
+        m = RdtRunner(RdtConfig())
+    assert sum(p.numel() for p in m.parameters()) == 1_228_319_872
+    sd = m.state_dict()
+    expected = {
+        "model.t_embedder.mlp.0.weight": (2048, 256), "model.freq_embedder.mlp.2.weight": (2048, 2048),
+        "model.x_pos_embed": (1, 67, 2048), "model.lang_cond_pos_embed": (1, 1024, 2048),
+        "model.img_cond_pos_embed": (1, 4374, 2048), "model.blocks.0.norm1.weight": (2048,),
+        "model.blocks.0.attn.qkv.weight": (6144, 2048), "model.blocks.0.attn.qkv.bias": (6144,),
+        "model.blocks.0.attn.q_norm.weight": (64,), "model.blocks.0.attn.k_norm.weight": (64,),
+        "model.blocks.0.attn.proj.weight": (2048, 2048), "model.blocks.13.cross_attn.q.weight": (2048, 2048),
+        "model.blocks.13.cross_attn.kv.weight": (4096, 2048), "model.blocks.13.cross_attn.q_norm.weight": (64,),
+        "model.blocks.27.norm3.weight": (2048,), "model.blocks.27.ffn.fc1.weight": (2048, 2048),
+        "model.blocks.27.ffn.fc2.bias": (2048,), "model.final_layer.norm_final.weight": (2048,),
+        "model.final_layer.ffn_final.fc2.weight": (128, 2048), "lang_adaptor.0.weight": (2048, 4096),
+        "lang_adaptor.2.weight": (2048, 2048), "img_adaptor.0.weight": (2048, 1152),
+        "state_adaptor.0.weight": (2048, 256), "state_adaptor.4.weight": (2048, 2048),
+    }
+    for key, shape in expected.items():
+        assert tuple(sd[key].shape) == shape, key
+    assert "model.blocks.28.norm1.weight" not in sd
+    assert {k.split(".")[0] for k in sd} == {"model", "lang_adaptor", "img_adaptor", "state_adaptor"}
+
+
+def test_tiny_forward_backward_and_strict_round_trip() -> None:
+    cfg = RdtConfig.tiny()
+    m = RdtRunner(cfg)
+    b = 2
+    lang, img = torch.randn(b, 5, cfg.lang_token_dim), torch.randn(b, cfg.img_cond_len, cfg.img_token_dim)
+    lang_mask = torch.ones(b, 5, dtype=torch.bool)
+    lang_mask[1, 3:] = False
+    state, action = torch.randn(b, 1, 128), torch.randn(b, cfg.horizon, 128)
+    mask = torch.from_numpy(FRANKA.indicator())[None, None].expand(b, 1, -1)
+    alphas = torch.linspace(0.999, 0.01, cfg.num_train_timesteps)
+    loss = m.compute_loss(lang, lang_mask, img, state, action, mask, torch.full((b,), 25.0),
+                          torch.randn_like(action), torch.randint(0, 1000, (b,)), alphas)
+    loss.backward()
+    assert torch.isfinite(loss) and m.model.blocks[1].cross_attn.kv.weight.grad is not None
+    other = RdtRunner(cfg)
+    other.load_state_dict(m.state_dict(), strict=True)
+
+
+def test_franka_maps_into_the_unified_vector_and_back() -> None:
+    q = np.arange(1, 9, dtype=np.float32)
+    u = FRANKA.to_unified(q)
+    assert u.shape == (128,) and u[:7].tolist() == [1, 2, 3, 4, 5, 6, 7] and u[10] == 8 and u.sum() == q.sum()
+    assert FRANKA.indicator()[[0, 6, 10]].tolist() == [1, 1, 1] and FRANKA.indicator().sum() == 8
+    np.testing.assert_array_equal(FRANKA.from_unified(u), q)
+    with pytest.raises(ValueError, match=r"places 8 values .* 14-dimensional"):
+        FRANKA.to_unified(np.zeros(14))
