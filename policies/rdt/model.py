@@ -219,3 +219,36 @@ class RdtRunner(nn.Module):
         pred = self.model(self.state_adaptor(traj), ctrl_freq, steps, self.lang_adaptor(lang), self.img_adaptor(img),
                           lang_mask=lang_mask)
         return F.mse_loss(pred.float(), action.float())
+
+
+def schedulers(cfg: RdtConfig) -> tuple[object, object]:
+    """DDPM for training and DPM-Solver++ for sampling (1000 steps, squaredcos_cap_v2, sample prediction)."""
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+
+    train = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule="squaredcos_cap_v2",
+                          prediction_type="sample", clip_sample=False)
+    sample = DPMSolverMultistepScheduler(num_train_timesteps=cfg.num_train_timesteps,
+                                         beta_schedule="squaredcos_cap_v2", prediction_type="sample")
+    return train, sample
+
+
+@torch.no_grad()
+def predict_action(runner: RdtRunner, sampler: object, lang: torch.Tensor, lang_mask: torch.Tensor, img: torch.Tensor,
+                   state: torch.Tensor, action_mask: torch.Tensor, ctrl_freq: torch.Tensor,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, horizon, 128) unified actions from 5 DPM-Solver++ steps; absent dimensions are zeroed by the mask."""
+    from typing import Any
+
+    sched: Any = sampler
+    cfg = runner.cfg
+    lang_c, img_c = runner.lang_adaptor(lang), runner.img_adaptor(img)
+    state_c = runner.state_adaptor(torch.cat([state, action_mask], dim=2))
+    noisy = torch.randn((state.shape[0], cfg.horizon, cfg.action_dim), generator=generator, device=state.device,
+                        dtype=state.dtype)
+    mask = action_mask.expand(-1, cfg.horizon, -1)
+    sched.set_timesteps(cfg.num_inference_timesteps)
+    for t in sched.timesteps:
+        traj = torch.cat([state_c, runner.state_adaptor(torch.cat([noisy, mask], dim=2))], dim=1)
+        out = runner.model(traj, ctrl_freq, t[None].to(state.device), lang_c, img_c, lang_mask=lang_mask)
+        noisy = sched.step(out, t, noisy).prev_sample.to(state.dtype)
+    return noisy * mask

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -58,3 +60,24 @@ def test_franka_maps_into_the_unified_vector_and_back() -> None:
     np.testing.assert_array_equal(FRANKA.from_unified(u), q)
     with pytest.raises(ValueError, match=r"places 8 values .* 14-dimensional"):
         FRANKA.to_unified(np.zeros(14))
+
+
+def test_predict_action_chunk_and_local_siglip(tmp_path: Path) -> None:
+    from policies.rdt.model import predict_action, schedulers
+    from policies.rdt.vision import SiglipTower, save_tiny_siglip
+
+    tower = SiglipTower(save_tiny_siglip(tmp_path / "siglip", hidden=16), torch.device("cpu"))
+    frames = [np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8) for i in range(6)]
+    tokens = tower(frames)
+    assert tokens.shape == (6, 4, 16)  # (28 / 14)^2 patches of the tiny model
+    cfg = RdtConfig.tiny()
+    m = RdtRunner(cfg).eval()
+    img = tokens.reshape(1, 24, 16)[:, : cfg.img_cond_len]
+    _, sampler = schedulers(cfg)
+    mask = torch.from_numpy(FRANKA.indicator())[None, None]
+    out = predict_action(m, sampler, torch.randn(1, 5, cfg.lang_token_dim), torch.ones(1, 5, dtype=torch.bool), img,
+                         torch.randn(1, 1, 128), mask, torch.tensor([25.0]), generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, cfg.horizon, 128)
+    assert torch.all(out[..., 11:50] == 0) and torch.any(out[..., :7] != 0)  # absent dims stay zero
+    chunk = FRANKA.from_unified(out[0].numpy())
+    assert chunk.shape == (cfg.horizon, 8)
