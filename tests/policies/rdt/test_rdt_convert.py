@@ -54,3 +54,25 @@ def test_still_episode_is_refused_before_writing(episodes: list[Path], tmp_path:
     with pytest.raises(RdtDataError, match=r"never move more than 0\.01"):
         write_rdt([episodes[0], still], tmp_path / "out", {"cam_high": "front"}, (64, 48))
     assert not (tmp_path / "out").exists()
+
+
+def test_fine_tuning_samples_follow_upstream_rules(episodes: list[Path], tmp_path: Path) -> None:
+    from policies.rdt.dataset import RdtSamples, dataset_stat
+    from policies.rdt.state_space import FRANKA
+
+    t5 = save_tiny_t5(tmp_path / "t5", " ".join(TEXTS).split())
+    write_rdt(episodes, tmp_path / "rdt", {"cam_high": "front"}, (64, 48), encode_instructions(list(TEXTS), t5), TEXTS)
+    data = RdtSamples(tmp_path / "rdt", FRANKA, chunk=16, img_history=2)
+    ep = data.episodes[0]
+    s = data.at(ep, 0)
+    assert s["state"].shape == (1, 128) and s["actions"].shape == (16, 128)
+    assert np.all(s["actions"][9:] == s["actions"][8])  # 9 steps left: the chunk repeats the last one
+    assert s["image_masks"]["cam_high"].tolist() == [False, True]  # history front-padded at step 0
+    assert not s["image_masks"]["cam_left_wrist"].any()  # the robot has no such camera
+    assert s["images"]["cam_high"][1].shape == (48, 64, 3)
+    assert s["lang_embed_path"].name == "lang_embed_0.pt"
+    rng = np.random.default_rng(0)
+    steps = [data.sample(rng)["step"] for _ in range(20)]
+    assert min(steps) >= max(ep.first_idx - 1, 0)
+    stat = dataset_stat(tmp_path / "rdt", FRANKA)
+    assert len(stat["agilex"]["state_mean"]) == 128 and stat["agilex"]["state_std"][20] == 0.0
