@@ -94,11 +94,16 @@ def cmd_build(a: argparse.Namespace) -> int:
     job = _job_or_policy(a.job)
     plan = plan_image(job.spec.image, job.policy, os.environ)
     t0 = time.perf_counter()
-    log = job.spec.outputs.runs_dir / "_builds" / f"{plan.tag.replace('/', '_').replace(':', '_')}.log"
+    log = _build_log(job, plan.tag)
     result = ensure_image(connect(), plan, log, sys.stdout.buffer, rebuild=a.rebuild)
     state = f"built in {time.perf_counter() - t0:.1f}s (log: {log})" if result.built else "up to date, not rebuilt"
     print(f"{result.tag}: {state}")
     return 0
+
+
+def _build_log(job: LoadedJob, tag: str) -> Path:
+    """Where a build started outside a run logs: runs/_builds/<tag>.log."""
+    return job.spec.outputs.runs_dir / "_builds" / f"{tag.replace('/', '_').replace(':', '_')}.log"
 
 
 def _job_or_policy(ref: str) -> LoadedJob:
@@ -181,7 +186,7 @@ def cmd_shell(a: argparse.Namespace) -> int:
     from runner.executors.docker import connect
     from runner.executors.docker_build import ensure_image
 
-    log = job.spec.outputs.runs_dir / "_builds" / f"{image.tag.replace('/', '_').replace(':', '_')}.log"
+    log = _build_log(job, image.tag)
     ensure_image(connect(), image, log, sys.stderr.buffer)  # the shell's image exists before docker is asked for it
     args = replace(plan.docker, command=("bash",), interactive=True)
     # An interactive TTY is the docker CLI's job; argv is rendered from the same DockerRunArgs the SDK gets.
@@ -268,7 +273,7 @@ def cmd_logs(a: argparse.Namespace) -> int:
 
 
 def cmd_stop(a: argparse.Namespace) -> int:
-    from runner.executors.base import GRACE_S
+    from runner.layout import STOP_GRACE_S
     from runner.runs import ACTIVE, find_runs, reconcile
 
     alive = _alive()
@@ -278,7 +283,7 @@ def cmd_stop(a: argparse.Namespace) -> int:
         if rec.status not in ACTIVE:
             continue
         for s in rec.steps:
-            if s.status == "running" and _stop_step(s, a.grace if a.grace is not None else GRACE_S):
+            if s.status == "running" and _stop_step(s, a.grace if a.grace is not None else STOP_GRACE_S):
                 print(f"stopped {rec.job}/{rec.run_id} step {s.name}")
                 stopped += 1
     if not stopped:

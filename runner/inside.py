@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+from runner.layout import STOP_GRACE_S
+
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
 
 
@@ -26,9 +28,9 @@ def exit_file(log: Path) -> Path:
 
 def _grace_s() -> float:
     try:
-        return float(os.environ.get("RUNNER_STOP_GRACE_S", "30"))
+        return float(os.environ.get("RUNNER_STOP_GRACE_S", STOP_GRACE_S))
     except ValueError:
-        return 30.0
+        return STOP_GRACE_S
 
 
 def _stamp(msg: str) -> bytes:

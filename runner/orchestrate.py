@@ -14,13 +14,13 @@ from typing import Any, BinaryIO
 
 from policies import PIPELINE
 from runner import preflight, records
+from runner.atomic import write_text_atomic
 from runner.diagnose import FailureFacts, classify, tail_text
 from runner.dockerargs import render_cli
 from runner.errors import PreflightError, RunnerError, SpecError, SpecProblem
 from runner.executors.base import Executor, StepHandle
 from runner.images import ImagePlan
 from runner.jobs import JOB_COPY, JOB_SOURCE
-from runner.layout import is_secret
 from runner.machine import gather_machine, git_info
 from runner.plan import Machine, StepPlan, build_plan, job_dir, redact_spec
 from runner.records import JobLock, RunRecord, StepRecord
@@ -153,8 +153,8 @@ class Orchestrator:
             host=socket.gethostname(), git=git_info(job.file), executor=executor, status="running",
             started=self.now().isoformat(timespec="seconds"), resume=resume)
         path = records.save(record, runs)
-        _write_text_atomic(job_dir(job) / JOB_COPY, redact_text(job))
-        _write_text_atomic(job_dir(job) / JOB_SOURCE, str(job.file) + "\n")
+        write_text_atomic(job_dir(job) / JOB_COPY, redact_text(job))
+        write_text_atomic(job_dir(job) / JOB_SOURCE, str(job.file) + "\n")
         self.say(f"run {job.name}/{run_id} -> {path.parent}")
         return record
 
@@ -246,19 +246,9 @@ class Orchestrator:
 def redact_text(job: LoadedJob) -> str:
     """The job text with literal secret values replaced; `${oc.env:NAME}` references stay as written."""
     text = job.text
-    envs = [job.spec.env, *(getattr(job.step(s), "env", {}) for s in job.step_names())]
-    for env in envs:
-        for key, value in env.items():
-            if is_secret(key) and str(value) and str(value) in text:
-                text = text.replace(str(value), "<redacted>")
+    for _, _, value in preflight.literal_secret_values(job):
+        text = text.replace(value, "<redacted>")
     return text
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def exit_code_of(record: RunRecord) -> int:

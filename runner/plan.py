@@ -106,8 +106,8 @@ def build_plan(job: LoadedJob, step: str, machine: Machine, *, run_id: str, imag
         why.append(("--env " + " ".join(sorted(secret_names)), "secrets: given to the container, never printed or recorded"))
 
     log_name = f"{step}.log"
-    c_context = {**_context(job, step, opts, run_id, resume, c_paths, str(c_run)), "mode": mode}
-    h_context = {**_context(job, step, opts, run_id, resume, h_paths, str(host_run)), "mode": mode}
+    c_context = _context(job, step, opts, run_id, resume, mode, c_paths, str(c_run))
+    h_context = _context(job, step, opts, run_id, resume, mode, h_paths, str(host_run))
     inner_c = _inner_command(job, step, opts, "python3")
     inner_h = _inner_command(job, step, opts, machine.python)
     labels = (("runner.managed", "1"), ("runner.job", job.name), ("runner.step", step), ("runner.run_id", run_id))
@@ -290,11 +290,11 @@ def _inner_command(job: LoadedJob, step: str, opts: StepSpec, python: str) -> li
     return list(cmd)
 
 
-def _context(job: LoadedJob, step: str, opts: StepSpec, run_id: str, resume: bool,
+def _context(job: LoadedJob, step: str, opts: StepSpec, run_id: str, resume: bool, mode: str,
              paths: Mapping[str, Any], run_dir: str) -> dict[str, Any]:
     return {
         "schema_version": 1, "job": job.name, "policy": job.policy.name, "task": job.spec.task,
-        "step": step, "run_id": run_id, "resume": resume, "run_dir": run_dir, "paths": dict(paths),
+        "step": step, "run_id": run_id, "resume": resume, "mode": mode, "run_dir": run_dir, "paths": dict(paths),
         "options": opts.model_dump(mode="json"),
         "spec": redact_spec(job.spec.model_dump(mode="json")),
     }

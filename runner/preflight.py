@@ -101,15 +101,14 @@ def summarize(issues: Iterable[object]) -> list[str]:
     return [str(i) for i in issues]
 
 
+def literal_secret_values(job: LoadedJob) -> list[tuple[str, str, str]]:
+    """(where, key, value) of secret-named env values written in the job file itself rather than referenced."""
+    envs = [("env", job.spec.env), *((f"steps.{s}.env", getattr(job.step(s), "env", {})) for s in job.step_names())]
+    return [(f"{where}.{key}", key, str(value)) for where, env in envs for key, value in env.items()
+            if _is_secret(key) and str(value) and str(value) in job.text]
+
+
 def literal_secrets(job: LoadedJob) -> list[str]:
-    """Secret-named env keys whose value is written in the job file itself rather than referenced."""
-    out = []
-    for key in job.spec.env:
-        if _is_secret(key) and f"{key}:" in job.text and "${" not in _line_of(job.text, f"{key}:"):
-            out.append(f"env.{key} holds a literal secret; write `{key}: ${{oc.env:{key}}}` to keep it out of files "
-                       "(records show it as <redacted>)")
-    return out
-
-
-def _line_of(text: str, needle: str) -> str:
-    return next((line for line in text.splitlines() if needle in line), "")
+    """Warnings for secrets written into the job file."""
+    return [f"{where} holds a literal secret; write `{key}: ${{oc.env:{key}}}` to keep it out of files "
+            "(records show it as <redacted>)" for where, key, _ in literal_secret_values(job)]

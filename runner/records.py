@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import secrets
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from runner.atomic import write_text_atomic
 from runner.errors import LockError, RecordError
 
 SCHEMA_VERSION = 1
@@ -70,14 +70,7 @@ class RunRecord:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temp file beside `path`, fsync, then rename over it: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n", fsync=True)
 
 
 def save(record: RunRecord, runs_dir: Path) -> Path:

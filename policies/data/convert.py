@@ -20,6 +20,7 @@ from policies.data.demos import Episode, GelloOptions, Problem, ProblemsError, f
 from policies.data.episodes import EpisodeData, encode_jpeg, episode_path, is_complete, write_episode
 from policies.data.pointcloud import CloudSpec, TooFewPointsError, clouds
 from policies.data.transform import TimeOptions, binarize, select_frames
+from runner.atomic import replace_dir, write_text_atomic
 
 STAGING = ".staging"
 CLOUD_CHUNK = 16  # frames per point-cloud batch: bounds memory at 480x640
@@ -183,23 +184,13 @@ def _episode_clouds(depth: np.ndarray, rgb: np.ndarray, spec: CloudSpec) -> np.n
 
 def _write_instructions(stage: Path, opts: ConvertOptions, n: int) -> None:
     folder = stage / opts.task / opts.config / "instructions"
-    folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        path = folder / f"episode{i}.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"seen": list(opts.instructions), "unseen": []}, indent=2))
-        os.replace(tmp, path)
+        write_text_atomic(folder / f"episode{i}.json", json.dumps({"seen": list(opts.instructions), "unseen": []}, indent=2))
 
 
 def _publish(stage: Path, out: Path, opts: ConvertOptions) -> Path:
     """Swap the staged task/config folder into place; the previous one is removed only after the swap."""
-    src = stage / opts.task / opts.config
     dst = out / opts.task / opts.config
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(stage / opts.task / opts.config, dst)
     shutil.rmtree(stage, ignore_errors=True)
     return dst

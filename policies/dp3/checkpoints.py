@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from runner.atomic import write_text_atomic
+
 _NAME = re.compile(r"^step-(\d+)\.ckpt$")
 MANIFEST = "manifest.json"
 
@@ -56,9 +58,7 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    tmp = folder / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, folder / MANIFEST)
+    write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=2))
 
 
 def candidates(folder: Path) -> list[tuple[int, Path]]:

@@ -8,8 +8,8 @@ import sys
 import torch
 
 from policies.context import StepContext
-from policies.data.convert import ConversionError, ConvertOptions, convert
-from policies.data.demos import GelloOptions
+from policies.data.convert import ConvertOptions, convert
+from policies.data.demos import GelloOptions, ProblemsError
 from policies.data.pointcloud import CloudSpec
 from policies.dp3.checkpoints import resolve
 from policies.dp3.data import DataShapeError, ReplayData, check_dims, find_buffer, load_buffer
@@ -17,7 +17,7 @@ from policies.dp3.evaluate import evaluate
 from policies.dp3.infer import model_from_payload
 from policies.dp3.model import Dp3Config
 from policies.dp3.train import TrainSettings, exit_code, stop_flag, train
-from policies.dp3.zarr_buffer import BufferError, buffer_name, write_buffer
+from policies.dp3.zarr_buffer import buffer_name, write_buffer
 from policies.entry import convert_options as common_convert_options
 from policies.entry import main, report_check
 
@@ -47,7 +47,7 @@ def step_convert(ctx: StepContext) -> int:
     try:
         report = convert(raw, out, opts, progress=lambda s: print(s, flush=True))
         buf = write_buffer(report.episodes, out / f"{buffer_name(opts.task, opts.config, len(report.episodes))}.zarr")
-    except (ConversionError, BufferError) as e:
+    except ProblemsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     summary = {"episodes": len(report.episodes), "frames_in": report.frames_in, "frames_out": report.frames_out,

@@ -21,6 +21,7 @@ import yaml
 from policies.data.demos import Problem, ProblemsError
 from policies.data.episodes import is_complete, read_attrs
 from policies.data.transform import shift_actions
+from runner.atomic import replace_dir, write_text_atomic
 
 CHUNK = 100
 
@@ -100,14 +101,7 @@ def _write(out: Path, state: np.ndarray, action: np.ndarray, pc: np.ndarray, end
                   "action": {"shape": [action.shape[1]]}}
     root.attrs["shape_meta"] = shape_meta
     root.attrs["conversion"] = {k: v for k, v in conv.items() if k not in ("source", "fingerprint", "kept_frames")}
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-    sidecar = out.with_suffix(".yaml")
-    side_tmp = sidecar.with_name(sidecar.name + ".tmp")
-    side_tmp.write_text(yaml.safe_dump({"name": out.stem, "shape_meta": shape_meta, "zarr_path": out.name},
-                                       sort_keys=False))
-    os.replace(side_tmp, sidecar)
+    replace_dir(tmp, out)
+    write_text_atomic(out.with_suffix(".yaml"), yaml.safe_dump(
+        {"name": out.stem, "shape_meta": shape_meta, "zarr_path": out.name}, sort_keys=False))
     return BufferReport(out, len(state), len(ends), state.shape[1], (int(pc.shape[1]), int(pc.shape[2])))

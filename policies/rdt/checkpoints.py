@@ -9,12 +9,13 @@ the resolved config, and `COMPLETE`, written last: a folder without it is skippe
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
+
+from runner.atomic import write_text_atomic
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE = "COMPLETE"
@@ -41,9 +42,7 @@ def checkpoint_dir(output: Path, step: int) -> Path:
 def mark_complete(folder: Path, meta: dict[str, Any]) -> None:
     """Write the resolved config, then COMPLETE: the last file, so its presence means the rest is there."""
     (folder / "config.json").write_text(json.dumps(meta, indent=2, default=str))
-    tmp = folder / f".{COMPLETE}.tmp"
-    tmp.write_text(json.dumps({"step": meta.get("step")}))
-    os.replace(tmp, folder / COMPLETE)
+    write_text_atomic(folder / COMPLETE, json.dumps({"step": meta.get("step")}))
 
 
 def complete_checkpoints(output: Path) -> list[tuple[int, Path]]:

@@ -26,6 +26,7 @@ import numpy as np
 from policies.data.demos import Problem, ProblemsError
 from policies.data.episodes import decode_jpeg, encode_jpeg, is_complete, read_attrs
 from policies.data.transform import shift_actions
+from runner.atomic import replace_dir
 
 SLOTS = ("cam_high", "cam_right_wrist", "cam_left_wrist")
 #: RDT's reader starts an episode at the first step where some joint moved more than this (else ValueError).
@@ -62,11 +63,7 @@ def write_rdt(episodes: list[Path], out: Path, cameras: dict[str, str], image_si
         samples += _write_episode(folder / f"episode_{i}.hdf5", ep, cameras, image_size)
         if embeddings:
             _write_embeddings(folder / "instructions", embeddings, instructions)
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, out)
     return RdtReport(out, len(loaded), samples, int(loaded[0]["vector"].shape[1]) if loaded else 0)
 
 

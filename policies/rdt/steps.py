@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 from policies.context import StepContext
-from policies.data.convert import ConversionError, ConvertOptions, convert
-from policies.data.demos import GelloOptions
+from policies.data.convert import ConvertOptions, convert
+from policies.data.demos import GelloOptions, ProblemsError
 from policies.entry import convert_options as common_convert_options
 from policies.entry import main, report_check
-from policies.rdt.convert import RdtDataError, write_rdt
+from policies.rdt.convert import write_rdt
 
 
 def convert_options(ctx: StepContext) -> ConvertOptions:
@@ -44,7 +44,7 @@ def step_convert(ctx: StepContext) -> int:
         size = tuple(ctx.options["image_size"])
         rdt = write_rdt(report.episodes, target, dict(ctx.options["cameras"]), (int(size[0]), int(size[1])),
                         embeddings, opts.instructions)
-    except (ConversionError, RdtDataError, FileNotFoundError) as e:
+    except (ProblemsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     (ctx.run_dir / "convert.json").write_text(json.dumps(

@@ -7,11 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from runner.layout import STOP_GRACE_S
 from runner.plan import StepPlan
 from runner.records import StepRecord
-
-GRACE_S = STOP_GRACE_S
 
 
 @dataclass

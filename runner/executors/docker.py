@@ -14,7 +14,8 @@ from docker.models.containers import Container
 
 from runner.dockerargs import to_sdk_kwargs
 from runner.errors import ExecutorError, ImageError
-from runner.executors.base import GRACE_S, StepHandle, StepOutcome
+from runner.executors.base import StepHandle, StepOutcome
+from runner.layout import STOP_GRACE_S
 from runner.plan import StepPlan
 from runner.records import StepRecord
 
@@ -47,7 +48,7 @@ class DockerExecutor:
     name = "docker"
 
     def __init__(self, client: Any = None, environ: Mapping[str, str] | None = None,
-                 out: BinaryIO | None = None, grace_s: float = GRACE_S) -> None:
+                 out: BinaryIO | None = None, grace_s: float = STOP_GRACE_S) -> None:
         self._client = client
         self._info: dict[str, Any] | None = None
         self.environ = dict(os.environ if environ is None else environ)

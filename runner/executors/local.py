@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
-from runner.executors.base import GRACE_S, StepHandle, StepOutcome
+from runner.executors.base import StepHandle, StepOutcome
+from runner.layout import STOP_GRACE_S
 from runner.plan import StepPlan
 from runner.records import StepRecord
 
@@ -19,7 +20,7 @@ class LocalExecutor:
     name = "local"
 
     def __init__(self, environ: Mapping[str, str] | None = None, out: BinaryIO | None = None,
-                 grace_s: float = GRACE_S) -> None:
+                 grace_s: float = STOP_GRACE_S) -> None:
         self.environ = dict(os.environ if environ is None else environ)
         self.out = out or sys.stdout.buffer
         self.grace_s = grace_s
