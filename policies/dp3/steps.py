@@ -16,10 +16,11 @@ from policies.dp3.data import DataShapeError, ReplayData, check_dims, find_buffe
 from policies.dp3.evaluate import evaluate
 from policies.dp3.infer import model_from_payload
 from policies.dp3.model import Dp3Config
-from policies.dp3.train import TrainSettings, exit_code, stop_flag, train
+from policies.dp3.train import TrainSettings, train
 from policies.dp3.zarr_buffer import buffer_name, write_buffer
 from policies.entry import convert_options as common_convert_options
 from policies.entry import main, report_check
+from policies.signals import exit_code, stop_flag
 
 
 def convert_options(ctx: StepContext) -> ConvertOptions:
@@ -96,7 +97,7 @@ def step_train(ctx: StepContext) -> int:
              "job": ctx.job, "task": ctx.task}
     result = train(cfg, data, settings, ckpt_dir=ctx.path("checkpoints"), run_dir=ctx.run_dir, device=_device(ctx),
                    resume=ctx.resume, extra=extra, say=lambda m: print(m, flush=True), stop=stop_flag())
-    return exit_code(result)
+    return exit_code(result.stopped_by)
 
 
 def step_eval(ctx: StepContext) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import random
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from policies.dp3.data import ReplayData, WindowSampler, val_mask, window_table,
 from policies.dp3.model import DP3, Dp3Config
 from policies.dp3.optim_step import Ema, GraphedStep, train_step
 from policies.metrics import Metrics
+from policies.signals import StopFlag
 
 
 @dataclass(frozen=True)
@@ -52,23 +52,6 @@ class TrainResult:
     stopped_by: str | None
     last_checkpoint: Path | None
     losses: list[float] = field(default_factory=list)
-
-
-class _StopFlag:
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self.save_now = False
-
-    def install(self) -> None:
-        def stop(signum: int, _frame: object) -> None:
-            self.signal = signum
-
-        def save(_signum: int, _frame: object) -> None:
-            self.save_now = True
-
-        for s in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(s, stop)
-        signal.signal(signal.SIGUSR1, save)
 
 
 def build_model(cfg: Dp3Config, data: ReplayData, train_rows: torch.Tensor, device: torch.device) -> DP3:
@@ -118,7 +101,7 @@ def _set_rng(state: dict[str, Any], gens: dict[str, torch.Generator]) -> None:
 
 def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path, run_dir: Path, device: torch.device,
           resume: bool, extra: dict[str, Any] | None = None, say: Callable[[str], None] = print,
-          stop: _StopFlag | None = None) -> TrainResult:
+          stop: StopFlag | None = None) -> TrainResult:
     """Train (or continue training) and return where it stopped. Under torchrun, one process a GPU."""
     ranks, device = distributed.init(device)
     if not ranks.main:
@@ -165,7 +148,7 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
             say(f"train: nothing to resume in {ckpt_dir}; starting from scratch")
     if ranks.rank and not resume:
         gens["noise"].manual_seed(s.seed + 1 + 1000 * ranks.rank)
-    stop = stop or _StopFlag()
+    stop = stop or StopFlag()
     metrics = Metrics(run_dir, s.logger if ranks.main else "none", {"model": asdict(cfg), "train": asdict(s), **(extra or {})},
                       enabled=ranks.main)
     say(f"train: {sum(p.numel() for p in model.parameters()):,} parameters, {len(sampler)} training windows "
@@ -233,8 +216,8 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
                     saved = save(None, epoch + 1 if at_end else epoch, 0 if at_end else bi + 1, None if at_end else perm_state)
                     stop.save_now = False
                     if stopping or done:
-                        sig = stop.signal or signal.SIGTERM  # a rank that got no signal stops with the others
-                        result.stopped_by = "max_steps" if done else signal.Signals(sig).name
+                        # a rank that got no signal stops with the others
+                        result.stopped_by = "max_steps" if done else stop.stopped_by
                         say(f"train: stopped ({result.stopped_by}) at step {global_step}; checkpoint {saved}")
                         result.global_step, result.epoch = global_step, epoch
                         return result
@@ -268,19 +251,6 @@ def validate(model: DP3, sampler: WindowSampler, batch_size: int, device: torch.
         total += float(loss) * len(rows)
         n += len(rows)
     return total / max(1, n)
-
-
-def stop_flag() -> _StopFlag:
-    flag = _StopFlag()
-    flag.install()
-    return flag
-
-
-def exit_code(result: TrainResult) -> int:
-    """128 + signal when a signal stopped training (the runner records it as interrupted), else 0."""
-    if result.stopped_by in ("SIGTERM", "SIGINT"):
-        return 128 + int(signal.Signals[result.stopped_by])
-    return 0
 
 
 if __name__ == "__main__":

@@ -90,12 +90,13 @@ import sys, torch
 from pathlib import Path
 from policies.dp3.data import load_buffer
 from policies.dp3.model import Dp3Config
-from policies.dp3.train import TrainSettings, train, stop_flag, exit_code
+from policies.dp3.train import TrainSettings, train
+from policies.signals import exit_code, stop_flag
 cfg = Dp3Config(state_dim=8, action_dim=8, num_points=64, down_dims=(16, 32, 64))
 s = TrainSettings(epochs=100000, batch_size=16, checkpoint_every=100000, val_every=100000, log_every=1)
 r = train(cfg, load_buffer(Path(sys.argv[1])), s, ckpt_dir=Path(sys.argv[2]), run_dir=Path(sys.argv[3]),
           device=torch.device("cpu"), resume=False, say=lambda m: print(m, flush=True), stop=stop_flag())
-sys.exit(exit_code(r))
+sys.exit(exit_code(r.stopped_by))
 """
 
 
