@@ -27,6 +27,8 @@ class PolicyInfo:
     fixed_steps: bool = True  # False: the job names its own steps (command policy)
     # Steps that run one process a GPU when the job asks for several GPUs, and the launcher that starts them.
     multi_gpu: tuple[tuple[str, str], ...] = ()
+    # "module:function(weights, instructions, say)" that makes tiny stand-in weights for sample jobs
+    sample_weights: str | None = None
 
     @property
     def job_model(self) -> type[JobCommon]:
@@ -50,8 +52,9 @@ POLICIES: dict[str, PolicyInfo] = {
         model_path="policies.rdt.config:RdtJob",
         image="rdt",
         steps=("convert", "train", "eval", "deploy"),
-        implemented=frozenset({"convert"}),
+        implemented=frozenset({"convert", "train", "eval"}),
         entry="policies.rdt.steps",
+        sample_weights="policies.rdt.tiny:make_missing",
     ),
     "command": PolicyInfo(
         name="command",

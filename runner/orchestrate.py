@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -169,6 +170,11 @@ class Orchestrator:
             tmp = raw.with_name(f".{raw.name}.tmp-{os.getpid()}")
             generate(tmp, camera=getattr(opts, "camera", "front"))
             os.replace(tmp, raw)
+        maker = job.policy.sample_weights
+        if opts is not None and getattr(opts, "sample_if_missing", False) and maker:
+            module, _, func = maker.partition(":")
+            make = getattr(importlib.import_module(module), func)
+            make(dict(job.spec.weights), list(getattr(opts, "instructions", [])), self.say)
 
     def _run_steps(self, job: LoadedJob, steps: list[str], executor: Executor, record: RunRecord,
                    image: str, req: RunRequest) -> None:

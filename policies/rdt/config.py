@@ -30,6 +30,7 @@ class RdtConvert(ConvertCommon):
 
 
 class RdtTrain(StepSpec):
+    dataset: str | None = Field(default=None, description="folder under <converted>/rdt; default the newest")
     max_train_steps: int = Field(default=20000, gt=0)
     train_batch_size: int = Field(default=32, gt=0)
     sample_batch_size: int = Field(default=64, gt=0)
@@ -47,9 +48,18 @@ class RdtTrain(StepSpec):
     precomp_lang_embed: bool = True
     img_history_size: int = Field(default=2, gt=0)
     image_side: int = Field(default=384, gt=0, description="SigLIP input side")
-    model_size: Literal["1b", "170m", "tiny"] = "1b"
+    model_size: Literal["1b", "tiny"] = Field(
+        default="1b", description="1b: RDT-1B (weights.rdt loads into it); tiny: a small random model for tests")
+    ctrl_freq: int = Field(default=25, gt=0, description="control frequency of the demonstrations, Hz")
+    cond_mask_prob: float = Field(default=0.1, ge=0, le=1)
+    weight_decay: float = Field(default=1.0e-2, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    val_episodes: int = Field(default=1, ge=0, description="episodes held out of training for evaluation")
+    device: str | None = None
     seed: int = 0
     logger: Literal["none", "tensorboard", "wandb"] = "tensorboard"
+    log_every: int = Field(default=10, gt=0)
 
     def loader_shm_bytes(self) -> int:
         # float32 images for every camera slot and history frame, 2 prefetched batches a worker.
@@ -58,8 +68,13 @@ class RdtTrain(StepSpec):
 
 
 class RdtEval(StepSpec):
-    checkpoint: str = "latest"
+    dataset: str | None = Field(default=None, description="folder under <converted>/rdt; default the newest")
+    checkpoint: str = Field(default="latest", description="latest, or a checkpoint-<step> folder name")
+    weights: Literal["ema", "model"] = "ema"
     episodes: int | None = Field(default=None, gt=0)
+    stride: int | None = Field(default=None, gt=0, description="frames between predicted chunks; default the chunk")
+    device: str | None = None
+    seed: int = 0
 
 
 class RdtSteps(StepsModel):

@@ -7,6 +7,7 @@ embeddings beside each episode:
         observations/images_mask/<slot> (T',) bool                     a slot the robot lacks: black, masked
         observations/left_arm_dim, observations/right_arm_dim (T',) int
     <out>/episode_<i>/instructions/lang_embed_<k>.pt                    (L, d_model) tensors, no batch dim
+    <out>/empty_lang_embed.pt                                           the empty instruction's embedding
 A camera the robot does not have is padded (a black frame) and masked, never a copy of another camera.
 An episode whose joints never move more than upstream's threshold is refused before anything is written.
 """
@@ -46,7 +47,8 @@ class RdtReport:
 
 
 def write_rdt(episodes: list[Path], out: Path, cameras: dict[str, str], image_size: tuple[int, int],
-              embeddings: list[Any] | None = None, instructions: tuple[str, ...] = ()) -> RdtReport:
+              embeddings: list[Any] | None = None, instructions: tuple[str, ...] = (),
+              empty_embedding: Any = None) -> RdtReport:
     """Build `out` from episode files, atomically (temp folder, then rename). `cameras`: slot -> recorded camera."""
     loaded, problems = [], []
     for path in episodes:
@@ -63,6 +65,10 @@ def write_rdt(episodes: list[Path], out: Path, cameras: dict[str, str], image_si
         samples += _write_episode(folder / f"episode_{i}.hdf5", ep, cameras, image_size)
         if embeddings:
             _write_embeddings(folder / "instructions", embeddings, instructions)
+    if empty_embedding is not None:  # the dropped instruction (cond_mask_prob) during fine-tuning
+        import torch
+
+        torch.save(empty_embedding, tmp / "empty_lang_embed.pt")
     replace_dir(tmp, out)
     return RdtReport(out, len(loaded), samples, int(loaded[0]["vector"].shape[1]) if loaded else 0)
 

@@ -47,8 +47,9 @@ def index_episodes(root: Path) -> list[EpisodeIndex]:
 class RdtSamples:
     """Draws training samples; deterministic for a numpy Generator."""
 
-    def __init__(self, root: Path, state_map: StateMap, chunk: int = 64, img_history: int = 2) -> None:
-        self.episodes = index_episodes(root)
+    def __init__(self, root: Path, state_map: StateMap, chunk: int = 64, img_history: int = 2,
+                 episodes: list[EpisodeIndex] | None = None) -> None:
+        self.episodes = episodes if episodes is not None else index_episodes(root)
         self.map, self.chunk, self.history = state_map, chunk, img_history
         lengths = np.array([e.length for e in self.episodes], dtype=np.float64)
         self.weights = lengths / lengths.sum()
@@ -85,10 +86,10 @@ class RdtSamples:
         }
 
 
-def dataset_stat(root: Path, state_map: StateMap, name: str = "agilex") -> dict[str, dict[str, list[float]]]:
+def dataset_stat(episodes: list[EpisodeIndex], state_map: StateMap, name: str = "agilex") -> dict[str, dict[str, list[float]]]:
     """upstream's dataset_stat.json entry (computed here as part of the step, not by a separate script)."""
     parts = []
-    for e in index_episodes(root):
+    for e in episodes:
         with h5py.File(e.path, "r") as f:
             parts.append(f["observations/qpos"][()])
     qpos = np.concatenate(parts)

@@ -208,6 +208,10 @@ class RdtRunner(nn.Module):
         # state + state indicator (the mask of which unified dims are present)
         self.state_adaptor = adaptor(cfg.state_adaptor_depth, cfg.state_token_dim * 2, cfg.hidden_size)
 
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        """compute_loss: training engines (DeepSpeed, DDP) call the module itself."""
+        return self.compute_loss(*args)
+
     def compute_loss(self, lang: torch.Tensor, lang_mask: torch.Tensor, img: torch.Tensor, state: torch.Tensor,
                      action: torch.Tensor, action_mask: torch.Tensor, ctrl_freq: torch.Tensor,
                      noise: torch.Tensor, steps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from policies.data.demos import GelloOptions, ProblemsError
 from policies.entry import convert_options as common_convert_options
 from policies.entry import main, report_check
 from policies.rdt.convert import write_rdt
+from policies.rdt.launch import LAUNCHED
+from policies.signals import exit_code, stop_flag
 
 
 def convert_options(ctx: StepContext) -> ConvertOptions:
@@ -34,16 +37,16 @@ def step_convert(ctx: StepContext) -> int:
         return report_check(raw, opts)
     try:
         report = convert(raw, out, opts, progress=lambda s: print(s, flush=True))
-        embeddings = None
+        embeddings, empty = None, None
         if opts.instructions and t5:
             from policies.rdt.embed import encode_instructions
 
-            embeddings = encode_instructions(list(opts.instructions), Path(t5))
+            *embeddings, empty = encode_instructions([*opts.instructions, ""], Path(t5))
             print(f"convert: embedded {len(embeddings)} instruction(s) with {t5}", flush=True)
         target = out / "rdt" / f"{opts.task}-{opts.config}-{len(report.episodes)}"
         size = tuple(ctx.options["image_size"])
         rdt = write_rdt(report.episodes, target, dict(ctx.options["cameras"]), (int(size[0]), int(size[1])),
-                        embeddings, opts.instructions)
+                        embeddings, opts.instructions, empty)
     except (ProblemsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -54,7 +57,61 @@ def step_convert(ctx: StepContext) -> int:
     return 0
 
 
-STEPS = {"convert": step_convert}
+def _rdt_data(ctx: StepContext) -> Path:
+    """The converted RDT folder: steps.train.dataset, or the newest <task>-<config>-<n> under converted/rdt."""
+    root = ctx.path("converted") / "rdt"
+    named = ctx.options.get("dataset")
+    if named:
+        return root / str(named)
+    found = sorted(root.glob("*/episode_0"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        msg = f"no RDT data under {root}; run `runner convert {ctx.job}` first"
+        raise FileNotFoundError(msg)
+    folder: Path = found[-1].parent
+    return folder
+
+
+def step_train(ctx: StepContext) -> int:
+    if os.environ.get(LAUNCHED) != "1":
+        return _launch(ctx)
+    from policies.rdt.train import Inputs, ResumeError, train
+    from policies.rdt.weights import WeightsError
+
+    weights = ctx.paths.get("weights", {})
+    if not weights.get("siglip"):
+        print(f"error: RDT needs a SigLIP image encoder: set weights.siglip in {ctx.job}'s job file", file=sys.stderr)
+        return 2
+    pretrained = weights.get("rdt")
+    if ctx.options["model_size"] == "1b" and not pretrained:
+        print("warning: weights.rdt is not set: fine-tuning RDT-1B from random weights", file=sys.stderr)
+    try:
+        inputs = Inputs(data=_rdt_data(ctx), siglip=Path(weights["siglip"]), output=ctx.path("checkpoints"),
+                        run_dir=ctx.run_dir, pretrained=Path(pretrained) if pretrained else None)
+        result = train(ctx.options, inputs, resume=ctx.resume, stop=stop_flag(),
+                       extra={"job": ctx.job, "task": ctx.task}, say=lambda m: print(m, flush=True))
+    except (FileNotFoundError, ValueError, ResumeError, WeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return exit_code(result.stopped_by)
+
+
+def _launch(ctx: StepContext) -> int:
+    import torch
+
+    from policies.rdt.launch import LaunchError, accelerate_argv
+
+    try:
+        argv = accelerate_argv(sys.executable, ctx.options, ctx.spec["resources"]["gpus"], torch.cuda.device_count(),
+                               os.environ)
+    except LaunchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("train: " + " ".join(argv), flush=True)
+    os.environ[LAUNCHED] = "1"
+    os.execvp(argv[0], argv)
+
+
+STEPS = {"convert": step_convert, "train": step_train}
 
 
 if __name__ == "__main__":

@@ -8,24 +8,34 @@ from typing import Any
 import numpy as np
 import torch
 
+from policies.rdt.images import ImagePrep
+
 
 class SiglipTower:
-    """Images -> patch tokens (B, patches, hidden): 729 x 1152 for so400m-patch14-384."""
+    """Images -> patch tokens (B, patches, hidden): 729 x 1152 for so400m-patch14-384. Frozen, in eval mode."""
 
     def __init__(self, path: Path, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
-        from transformers import SiglipImageProcessor, SiglipVisionModel
+        from transformers import SiglipVisionModel
 
         if not (path / "config.json").is_file():
             msg = f"{path}: no SigLIP model here (config.json missing); set weights.siglip to a local folder"
             raise FileNotFoundError(msg)
-        self.processor: Any = SiglipImageProcessor.from_pretrained(str(path))
         self.model: Any = SiglipVisionModel.from_pretrained(str(path), torch_dtype=dtype).to(device).eval()
+        self.model.requires_grad_(False)
+        self.prep = ImagePrep(path)
+        cfg = self.model.config
+        self.hidden_size: int = int(cfg.hidden_size)
+        self.num_patches: int = (int(cfg.image_size) // int(cfg.patch_size)) ** 2
         self.device, self.dtype = device, dtype
 
     @torch.no_grad()
-    def __call__(self, images: list[np.ndarray]) -> torch.Tensor:
-        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
-        return self.model(pixel_values=pixels).last_hidden_state  # type: ignore[no-any-return]
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) pixel values (ImagePrep.pixels) -> (N, patches, hidden)."""
+        out = self.model(pixel_values=pixels.to(self.device, self.dtype)).last_hidden_state
+        return out  # type: ignore[no-any-return]
+
+    def __call__(self, frames: list[np.ndarray]) -> torch.Tensor:
+        return self.encode(self.prep.pixels(frames))
 
 
 def save_tiny_siglip(path: Path, image_size: int = 28, patch: int = 14, hidden: int = 16, seed: int = 0) -> Path:

@@ -57,7 +57,7 @@ def test_still_episode_is_refused_before_writing(episodes: list[Path], tmp_path:
 
 
 def test_fine_tuning_samples_follow_upstream_rules(episodes: list[Path], tmp_path: Path) -> None:
-    from policies.rdt.dataset import RdtSamples, dataset_stat
+    from policies.rdt.dataset import RdtSamples, dataset_stat, index_episodes
     from policies.rdt.state_space import FRANKA
 
     t5 = save_tiny_t5(tmp_path / "t5", " ".join(TEXTS).split())
@@ -74,5 +74,5 @@ def test_fine_tuning_samples_follow_upstream_rules(episodes: list[Path], tmp_pat
     rng = np.random.default_rng(0)
     steps = [data.sample(rng)["step"] for _ in range(20)]
     assert min(steps) >= max(ep.first_idx - 1, 0)
-    stat = dataset_stat(tmp_path / "rdt", FRANKA)
+    stat = dataset_stat(index_episodes(tmp_path / "rdt"), FRANKA)
     assert len(stat["agilex"]["state_mean"]) == 128 and stat["agilex"]["state_std"][20] == 0.0

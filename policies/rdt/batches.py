@@ -1,0 +1,106 @@
+"""Training batches: one sample per index, drawn from a generator seeded by (seed, index), so a resumed run sees
+exactly the batches an uninterrupted one would, whatever the number of DataLoader workers.
+
+Per sample, upstream's fine-tuning rules (train/dataset.py): the control frequency, the state, the state mask and
+each image are dropped with `cond_mask_prob` (classifier-free conditioning: frequency 0, the dataset's mean
+state, an all-zero mask, the background image); the state gets Gaussian noise at `state_noise_snr` dB relative to
+the episode's std; the language embedding is one of the episode's instructions or, dropped, the empty
+instruction's embedding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from policies.rdt.convert import SLOTS
+from policies.rdt.dataset import RdtSamples
+from policies.rdt.images import ImagePrep, augment
+
+
+@dataclass(frozen=True)
+class ItemRules:
+    seed: int
+    ctrl_freq: int
+    cond_mask_prob: float
+    state_noise_snr: float | None
+    image_aug: bool
+
+
+class TrainItems(torch.utils.data.Dataset[dict[str, Any]]):
+    """Index k -> one training sample (tensors), deterministic in (seed, k)."""
+
+    def __init__(self, samples: RdtSamples, siglip: Path, rules: ItemRules, state_mean: np.ndarray,
+                 empty_lang: torch.Tensor) -> None:
+        self.samples, self.siglip, self.rules = samples, siglip, rules
+        self.state_mean, self.empty_lang = state_mean.astype(np.float32), empty_lang
+        self._prep: ImagePrep | None = None
+
+    def __len__(self) -> int:
+        return 2**62
+
+    @property
+    def prep(self) -> ImagePrep:
+        if self._prep is None:  # per worker process: the processor is loaded where it is used
+            self._prep = ImagePrep(self.siglip)
+        return self._prep
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        r = self.rules
+        rng = np.random.default_rng([r.seed, int(k)])
+        s = self.samples.sample(rng)
+
+        def keep() -> bool:  # one draw a condition, as upstream
+            return bool(rng.random() > r.cond_mask_prob)
+
+        ctrl_freq = r.ctrl_freq if keep() else 0
+        state = s["state"].astype(np.float32)
+        if r.state_noise_snr is not None:
+            state = state + rng.normal(0.0, s["state_std"] / math.sqrt(10 ** (r.state_noise_snr / 10)), state.shape)
+        state = state if keep() else self.state_mean[None]
+        elem_mask = s["state_indicator"] if keep() else np.zeros_like(s["state_indicator"])
+        frames = []
+        for i in range(self.samples.history):  # time-major, cameras in upstream's order within a time step
+            for slot in SLOTS:
+                img, valid = s["images"][slot][i], bool(s["image_masks"][slot][i])
+                if valid and keep():
+                    frames.append(augment(img, rng) if r.image_aug else img)
+                else:
+                    frames.append(self.prep.blank(img))
+        lang = self.empty_lang
+        if s["lang_embed_path"] is not None and keep():
+            lang = torch.load(s["lang_embed_path"], map_location="cpu", weights_only=True)
+        return {"states": torch.from_numpy(np.asarray(state, np.float32)), "actions": torch.from_numpy(s["actions"]),
+                "state_elem_mask": torch.from_numpy(elem_mask.astype(np.float32)), "images": self.prep.pixels(frames),
+                "ctrl_freq": float(ctrl_freq), "lang_embed": lang.float()}
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack the samples; pad the language embeddings to the longest with an attention mask."""
+    lengths = [it["lang_embed"].shape[0] for it in items]
+    lang = torch.nn.utils.rnn.pad_sequence([it["lang_embed"] for it in items], batch_first=True)
+    mask = torch.arange(lang.shape[1])[None] < torch.tensor(lengths)[:, None]
+    return {"states": torch.stack([it["states"] for it in items]), "actions": torch.stack([it["actions"] for it in items]),
+            "state_elem_mask": torch.stack([it["state_elem_mask"] for it in items]),
+            "images": torch.stack([it["images"] for it in items]),
+            "ctrl_freqs": torch.tensor([it["ctrl_freq"] for it in items]), "lang_embeds": lang, "lang_attn_mask": mask}
+
+
+class StepIndices(torch.utils.data.Sampler[int]):
+    """Sample indices of micro-batches `start`, `start`+1, ... for one rank: (micro * world + rank) * batch + i."""
+
+    def __init__(self, start_micro: int, batch: int, rank: int = 0, world: int = 1, stop_micro: int | None = None) -> None:
+        self.start, self.batch, self.rank, self.world, self.stop = start_micro, batch, rank, world, stop_micro
+
+    def __iter__(self) -> Iterator[int]:
+        micro = self.start
+        while self.stop is None or micro < self.stop:
+            base = (micro * self.world + self.rank) * self.batch
+            yield from range(base, base + self.batch)
+            micro += 1

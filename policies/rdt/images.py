@@ -1,0 +1,90 @@
+"""Camera frames -> SigLIP pixel tensors as upstream's fine-tuning dataset prepares them (train/dataset.py):
+a frame that is missing, masked, or dropped for classifier-free conditioning becomes the background (the
+processor's mean colour); half of the valid frames are augmented (colour jitter, corruption or both); frames are
+padded to a square with the background colour (`image_aspect_ratio: pad`), then resized and normalised by the
+SigLIP processor saved with the encoder. The jitter ranges are torchvision's ColorJitter(0.3, 0.4, 0.5, 0.03);
+the corruption is additive Gaussian noise (upstream's `image_corrupt` is not published with the fine-tuning code).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=np.float32)
+_RGB = np.linalg.inv(_YIQ).astype(np.float32)
+
+
+class ImagePrep:
+    """The SigLIP processor from the encoder's folder plus upstream's background and padding rules."""
+
+    def __init__(self, siglip: Path) -> None:
+        from transformers import SiglipImageProcessor
+
+        if not (siglip / "preprocessor_config.json").is_file():
+            msg = f"{siglip}: no SigLIP image processor (preprocessor_config.json missing); set weights.siglip"
+            raise FileNotFoundError(msg)
+        self.processor: Any = SiglipImageProcessor.from_pretrained(str(siglip))
+        self.background = np.array([int(x * 255) for x in self.processor.image_mean], dtype=np.uint8)
+        size = self.processor.size
+        self.side = int(size.get("height") or size.get("shortest_edge"))
+
+    def blank(self, like: np.ndarray | None = None) -> np.ndarray:
+        h, w = (like.shape[:2] if like is not None else (self.side, self.side))
+        return np.broadcast_to(self.background, (h, w, 3)).copy()
+
+    def square(self, img: np.ndarray) -> np.ndarray:
+        h, w = img.shape[:2]
+        if h == w:
+            return img
+        side = max(h, w)
+        out = np.broadcast_to(self.background, (side, side, 3)).copy()
+        top, left = (side - h) // 2, (side - w) // 2
+        out[top:top + h, left:left + w] = img
+        return out
+
+    def pixels(self, frames: list[np.ndarray]) -> torch.Tensor:
+        """(N, 3, side, side) float32 pixel values for N RGB uint8 frames."""
+        squares = [self.square(f) for f in frames]
+        return self.processor(images=squares, return_tensors="pt")["pixel_values"]  # type: ignore[no-any-return]
+
+
+def color_jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Brightness 0.3, contrast 0.4, saturation 0.5, hue 0.03, in a random order (torchvision's ranges)."""
+    x = img.astype(np.float32) / 255.0
+    for op in rng.permutation(4):
+        if op == 0:
+            x = x * rng.uniform(0.7, 1.3)
+        elif op == 1:
+            m = float((x @ _YIQ[0]).mean())
+            x = (x - m) * rng.uniform(0.6, 1.4) + m
+        elif op == 2:
+            g = (x @ _YIQ[0])[..., None]
+            x = (x - g) * rng.uniform(0.5, 1.5) + g
+        else:
+            angle = rng.uniform(-0.03, 0.03) * 2 * np.pi
+            c, s = np.cos(angle), np.sin(angle)
+            rot = np.array([[1, 0, 0], [0, c, -s], [0, s, c]], dtype=np.float32)
+            x = x @ (_RGB @ rot @ _YIQ).T
+        x = np.clip(x, 0.0, 1.0)
+    return (x * 255.0 + 0.5).astype(np.uint8)
+
+
+def corrupt(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    sigma = rng.uniform(0.0, 12.0)
+    return np.clip(img.astype(np.float32) + rng.normal(0.0, sigma, img.shape), 0, 255).astype(np.uint8)
+
+
+def augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Upstream's rule: half of the valid frames are augmented, with jitter only, corruption only, or both."""
+    if rng.random() <= 0.5:
+        return img
+    kind = int(rng.integers(3))  # 0 corrupt only, 1 colour only, 2 both
+    if kind != 0:
+        img = color_jitter(img, rng)
+    if kind != 1:
+        img = corrupt(img, rng)
+    return img

@@ -1,0 +1,331 @@
+"""RDT fine-tuning under `accelerate launch` (policies/rdt/launch.py starts it): DeepSpeed ZeRO (stage from the
+job; a config rendered from its batch size, accumulation and precision) or plain DDP with stage 0; AdamW and the
+diffusers LR schedule as upstream's finetune.sh; EMA as upstream (power 0.75, max 0.9999); frozen SigLIP; the
+precomputed T5 embeddings. Checkpoints: checkpoint-<step>/ (accelerate's save_state: with DeepSpeed the model in
+pytorch_model/mp_rank_00_model_states.pt under `module`, optimizer shards, RNG states; the LR scheduler; the EMA
+as ema/model.safetensors; trainer_state.json and the resolved config; COMPLETE last).
+
+Resume restores all of it or stops with an error: there is no silent weights-only fall-back. Batches and noise are
+drawn from generators seeded by the step, so a resumed run continues exactly where the first one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from policies.metrics import Metrics
+from policies.rdt import checkpoints
+from policies.rdt.batches import ItemRules, StepIndices, TrainItems, collate
+from policies.rdt.dataset import EpisodeIndex, RdtSamples, dataset_stat, index_episodes
+from policies.rdt.model import RdtConfig, RdtRunner, schedulers
+from policies.rdt.state_space import FRANKA, StateMap
+from policies.rdt.weights import WeightsError, load_strict, read_state_dict
+from policies.signals import StopFlag
+
+TRAINER_STATE = "trainer_state.json"
+RDT_CONFIG = "rdt_config.json"
+
+
+class ResumeError(Exception):
+    """A checkpoint that cannot be restored in full: training stops instead of continuing from weights only."""
+
+
+@dataclass(frozen=True)
+class Inputs:
+    data: Path  # the converted RDT episodes (episode_*/episode_*.hdf5)
+    siglip: Path
+    output: Path  # checkpoint-<step>/ folders go here
+    run_dir: Path
+    pretrained: Path | None = None  # a local rdt-1b folder or file; None: random init (tiny models, tests)
+
+
+@dataclass
+class TrainResult:
+    global_step: int
+    stopped_by: str | None
+    last_checkpoint: Path | None
+    losses: list[float] = field(default_factory=list)
+
+
+class Ema:
+    """upstream's EMAModel: decay = 1 - (1 + step / inv_gamma) ** -power in [min, max], 0 for the first update."""
+
+    def __init__(self, model: torch.nn.Module, power: float = 0.75, inv_gamma: float = 1.0, max_value: float = 0.9999) -> None:
+        self.params = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+        self.power, self.inv_gamma, self.max_value = power, inv_gamma, max_value
+        self.steps = 0
+
+    def decay(self) -> float:
+        step = max(0, self.steps - 1)
+        if step <= 0:
+            return 0.0
+        return float(min(1 - (1 + step / self.inv_gamma) ** -self.power, self.max_value))
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.steps += 1
+        d = self.decay()
+        for k, v in model.state_dict().items():
+            self.params[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+
+    def save(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous().cpu() for k, v in self.params.items()}, str(folder / "model.safetensors"))
+
+    def load(self, folder: Path, steps: int) -> None:
+        from safetensors.torch import load_file
+
+        state = load_file(str(folder / "model.safetensors"))
+        if set(state) != set(self.params):
+            msg = f"{folder}: the EMA weights do not match the model"
+            raise ResumeError(msg)
+        for k, v in state.items():
+            self.params[k].copy_(v)
+        self.steps = steps
+
+
+def model_config(size: str, lang_dim: int, img_dim: int, patches: int, history: int, where: str) -> RdtConfig:
+    """RDT-1B, or the tiny test model, with the condition dims of the encoders the job names."""
+    img_len = history * 3 * patches
+    if size == "1b":
+        cfg = RdtConfig()
+        if (lang_dim, img_dim) != (cfg.lang_token_dim, cfg.img_token_dim):
+            msg = (f"model_size 1b takes T5-XXL embeddings (4096) and SigLIP so400m tokens (1152); {where} gives "
+                   f"{lang_dim} and {img_dim}: use the released encoders, or model_size: tiny for small test encoders")
+            raise ValueError(msg)
+        return replace(cfg, img_cond_len=img_len)
+    return replace(RdtConfig.tiny(), horizon=64, lang_token_dim=lang_dim, img_token_dim=img_dim,
+                   max_lang_cond_len=1024, img_cond_len=img_len)
+
+
+def split_episodes(root: Path, held_out: int) -> tuple[list[EpisodeIndex], list[EpisodeIndex]]:
+    """(training, held-out): the last `held_out` episodes are kept for evaluation when more than one remains."""
+    episodes = index_episodes(root)
+    if held_out <= 0 or len(episodes) <= held_out:
+        return episodes, []
+    return episodes[:-held_out], episodes[-held_out:]
+
+
+def lr_schedule(name: str, warmup: int, total: int) -> Callable[[int], float]:
+    """diffusers' get_scheduler factors (constant, constant_with_warmup, linear, cosine), per optimizer step."""
+    def factor(step: int) -> float:
+        if name == "constant":
+            return 1.0
+        if step < warmup:
+            return step / max(1, warmup)
+        if name == "constant_with_warmup":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if name == "linear":
+            return max(0.0, 1.0 - progress)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    return factor
+
+
+def _noise_seed(seed: int, micro: int, rank: int) -> int:
+    return (seed * 1_000_003 + micro * 4099 + rank) % (2**63)
+
+
+def train(o: dict[str, Any], inputs: Inputs, *, resume: bool, stop: StopFlag, extra: dict[str, Any] | None = None,
+          say: Callable[[str], None] = print, state_map: StateMap = FRANKA) -> TrainResult:
+    """Fine-tune (or continue) as one process of `accelerate launch`; `o` holds the job's steps.train options."""
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin, set_seed
+
+    cuda = torch.cuda.is_available()
+    precision = o["mixed_precision"] if cuda else "no"
+    deepspeed = o["zero_stage"] > 0
+    plugin = None
+    ds_config = checkpoints.render_deepspeed_config(zero_stage=o["zero_stage"], mixed_precision=precision,
+                                                    grad_accum=o["gradient_accumulation_steps"],
+                                                    micro_batch=o["train_batch_size"])
+    if deepspeed:
+        plugin = DeepSpeedPlugin(hf_ds_config=ds_config)
+    acc = Accelerator(gradient_accumulation_steps=o["gradient_accumulation_steps"], mixed_precision=precision,
+                      deepspeed_plugin=plugin)
+    main = acc.is_main_process
+    if not main:
+        say = _quiet
+    set_seed(o["seed"])
+    device = acc.device
+    train_eps, val_eps = split_episodes(inputs.data, o["val_episodes"])
+    stat = dataset_stat(train_eps, state_map)
+    if main:
+        inputs.output.mkdir(parents=True, exist_ok=True)
+        for folder in (inputs.run_dir, inputs.output):
+            (folder / "dataset_stat.json").write_text(json.dumps(stat, indent=2))
+        if deepspeed:
+            (inputs.run_dir / "deepspeed_config.json").write_text(json.dumps(ds_config, indent=2))
+
+    from policies.rdt.vision import SiglipTower
+
+    vision_dtype = torch.bfloat16 if cuda and precision == "bf16" else torch.float32
+    tower = SiglipTower(inputs.siglip, device, vision_dtype)
+    empty_lang, lang_dim = _empty_language(inputs.data, o["model_size"])
+    cfg = model_config(o["model_size"], lang_dim, tower.hidden_size, tower.num_patches, o["img_history_size"],
+                       f"{inputs.siglip} and the embeddings in {inputs.data}")
+    model = RdtRunner(cfg)
+    if inputs.pretrained is not None and not resume:
+        load_strict(model, read_state_dict(inputs.pretrained), inputs.pretrained)
+        say(f"train: loaded {inputs.pretrained}")
+    ema = Ema(model)
+    train_sched, _ = schedulers(cfg)
+    alphas = torch.as_tensor(train_sched.alphas_cumprod, dtype=torch.float32).to(device)  # type: ignore[attr-defined]
+    opt = torch.optim.AdamW(model.parameters(), lr=o["learning_rate"], betas=tuple(o["adam_betas"]),
+                            weight_decay=o["weight_decay"], eps=1e-8)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(o["lr_scheduler"], o["lr_warmup_steps"],
+                                                                  o["max_train_steps"]))
+    model, opt = acc.prepare(model, opt)
+    acc.register_for_checkpointing(lr_sched)  # saved and restored with the rest of the state
+    ema.params = {k: v.to(device) for k, v in ema.params.items()}
+    input_dtype = torch.bfloat16 if deepspeed and precision == "bf16" else torch.float32
+
+    global_step = 0
+    if resume:
+        global_step = _resume(acc, ema, inputs.output, say)
+    meta = {"model": asdict(cfg), "train": o, "state_map": {"name": state_map.name, "indices": list(state_map.indices)},
+            "siglip": str(inputs.siglip), "img_history_size": o["img_history_size"], "ctrl_freq": o["ctrl_freq"],
+            "dataset": str(inputs.data), "val_episodes": [str(e.path) for e in val_eps],
+            "train_episodes": [str(e.path) for e in train_eps], "dataset_stat": stat, **(extra or {})}
+    if main:
+        (inputs.output / RDT_CONFIG).write_text(json.dumps(meta, indent=2, default=str))
+
+    rules = ItemRules(seed=o["seed"], ctrl_freq=o["ctrl_freq"], cond_mask_prob=o["cond_mask_prob"],
+                      state_noise_snr=o["state_noise_snr"], image_aug=o["image_aug"])
+    samples = RdtSamples(inputs.data, state_map, cfg.horizon, o["img_history_size"], episodes=train_eps)
+    items = TrainItems(samples, inputs.siglip, rules, np.asarray(stat["agilex"]["state_mean"], np.float32), empty_lang)
+    accum, batch = o["gradient_accumulation_steps"], o["train_batch_size"]
+    loader = torch.utils.data.DataLoader(
+        items, batch_size=batch, sampler=StepIndices(global_step * accum, batch, acc.process_index, acc.num_processes),
+        num_workers=o["num_workers"], collate_fn=collate, persistent_workers=False,
+        prefetch_factor=2 if o["num_workers"] else None, pin_memory=cuda)
+    metrics = Metrics(inputs.run_dir, o["logger"] if main else "none", meta, enabled=main)
+    total = o["max_train_steps"]
+    say(f"train: RDT ({sum(p.numel() for p in acc.unwrap_model(model).parameters()):,} parameters), "
+        f"{len(train_eps)} training episodes, {len(val_eps)} held out, {acc.num_processes} process(es) on {device}, "
+        f"{'DeepSpeed ZeRO-' + str(o['zero_stage']) if deepspeed else 'no DeepSpeed'}, precision {precision}, "
+        f"batch {batch} x {accum} accumulation x {acc.num_processes} processes, step {global_step}/{total}")
+    result = TrainResult(global_step, None, None)
+
+    def save() -> Path:
+        folder = checkpoints.checkpoint_dir(inputs.output, global_step)
+        if main and folder.exists():  # an incomplete folder of the same step from an earlier, killed run
+            shutil.rmtree(folder)
+        acc.wait_for_everyone()
+        acc.save_state(str(folder))
+        if main:
+            ema.save(folder / "ema")
+            (folder / TRAINER_STATE).write_text(json.dumps({"step": global_step, "ema_steps": ema.steps}))
+            checkpoints.mark_complete(folder, {**meta, "step": global_step})
+            for old in checkpoints.enforce_limit(inputs.output, o["checkpoints_total_limit"]):
+                say(f"train: removed {old.name} (checkpoints_total_limit {o['checkpoints_total_limit']})")
+        acc.wait_for_everyone()
+        result.last_checkpoint = folder
+        return folder
+
+    t_log, n_log = time.perf_counter(), 0
+    batches = iter(loader)
+    try:
+        while global_step < total:
+            for j in range(accum):
+                micro = global_step * accum + j
+                b = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+                with acc.accumulate(model):
+                    loss = _loss(model, tower, b, alphas, cfg, input_dtype,
+                                 torch.Generator(device).manual_seed(_noise_seed(o["seed"], micro, acc.process_index)))
+                    acc.backward(loss)
+                    if acc.sync_gradients and not deepspeed:
+                        acc.clip_grad_norm_(model.parameters(), o["max_grad_norm"])
+                    opt.step()
+                    opt.zero_grad()
+            lr_sched.step()
+            ema.update(acc.unwrap_model(model))
+            global_step += 1
+            n_log += batch * accum * acc.num_processes
+            if global_step % o["log_every"] == 0 or global_step == 1:
+                value = float(acc.reduce(loss.detach().float(), "mean"))
+                result.losses.append(value)
+                rate = n_log / max(1e-9, time.perf_counter() - t_log)
+                lr = float(lr_sched.get_last_lr()[0])
+                metrics.log(global_step, {"loss": value, "lr": lr, "samples_per_s": rate})
+                say(f"train: step {global_step}/{total} loss {value:.5f} lr {lr:.2e} {rate:.1f} samples/s")
+                t_log, n_log = time.perf_counter(), 0
+            flags = torch.tensor([stop.signal is not None, stop.save_now], dtype=torch.float32, device=device)
+            stopping, saving = (bool(x) for x in acc.reduce(flags, "max").tolist())
+            if global_step % o["checkpointing_period"] == 0 or global_step == total or stopping or saving:
+                say(f"train: checkpoint {save()}")
+                stop.save_now = False
+            if stopping:
+                result.stopped_by = stop.stopped_by
+                say(f"train: stopped ({result.stopped_by}) at step {global_step}; resume with `runner resume JOB`")
+                break
+    finally:
+        metrics.close()
+        acc.end_training()
+    result.global_step = global_step
+    return result
+
+
+def _loss(model: Any, tower: Any, b: dict[str, torch.Tensor], alphas: torch.Tensor, cfg: RdtConfig,
+          dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    images = b["images"]
+    n, k = images.shape[:2]
+    img = tower.encode(images.reshape(n * k, *images.shape[2:])).reshape(n, -1, tower.hidden_size)
+    actions = b["actions"].to(dtype)
+    noise = torch.randn(actions.shape, generator=gen, device=actions.device, dtype=dtype)
+    steps = torch.randint(0, cfg.num_train_timesteps, (n,), generator=gen, device=actions.device)
+    loss: torch.Tensor = model(b["lang_embeds"].to(dtype), b["lang_attn_mask"], img.to(dtype), b["states"].to(dtype), actions,
+                         b["state_elem_mask"][:, None].to(dtype), b["ctrl_freqs"].to(dtype), noise, steps, alphas)
+    return loss
+
+
+def _resume(acc: Any, ema: Ema, output: Path, say: Callable[[str], None]) -> int:
+    """Restore model, optimizer, scheduler, RNG and EMA from the newest complete checkpoint, or raise."""
+    found = checkpoints.latest(output)
+    if found is None:
+        say(f"train: nothing to resume in {output}; starting from the pretrained weights")
+        return 0
+    step, folder = found
+    try:
+        acc.load_state(str(folder))
+        state = json.loads((folder / TRAINER_STATE).read_text())
+        ema.load(folder / "ema", int(state["ema_steps"]))
+    except (OSError, RuntimeError, KeyError, ValueError, WeightsError) as e:
+        msg = (f"cannot restore the full training state from {folder} ({type(e).__name__}: {e}). Training does not "
+               "fall back to weights only: fix or move that folder away to resume from an earlier checkpoint, "
+               "or train from scratch with `runner train JOB` (no --resume)")
+        raise ResumeError(msg) from e
+    if int(state["step"]) != step:
+        msg = f"{folder}: {TRAINER_STATE} says step {state['step']}, the folder name says {step}"
+        raise ResumeError(msg)
+    say(f"train: resumed from {folder} at step {step} (optimizer, LR scheduler, RNG and EMA restored)")
+    return step
+
+
+def _empty_language(data: Path, size: str) -> tuple[torch.Tensor, int]:
+    """The empty instruction's embedding (dropped language) and the embedding width."""
+    path = data / "empty_lang_embed.pt"
+    if path.is_file():
+        emb: torch.Tensor = torch.load(path, map_location="cpu", weights_only=True).float()
+        return emb, int(emb.shape[-1])
+    found = next(iter(sorted(data.glob("episode_*/instructions/lang_embed_*.pt"))), None)
+    dim = int(torch.load(found, map_location="cpu", weights_only=True).shape[-1]) if found else (
+        4096 if size == "1b" else 32)
+    return torch.zeros(1, dim), dim
+
+
+def _quiet(_message: str) -> None:
+    """Ranks other than 0 print nothing: one log, not one a GPU."""
