@@ -32,6 +32,13 @@ class StopFlag:
         return signal.Signals(self.signal or signal.SIGTERM).name
 
 
+def ignore_stop_signals(_worker: int = 0) -> None:
+    """DataLoader worker_init_fn: workers leave SIGTERM/SIGINT to the training process, which stops them after
+    its checkpoint (a worker killed first would fail the batch the checkpoint waits for)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def stop_flag() -> StopFlag:
     return StopFlag().install()
 

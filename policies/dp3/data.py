@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from policies.signals import ignore_stop_signals
+
 
 class DataShapeError(ValueError):
     """The job pins a dimension the data does not have (checked before any model is built)."""
@@ -147,6 +149,7 @@ def worker_batches(sampler: WindowSampler, batches: list[torch.Tensor], workers:
     """The given batches, in order, cut by `workers` processes and moved to `device` (upstream's way, for data
     kept in host memory; the runner sizes /dev/shm for it from num_workers)."""
     loader = torch.utils.data.DataLoader(_BatchWindows(sampler, batches), batch_size=None, shuffle=False,
-                                         num_workers=workers, pin_memory=device.type == "cuda")
+                                         num_workers=workers, pin_memory=device.type == "cuda",
+                                         worker_init_fn=ignore_stop_signals)
     for pc, pos, act in loader:
         yield (pc.to(device, non_blocking=True), pos.to(device, non_blocking=True), act.to(device, non_blocking=True))

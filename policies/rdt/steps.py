@@ -108,10 +108,45 @@ def _launch(ctx: StepContext) -> int:
         return 2
     print("train: " + " ".join(argv), flush=True)
     os.environ[LAUNCHED] = "1"
+    # torchrun's agent passes a stop on to the training processes and waits this long for their checkpoint.
+    os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", os.environ.get("RUNNER_STOP_GRACE_S", "30"))
     os.execvp(argv[0], argv)
 
 
-STEPS = {"convert": step_convert, "train": step_train}
+def step_eval(ctx: StepContext) -> int:
+    from policies.rdt.evaluate import evaluate
+    from policies.rdt.infer import load, resolve
+    from policies.rdt.weights import WeightsError
+
+    o = ctx.options
+    try:
+        folder = resolve(ctx.path("checkpoints"), o["checkpoint"])
+        siglip = ctx.paths.get("weights", {}).get("siglip")
+        policy = load(folder, o.get("device"), o["weights"], Path(siglip) if siglip else None)
+        meta = policy.meta
+        episodes = [Path(p) for p in meta.get("val_episodes") or []]
+        if episodes and not episodes[0].is_file():  # paths as the training container saw them
+            data = _rdt_data(ctx)
+            episodes = [data / p.parent.name / p.name for p in episodes]
+        if not episodes:
+            data = _rdt_data(ctx)
+            episodes = sorted(data.glob("episode_*/episode_*.hdf5"), key=lambda p: int(p.stem.split("_")[1]))[-1:]
+            print(f"eval: the checkpoint held no episode out; evaluating {episodes[0].parent.name} (seen in training)")
+    except (FileNotFoundError, WeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if o.get("episodes"):
+        episodes = episodes[: o["episodes"]]
+    policy.reset(o["seed"])
+    summary = evaluate(policy, episodes, ctx.run_dir / "eval", o.get("stride"),
+                       extra={"checkpoint": str(folder), "weights": o["weights"]})
+    print(f"eval: {folder.name} ({o['weights']} weights) on {[p.parent.name for p in episodes]}: joint MSE "
+          f"{summary['mse_joints']:.5f}, gripper MSE {summary['gripper_mse']:.5f}, gripper accuracy "
+          f"{summary['gripper_accuracy']:.3f}; plots and eval.json in {ctx.run_dir / 'eval'}")
+    return 0
+
+
+STEPS = {"convert": step_convert, "train": step_train, "eval": step_eval}
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from policies.rdt.dataset import EpisodeIndex, RdtSamples, dataset_stat, index_e
 from policies.rdt.model import RdtConfig, RdtRunner, schedulers
 from policies.rdt.state_space import FRANKA, StateMap
 from policies.rdt.weights import WeightsError, load_strict, read_state_dict
-from policies.signals import StopFlag
+from policies.signals import StopFlag, ignore_stop_signals
 
 TRAINER_STATE = "trainer_state.json"
 RDT_CONFIG = "rdt_config.json"
@@ -139,23 +139,31 @@ def _noise_seed(seed: int, micro: int, rank: int) -> int:
     return (seed * 1_000_003 + micro * 4099 + rank) % (2**63)
 
 
+def make_accelerator(o: dict[str, Any]) -> tuple[Any, str, dict[str, Any] | None]:
+    """(accelerator, precision, DeepSpeed config or None): bf16/fp16 only on GPUs; DeepSpeed when zero_stage > 0."""
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin
+
+    precision = o["mixed_precision"] if torch.cuda.is_available() else "no"
+    ds_config = None
+    if o["zero_stage"] > 0:
+        ds_config = checkpoints.render_deepspeed_config(zero_stage=o["zero_stage"], mixed_precision=precision,
+                                                        grad_accum=o["gradient_accumulation_steps"],
+                                                        micro_batch=o["train_batch_size"])
+    plugin = DeepSpeedPlugin(hf_ds_config=ds_config) if ds_config else None
+    acc = Accelerator(gradient_accumulation_steps=o["gradient_accumulation_steps"], mixed_precision=precision,
+                      deepspeed_plugin=plugin)
+    return acc, precision, ds_config
+
+
 def train(o: dict[str, Any], inputs: Inputs, *, resume: bool, stop: StopFlag, extra: dict[str, Any] | None = None,
           say: Callable[[str], None] = print, state_map: StateMap = FRANKA) -> TrainResult:
     """Fine-tune (or continue) as one process of `accelerate launch`; `o` holds the job's steps.train options."""
-    from accelerate import Accelerator
-    from accelerate.utils import DeepSpeedPlugin, set_seed
+    from accelerate.utils import set_seed
 
     cuda = torch.cuda.is_available()
-    precision = o["mixed_precision"] if cuda else "no"
-    deepspeed = o["zero_stage"] > 0
-    plugin = None
-    ds_config = checkpoints.render_deepspeed_config(zero_stage=o["zero_stage"], mixed_precision=precision,
-                                                    grad_accum=o["gradient_accumulation_steps"],
-                                                    micro_batch=o["train_batch_size"])
-    if deepspeed:
-        plugin = DeepSpeedPlugin(hf_ds_config=ds_config)
-    acc = Accelerator(gradient_accumulation_steps=o["gradient_accumulation_steps"], mixed_precision=precision,
-                      deepspeed_plugin=plugin)
+    acc, precision, ds_config = make_accelerator(o)
+    deepspeed = ds_config is not None
     main = acc.is_main_process
     if not main:
         say = _quiet
@@ -167,7 +175,7 @@ def train(o: dict[str, Any], inputs: Inputs, *, resume: bool, stop: StopFlag, ex
         inputs.output.mkdir(parents=True, exist_ok=True)
         for folder in (inputs.run_dir, inputs.output):
             (folder / "dataset_stat.json").write_text(json.dumps(stat, indent=2))
-        if deepspeed:
+        if ds_config is not None:
             (inputs.run_dir / "deepspeed_config.json").write_text(json.dumps(ds_config, indent=2))
 
     from policies.rdt.vision import SiglipTower
@@ -210,7 +218,7 @@ def train(o: dict[str, Any], inputs: Inputs, *, resume: bool, stop: StopFlag, ex
     accum, batch = o["gradient_accumulation_steps"], o["train_batch_size"]
     loader = torch.utils.data.DataLoader(
         items, batch_size=batch, sampler=StepIndices(global_step * accum, batch, acc.process_index, acc.num_processes),
-        num_workers=o["num_workers"], collate_fn=collate, persistent_workers=False,
+        num_workers=o["num_workers"], collate_fn=collate, worker_init_fn=ignore_stop_signals,
         prefetch_factor=2 if o["num_workers"] else None, pin_memory=cuda)
     metrics = Metrics(inputs.run_dir, o["logger"] if main else "none", meta, enabled=main)
     total = o["max_train_steps"]
@@ -255,7 +263,7 @@ def train(o: dict[str, Any], inputs: Inputs, *, resume: bool, stop: StopFlag, ex
             ema.update(acc.unwrap_model(model))
             global_step += 1
             n_log += batch * accum * acc.num_processes
-            if global_step % o["log_every"] == 0 or global_step == 1:
+            if global_step % o["log_every"] == 0 or global_step in (1, total):
                 value = float(acc.reduce(loss.detach().float(), "mean"))
                 result.losses.append(value)
                 rate = n_log / max(1e-9, time.perf_counter() - t_log)

@@ -1,0 +1,127 @@
+"""RDT through the runner (local executor, CPU): sample_rdt's convert -> accelerate + DeepSpeed ZeRO-2 fine-tuning
+-> Ctrl-C -> `runner resume` -> eval, exact continuation, and resume refusing a damaged checkpoint."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from policies.rdt.infer import load
+from policies.rdt.weights import read_state_dict
+
+REPO = Path(__file__).resolve().parents[3]
+pytestmark = pytest.mark.slow
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "runner.cli", *args, "--executor", "local"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def job(cwd: Path, name: str, **train: object) -> None:
+    spec = yaml.safe_load((REPO / "jobs" / "sample_rdt.yaml").read_text())
+    spec["name"] = name
+    spec["steps"]["train"].update(train)
+    (cwd / "jobs").mkdir(exist_ok=True)
+    (cwd / "jobs" / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cwd = tmp_path_factory.mktemp("rdt-lab")
+    job(cwd, "sample_rdt")
+    r = cli("convert", "sample_rdt", cwd=cwd)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (cwd / "sample_data/weights/tiny-t5/config.json").is_file()  # generated for the sample job
+    return cwd
+
+
+def weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return read_state_dict(ckpt / "pytorch_model" / "mp_rank_00_model_states.pt")
+
+
+def test_interrupt_resume_continues_exactly_and_eval(lab: Path) -> None:
+    job(lab, "straight", max_train_steps=24, checkpointing_period=100)
+    r = cli("train", "straight", cwd=lab)
+    assert r.returncode == 0, r.stdout + r.stderr
+    straight = lab / "runs/straight/checkpoints/checkpoint-24"
+    assert (straight / "COMPLETE").is_file() and (straight / "ema/model.safetensors").is_file()
+    assert (straight / "pytorch_model/zero_pp_rank_0_mp_rank_00_optim_states.pt").is_file()  # DeepSpeed's layout
+
+    job(lab, "cut", max_train_steps=24, checkpointing_period=100)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "train", "cut", "--executor", "local"], cwd=lab,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    log = None
+    while time.monotonic() < deadline:
+        logs = list((lab / "runs/cut").glob("*/train.log"))
+        if logs and "train: step 10/24" in logs[0].read_text():
+            log = logs[0]
+            break
+        time.sleep(0.05)
+    assert log is not None, "training never reached step 10"
+    proc.send_signal(signal.SIGINT)  # Ctrl-C: the runner stops the step, which checkpoints first
+    out, _ = proc.communicate(timeout=300)
+    assert "stopped (SIGTERM)" in log.read_text(), out
+    saved = sorted((lab / "runs/cut/checkpoints").glob("checkpoint-*"))
+    assert len(saved) == 1 and 10 <= int(saved[0].name.split("-")[1]) < 24
+
+    r = cli("resume", "cut", cwd=lab)
+    assert r.returncode == 0, r.stdout + r.stderr
+    resumed_log = sorted((lab / "runs/cut").glob("*/train.log"))[-1].read_text()
+    assert f"resumed from {saved[0]}" in resumed_log
+    cut = lab / "runs/cut/checkpoints/checkpoint-24"
+    a, b = weights(straight), weights(cut)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ema_a, ema_b = read_state_dict(straight / "ema/model.safetensors"), read_state_dict(cut / "ema/model.safetensors")
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    steps = [json.loads(line)["step"] for p in sorted((lab / "runs/cut").glob("*/metrics.jsonl"))
+             for line in p.read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 24  # the curve continues, it does not restart
+
+    r = cli("eval", "cut", cwd=lab)
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = json.loads(next((lab / "runs/cut").glob("*/eval/eval.json")).read_text())
+    assert len(summary["mse_per_joint"]) == 7 and 0.0 <= summary["gripper_accuracy"] <= 1.0
+    assert summary["episode_files"][0].endswith("episode_2.hdf5")  # the held-out episode
+    assert list((lab / "runs/cut").glob("*/eval/episode2.png"))
+
+    policy = load(cut, "cpu")
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    emb = torch.load(next(lab.glob("sample_data/converted/rdt/*/episode_0/instructions/lang_embed_0.pt")))
+    policy.reset()
+    chunk = policy.act({"qpos": np.zeros(8), "images": {"cam_high": frame}}, emb)
+    assert chunk.shape == (64, 8) and np.isfinite(chunk).all()
+
+
+def test_resume_skips_incomplete_and_refuses_a_damaged_checkpoint(lab: Path) -> None:
+    job(lab, "damaged", max_train_steps=6, checkpointing_period=3)
+    assert cli("train", "damaged", cwd=lab).returncode == 0
+    ckpts = lab / "runs/damaged/checkpoints"
+    (ckpts / "checkpoint-9").mkdir()  # a save that never finished: no COMPLETE marker
+    job(lab, "damaged", max_train_steps=9, checkpointing_period=3)
+    optim = ckpts / "checkpoint-6/pytorch_model/zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    optim.write_bytes(optim.read_bytes()[:100])  # truncated optimizer state
+    r = cli("resume", "damaged", cwd=lab)
+    log = sorted((lab / "runs/damaged").glob("*/train.log"))[-1].read_text()
+    assert r.returncode != 0
+    assert "skipping" in log and "checkpoint-9: incomplete checkpoint" in log
+    assert "cannot restore the full training state from" in log and "does not fall back to weights only" in log
+    assert not (ckpts / "checkpoint-9" / "COMPLETE").exists()
+    shutil.rmtree(ckpts / "checkpoint-6")  # the user moves the damaged one away: resume from checkpoint-3
+    r = cli("resume", "damaged", cwd=lab)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resumed from" in sorted((lab / "runs/damaged").glob("*/train.log"))[-1].read_text()
+    assert (ckpts / "checkpoint-9" / "COMPLETE").is_file()
