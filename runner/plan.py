@@ -144,7 +144,9 @@ def build_plan(job: LoadedJob, step: str, machine: Machine, *, run_id: str, imag
         note = " (the quotes are the docker CLI's syntax for a device list)" if gpus.device_ids else ""
         why.append(("--gpus", f"resources.gpus: {spec.resources.gpus}{note}"))
     local_env = [(e.name, e.value) for e in base_env]
-    local_env += [("PYTHONPATH", _pythonpath(str(machine.code_dir), h_paths, opts)),
+    # The local executor keeps the caller's PYTHONPATH after the code (site folders a lab adds stay visible).
+    inherited = machine.environ.get("PYTHONPATH", "")
+    local_env += [("PYTHONPATH", ":".join(p for p in (_pythonpath(str(machine.code_dir), h_paths, opts), inherited) if p)),
                   ("RUNNER_CONTEXT", str(host_run / f"{step}.context.json")), ("RUNNER_RUN_DIR", str(host_run))]
     local_env += _cuda_visible(spec.resources.gpus)
     local = LocalArgs(

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 _YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=np.float32)
 _RGB = np.linalg.inv(_YIQ).astype(np.float32)
@@ -31,6 +32,9 @@ class ImagePrep:
         self.background = np.array([int(x * 255) for x in self.processor.image_mean], dtype=np.uint8)
         size = self.processor.size
         self.side = int(size.get("height") or size.get("shortest_edge"))
+        self.scale = float(self.processor.rescale_factor)
+        self.mean = torch.tensor(self.processor.image_mean, dtype=torch.float32).reshape(1, 3, 1, 1)
+        self.std = torch.tensor(self.processor.image_std, dtype=torch.float32).reshape(1, 3, 1, 1)
 
     def blank(self, like: np.ndarray | None = None) -> np.ndarray:
         h, w = (like.shape[:2] if like is not None else (self.side, self.side))
@@ -46,10 +50,20 @@ class ImagePrep:
         out[top:top + h, left:left + w] = img
         return out
 
-    def pixels(self, frames: list[np.ndarray]) -> torch.Tensor:
-        """(N, 3, side, side) float32 pixel values for N RGB uint8 frames."""
-        squares = [self.square(f) for f in frames]
-        return self.processor(images=squares, return_tensors="pt")["pixel_values"]  # type: ignore[no-any-return]
+    def pixels(self, frames: list[np.ndarray], device: torch.device | None = None) -> torch.Tensor:
+        """(N, 3, side, side) float32 pixel values for N RGB uint8 frames: padded square, bicubic resize (antialiased,
+        rounded to 8 bits as the processor's PIL path does), rescaled and normalised with the processor's numbers.
+        The same torch code in training (CPU workers) and at inference (on the GPU, no PIL round trip)."""
+        out = torch.empty((len(frames), 3, self.side, self.side), dtype=torch.float32, device=device)
+        for i, frame in enumerate(frames):
+            img = torch.from_numpy(np.ascontiguousarray(self.square(frame))).to(device)
+            x = img.permute(2, 0, 1)[None].float()
+            if x.shape[-1] != self.side:
+                x = F.interpolate(x, size=(self.side, self.side), mode="bicubic", antialias=True, align_corners=False)
+                x = x.clamp(0, 255).round()
+            out[i] = x[0]
+        mean, std = self.mean.to(out.device), self.std.to(out.device)
+        return (out * self.scale - mean) / std
 
 
 def color_jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -8,8 +8,10 @@ maps the robot state into the unified vector, samples a chunk with DPM-Solver++ 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import torch
 
 from policies.rdt import checkpoints
 from policies.rdt.convert import SLOTS
-from policies.rdt.model import RdtConfig, RdtRunner, predict_action, schedulers
+from policies.rdt.model import RdtConfig, RdtRunner, dpm_solver_coefficients, sample_chunk
 from policies.rdt.state_space import StateMap
 from policies.rdt.weights import checkpoint_weights, load_strict, read_state_dict
 
@@ -51,12 +53,20 @@ class RdtPolicy:
         self.history = int(meta["img_history_size"])
         self.ctrl_freq = float(meta["ctrl_freq"])
         self.tower = SiglipTower(siglip or Path(meta["siglip"]), device, dtype)
-        self.sampler = schedulers(self.cfg)[1]
+        self.coef = dpm_solver_coefficients(self.cfg)
+        self.steps = [torch.full((1,), t, dtype=torch.long, device=device) for t, *_ in self.coef]
         self.frames: deque[dict[str, np.ndarray]] = deque(maxlen=self.history)
         self.generator = torch.Generator(device).manual_seed(0)
+        self.action_mask = torch.from_numpy(self.map.indicator())[None, None].to(device, dtype)
+        self.freq = torch.full((1,), self.ctrl_freq, device=device, dtype=dtype)
+        self.graphs: dict[int, _Graphed] = {}  # by instruction length
+        self.encoders: dict[int, _Graphed] = {}  # by the number of new frames
+        self.token_cache: dict[bytes, torch.Tensor] = {}
+        self.use_graphs = device.type == "cuda"
 
     def reset(self, seed: int = 0) -> None:
         self.frames.clear()
+        self.token_cache.clear()
         self.generator.manual_seed(seed)
 
     def act(self, obs: dict[str, Any], instruction_embedding: torch.Tensor) -> np.ndarray:
@@ -69,18 +79,73 @@ class RdtPolicy:
     def predict(self, qpos: np.ndarray, history: list[dict[str, np.ndarray] | None],
                 embedding: torch.Tensor) -> np.ndarray:
         """One chunk from the state and `img_history_size` frames (oldest first; None or a missing slot: background)."""
-        prep = self.tower.prep
         frames = [(f or {}).get(slot) for f in history for slot in SLOTS]
-        pixels = prep.pixels([img if img is not None else prep.blank() for img in frames])
-        img = self.tower.encode(pixels).reshape(1, -1, self.tower.hidden_size).to(self.dtype)
+        img = torch.cat(self._frame_tokens(frames)).reshape(1, -1, self.tower.hidden_size)
         lang = embedding.to(self.device, self.dtype)
         lang = lang[None] if lang.ndim == 2 else lang
-        lang_mask = torch.ones(lang.shape[:2], dtype=torch.bool, device=self.device)
         state = torch.from_numpy(self.map.to_unified(qpos[None]))[None].to(self.device, self.dtype)
-        mask = torch.from_numpy(self.map.indicator())[None, None].to(self.device, self.dtype)
-        freq = torch.tensor([self.ctrl_freq], device=self.device, dtype=self.dtype)
-        out = predict_action(self.model, self.sampler, lang, lang_mask, img, state, mask, freq, generator=self.generator)
+        noise = torch.randn((1, self.cfg.horizon, self.cfg.action_dim), generator=self.generator, device=self.device)
+        inputs = {"img": img, "lang": lang, "state": state, "noise": noise}
+        if self.use_graphs:
+            graph = self.graphs.get(lang.shape[1])
+            if graph is None:
+                graph = self.graphs[lang.shape[1]] = _Graphed(self._sample, inputs)
+            out = graph(inputs)
+        else:
+            out = self._sample(**inputs)
         return self.map.from_unified(out[0].float().cpu().numpy())
+
+    def _frame_tokens(self, frames: list[np.ndarray | None]) -> list[torch.Tensor]:
+        """SigLIP tokens of each frame, cached by content: a frame stays in the history for img_history_size calls and
+        the background of an absent camera never changes, so a call encodes only its new frames, in one batch."""
+        keys = [b"background" if f is None else hashlib.blake2b(np.ascontiguousarray(f).data, digest_size=16).digest()
+                for f in frames]
+        new = {k: f for k, f in zip(keys, frames, strict=True) if k not in self.token_cache}
+        if new:
+            prep = self.tower.prep
+            pixels = prep.pixels([f if f is not None else prep.blank() for f in new.values()], self.device)
+            if self.use_graphs:
+                graph = self.encoders.get(len(new))
+                if graph is None:
+                    graph = self.encoders[len(new)] = _Graphed(self.tower.encode, {"pixels": pixels})
+                tokens = graph({"pixels": pixels}).to(self.dtype).clone()
+            else:
+                tokens = self.tower.encode(pixels).to(self.dtype)
+            self.token_cache.update({k: tokens[i:i + 1] for i, k in enumerate(new)})
+        out = [self.token_cache[k] for k in keys]
+        for k in keys:  # most recently used last; drop the oldest beyond two calls' worth
+            self.token_cache[k] = self.token_cache.pop(k)
+        while len(self.token_cache) > 2 * len(SLOTS) * self.history + 1:
+            self.token_cache.pop(next(iter(self.token_cache)))
+        return out
+
+    def _sample(self, img: torch.Tensor, lang: torch.Tensor, state: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        lang_mask = torch.ones(lang.shape[:2], dtype=torch.bool, device=self.device)
+        return sample_chunk(self.model, self.coef, lang, lang_mask, img, state, self.action_mask, self.freq, noise,
+                            self.steps)
+
+
+class _Graphed:
+    """A function of tensors captured as one CUDA graph over static input buffers: one launch replaces the
+    thousands of small kernels of a chunk (adaptors, condition keys/values, 5 solver steps) or of a SigLIP pass."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], example: dict[str, torch.Tensor], warmup: int = 2) -> None:
+        self.inputs = {k: v.clone() for k, v in example.items()}
+        stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.no_grad():
+            for _ in range(warmup):
+                fn(**self.inputs)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), torch.no_grad():
+            self.out = fn(**self.inputs)
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        for k, v in inputs.items():
+            self.inputs[k].copy_(v)
+        self.graph.replay()
+        return self.out
 
 
 def load(checkpoint: Path | str, device: str | torch.device | None = None, weights: str = "ema",

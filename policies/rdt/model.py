@@ -91,13 +91,20 @@ class CrossAttention(nn.Module):
         self.q_norm, self.k_norm = RmsNorm(self.head_dim), RmsNorm(self.head_dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        b, n, c = x.shape
-        length = cond.shape[1]
-        q = self.q(x).reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
+    def keys_values(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised keys and values of a condition: fixed across denoising steps, so sampling computes them once."""
+        b, length, _ = cond.shape
         k, v = self.kv(cond).reshape(b, length, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        attn_mask = mask.reshape(b, 1, 1, length).expand(-1, -1, n, -1) if mask is not None else None
-        out = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v, attn_mask=attn_mask)
+        return self.k_norm(k), v
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        b, n, c = x.shape
+        q = self.q(x).reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
+        k, v = kv if kv is not None else self.keys_values(cond)
+        length = k.shape[2]
+        attn_mask = mask.reshape(-1, 1, 1, length).expand(b, -1, n, -1) if mask is not None else None
+        out = F.scaled_dot_product_attention(self.q_norm(q), k, v, attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
@@ -108,9 +115,10 @@ class RdtBlock(nn.Module):
         self.norm2, self.cross_attn = RmsNorm(dim), CrossAttention(dim, heads)
         self.norm3, self.ffn = RmsNorm(dim), Mlp(dim, dim, dim)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
-        x = x + self.cross_attn(self.norm2(x), cond, mask)
+        x = x + self.cross_attn(self.norm2(x), cond, mask, kv)
         return x + self.ffn(self.norm3(x))
 
 
@@ -175,16 +183,24 @@ class Rdt(nn.Module):
         self.blocks = nn.ModuleList([RdtBlock(d, cfg.num_heads) for _ in range(cfg.depth)])
         self.final_layer = FinalLayer(d, cfg.action_dim)
 
+    def condition_kv(self, lang: torch.Tensor, img: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every block's cross-attention keys/values (language for even blocks, images for odd ones)."""
+        conds = (lang + self.lang_cond_pos_embed[:, : lang.shape[1]], img + self.img_cond_pos_embed)
+        return [cast(RdtBlock, b).cross_attn.keys_values(conds[i % 2]) for i, b in enumerate(self.blocks)]
+
     def forward(self, x: torch.Tensor, freq: torch.Tensor, t: torch.Tensor, lang: torch.Tensor, img: torch.Tensor,
-                lang_mask: torch.Tensor | None = None, img_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, 1 + horizon, D) state and action tokens -> (B, horizon, action_dim)."""
+                lang_mask: torch.Tensor | None = None, img_mask: torch.Tensor | None = None,
+                kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        """x: (B, 1 + horizon, D) state and action tokens -> (B, horizon, action_dim). `kv`: condition_kv's cache."""
         te = self.t_embedder(t)[:, None]
         if te.shape[0] == 1:
             te = te.expand(x.shape[0], -1, -1)
         x = torch.cat([te, self.freq_embedder(freq)[:, None], x], dim=1) + self.x_pos_embed
-        conds, masks = (lang, img), (lang_mask, img_mask)
+        if kv is None:
+            kv = self.condition_kv(lang, img)
+        masks = (lang_mask, img_mask)
         for i, block in enumerate(self.blocks):
-            x = block(x, conds[i % 2], masks[i % 2])
+            x = block(x, lang, masks[i % 2], kv[i])
         return self.final_layer(x)[:, -self.horizon:]
 
 
@@ -256,3 +272,61 @@ def predict_action(runner: RdtRunner, sampler: object, lang: torch.Tensor, lang_
         out = runner.model(traj, ctrl_freq, t[None].to(state.device), lang_c, img_c, lang_mask=lang_mask)
         noisy = sched.step(out, t, noisy).prev_sample.to(state.dtype)
     return noisy * mask
+
+
+def dpm_solver_coefficients(cfg: RdtConfig) -> list[tuple[int, float, float, float]]:
+    """(timestep, a, b, c) per step of diffusers' DPMSolverMultistepScheduler as RDT configures it (dpmsolver++,
+    order 2, midpoint, lower_order_final, final sigma 0, linspace spacing): x <- a x + b m_k + c m_(k-1), where m is
+    the model's sample (x0) prediction. Equal to diffusers' step (tested against it), and free of Python state, so
+    the whole sampling loop can be captured in one CUDA graph."""
+    from diffusers import DDPMScheduler
+
+    alphas = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule="squaredcos_cap_v2").alphas_cumprod
+    ac = alphas.double().numpy()
+    n = cfg.num_inference_timesteps
+    steps = np.linspace(0, cfg.num_train_timesteps - 1, n + 1).round()[::-1][:-1].astype(np.int64)
+    sigmas = [float(np.sqrt((1 - ac[t]) / ac[t])) for t in steps] + [0.0]
+
+    def alpha_sigma(sigma: float) -> tuple[float, float]:
+        alpha = 1.0 / math.sqrt(sigma**2 + 1)
+        return alpha, sigma * alpha
+
+    def lam(sigma: float) -> float:
+        alpha, sig = alpha_sigma(sigma)
+        return math.log(alpha) - math.log(sig) if sig > 0 else math.inf
+
+    out = []
+    for k, t in enumerate(steps):
+        a_t, s_t = alpha_sigma(sigmas[k + 1])
+        _, s_s0 = alpha_sigma(sigmas[k])
+        last = k == n - 1 and n < 15
+        if s_t == 0.0:  # the final step to sigma 0 returns the prediction itself
+            out.append((int(t), 0.0, 1.0, 0.0))
+            continue
+        h = lam(sigmas[k + 1]) - lam(sigmas[k])
+        phi = a_t * (math.exp(-h) - 1.0)
+        if k == 0 or last:
+            out.append((int(t), s_t / s_s0, -phi, 0.0))
+        else:
+            r0 = (lam(sigmas[k]) - lam(sigmas[k - 1])) / h
+            out.append((int(t), s_t / s_s0, -phi * (1 + 0.5 / r0), 0.5 * phi / r0))
+    return out
+
+
+def sample_chunk(runner: RdtRunner, coef: list[tuple[int, float, float, float]], lang: torch.Tensor,
+                 lang_mask: torch.Tensor, img: torch.Tensor, state: torch.Tensor, action_mask: torch.Tensor,
+                 ctrl_freq: torch.Tensor, noise: torch.Tensor, steps: list[torch.Tensor]) -> torch.Tensor:
+    """predict_action without the scheduler object: condition keys/values once, then the solver's linear updates.
+    `steps`: one (1,) long tensor per timestep (static, so a CUDA graph can hold them)."""
+    model = runner.model
+    lang_c, img_c = runner.lang_adaptor(lang), runner.img_adaptor(img)
+    kv = model.condition_kv(lang_c, img_c)
+    state_c = runner.state_adaptor(torch.cat([state, action_mask], dim=2))
+    mask = action_mask.expand(-1, noise.shape[1], -1)
+    x, prev = noise.float(), None
+    for (_, a, b, c), t in zip(coef, steps, strict=True):
+        traj = torch.cat([state_c, runner.state_adaptor(torch.cat([x.to(state.dtype), mask], dim=2))], dim=1)
+        m = model(traj, ctrl_freq, t, lang_c, img_c, lang_mask=lang_mask, kv=kv).float()
+        x = a * x + b * m + (c * prev if prev is not None and c else 0.0)
+        prev = m
+    return (x * mask).to(state.dtype)

@@ -1,3 +1,4 @@
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,64 @@ def test_predict_action_chunk_and_local_siglip(tmp_path: Path) -> None:
     assert torch.all(out[..., 11:50] == 0) and torch.any(out[..., :7] != 0)  # absent dims stay zero
     chunk = FRANKA.from_unified(out[0].numpy())
     assert chunk.shape == (cfg.horizon, 8)
+
+
+def test_graph_ready_sampler_equals_diffusers_dpm_solver() -> None:
+    from policies.rdt.model import dpm_solver_coefficients, predict_action, sample_chunk, schedulers
+
+    cfg = RdtConfig.tiny()
+    torch.manual_seed(3)
+    m = RdtRunner(cfg).eval()
+    mask = torch.from_numpy(FRANKA.indicator())[None, None].expand(2, 1, -1)
+    lang, lm = torch.randn(2, 5, cfg.lang_token_dim), torch.ones(2, 5, dtype=torch.bool)
+    lm[1, 3:] = False  # padded instruction tokens
+    img, state, freq = torch.randn(2, cfg.img_cond_len, cfg.img_token_dim), torch.randn(2, 1, 128), torch.tensor([25.0, 10.0])
+    ref = predict_action(m, schedulers(cfg)[1], lang, lm, img, state, mask, freq, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn((2, cfg.horizon, 128), generator=torch.Generator().manual_seed(1))
+    coef = dpm_solver_coefficients(cfg)
+    assert [t for t, *_ in coef] == [999, 799, 599, 400, 200]
+    out = sample_chunk(m, coef, lang, lm, img, state, mask, freq, noise, [torch.tensor([t]) for t, *_ in coef])
+    assert float((out - ref).norm() / ref.norm()) < 1e-5
+
+
+def test_torch_image_prep_matches_the_siglip_processor(tmp_path: Path) -> None:
+    from transformers import SiglipImageProcessor
+
+    from policies.rdt.images import ImagePrep
+
+    SiglipImageProcessor(size={"height": 384, "width": 384}).save_pretrained(str(tmp_path))
+    prep = ImagePrep(tmp_path)
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, 640)[None, :] * np.ones((480, 1))
+    frame = np.clip(np.stack([ramp, 255 - ramp, np.full_like(ramp, 80)], -1) + rng.integers(-20, 20, (480, 640, 3)), 0, 255)
+    frame = frame.astype(np.uint8)
+    ours = prep.pixels([frame])
+    ref = prep.processor(images=[prep.square(frame)], return_tensors="pt")["pixel_values"]
+    assert ours.shape == ref.shape == (1, 3, 384, 384)
+    assert float((ours - ref).abs().mean()) < 0.005 and float((ours - ref).abs().max()) < 0.05  # 1-2 of 255 levels
+    assert torch.allclose(ours[0, :, 0, 0], (torch.tensor([127.0, 127.0, 127.0]) / 255 - 0.5) / 0.5, atol=0.02)  # padding
+
+
+def test_policy_encodes_only_new_frames(tmp_path: Path) -> None:
+    from policies.rdt.infer import RdtPolicy
+    from policies.rdt.vision import save_tiny_siglip
+
+    cfg = replace(RdtConfig.tiny(), img_cond_len=6 * 4)  # 3 slots x 2 frames x (28 / 14)^2 patches
+    siglip = save_tiny_siglip(tmp_path / "siglip", hidden=cfg.img_token_dim)
+    meta = {"state_map": {"name": "franka", "indices": list(FRANKA.indices)}, "img_history_size": 2, "ctrl_freq": 25}
+    policy = RdtPolicy(RdtRunner(cfg).eval(), meta, torch.device("cpu"), torch.float32, siglip)
+    encoded: list[int] = []
+    encode = policy.tower.encode
+    policy.tower.encode = lambda px: (encoded.append(len(px)), encode(px))[1]  # type: ignore[method-assign]
+    frames = [np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8) for i in range(3)]
+    emb = torch.randn(4, cfg.lang_token_dim)
+    first = policy.act({"qpos": np.zeros(8), "images": {"cam_high": frames[0]}}, emb)
+    policy.act({"qpos": np.zeros(8), "images": {"cam_high": frames[1]}}, emb)
+    assert encoded == [2, 1]  # the background + the first frame, then only the new frame
+    uncached = policy.tower(
+        [policy.tower.prep.blank(), policy.tower.prep.blank(), policy.tower.prep.blank(), frames[0],
+         policy.tower.prep.blank(), policy.tower.prep.blank()])
+    assert torch.allclose(torch.cat(policy._frame_tokens([None, None, None, frames[0], None, None])), uncached, atol=1e-5)
+    policy.reset()
+    again = policy.act({"qpos": np.zeros(8), "images": {"cam_high": frames[0]}}, emb)
+    np.testing.assert_allclose(first, again, atol=1e-5)  # reset: same seed, same history, same chunk
