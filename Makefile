@@ -21,6 +21,9 @@ $(BIN)/runner: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,data,policy]' --config-settings editable_mode=compat
+	# DeepSpeed's setup imports torch: built against the torch above; its C++/CUDA ops are left to run time.
+	$(BIN)/pip install -q setuptools wheel
+	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation 'deepspeed>=0.15'
 	@touch $@
 
 venv: $(BIN)/runner

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from runner.spec.models import StepSpec
 
 
 class Deploy(StepSpec):
+    checkpoint: str = Field(default="latest", description="latest, or a checkpoint file/folder name")
+    robot: Literal["gello", "sim"] = Field(
+        default="gello", description="gello: a GELLO robot server at robot_host:robot_port; sim: a simulated Franka "
+        "served on that port by this step (dry runs, tests)")
     robot_host: str = "127.0.0.1"
     robot_port: int = Field(default=6001, gt=0, lt=65536)
+    camera: Literal["zmq", "realsense", "replay"] = "zmq"
+    camera_host: str = "127.0.0.1"
+    camera_port: int = Field(default=5000, gt=0, lt=65536)
+    camera_serial: str | None = None
+    replay_episode: str | None = Field(default=None, description="episode file the replay camera plays")
     control_hz: float = Field(default=10.0, gt=0)
+    duration_s: float | None = Field(default=None, gt=0, description="stop after this long; default: until Ctrl-C")
     max_joint_delta: float = Field(default=0.05, gt=0, description="radians per control step")
+    start_max_distance: float = Field(default=0.2, gt=0, description="radians; farther first poses are refused")
+    ramp: bool = Field(default=False, description="approach a far first pose slowly instead of refusing")
+    stale_s: float = Field(default=0.5, gt=0, description="stop when the camera or robot is silent this long")
+    timeout_ms: int = Field(default=1000, gt=0)
     dry_run: bool = False
+    ensemble: float | None = Field(default=None, ge=0, description="RDT temporal ensembling weight k")
+    instruction: int = Field(default=0, ge=0, description="RDT: which of the job's instructions to follow")
+    record: bool = True

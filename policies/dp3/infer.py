@@ -45,6 +45,16 @@ class Policy:
         actions = self.model.predict_action(pcs, poss, generator=self.generator)
         return actions[0].float().cpu().numpy()
 
+    def predict_window(self, window: list[dict[str, np.ndarray]]) -> np.ndarray:
+        """Actions from an explicit window of n_obs_steps observations (oldest first), leaving the history alone:
+        the deploy loop keeps its own window and predicts from another thread."""
+        if len(window) != self.cfg.n_obs_steps:
+            msg = f"need {self.cfg.n_obs_steps} observations, got {len(window)}"
+            raise ValueError(msg)
+        pcs = torch.from_numpy(np.stack([np.asarray(o["point_cloud"], np.float32) for o in window]))[None].to(self.device)
+        poss = torch.from_numpy(np.stack([np.asarray(o["agent_pos"], np.float32) for o in window]))[None].to(self.device)
+        return self.model.predict_action(pcs, poss, generator=self.generator)[0].float().cpu().numpy()
+
     def observe(self, obs: dict[str, np.ndarray]) -> None:
         """Add an observation to the history without predicting (between the actions of one chunk)."""
         pc = np.asarray(obs["point_cloud"], dtype=np.float32)

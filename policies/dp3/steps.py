@@ -124,7 +124,25 @@ def step_eval(ctx: StepContext) -> int:
     return 0
 
 
-STEPS = {"convert": step_convert, "train": step_train, "eval": step_eval}
+def _deploy_adapter(ctx: StepContext) -> tuple[object, dict[str, object]]:
+    from policies.dp3.infer import load
+    from robot.adapters import Dp3Adapter, check_preprocessing
+    from robot.deploy import deploy_preprocessing
+
+    ckpt = resolve(ctx.path("checkpoints"), ctx.options["checkpoint"])
+    policy = load(ckpt, _device(ctx))
+    check_preprocessing(policy.conversion, deploy_preprocessing(ctx.spec), f"{ctx.job} deploy with {ckpt.name}")
+    print(f"deploy: DP3 checkpoint {ckpt}")
+    return Dp3Adapter(policy, policy.conversion), policy.conversion
+
+
+def step_deploy(ctx: StepContext) -> int:
+    from robot.deploy import deploy
+
+    return deploy(ctx, _deploy_adapter)
+
+
+STEPS = {"convert": step_convert, "train": step_train, "eval": step_eval, "deploy": step_deploy}
 
 
 if __name__ == "__main__":

@@ -146,7 +146,38 @@ def step_eval(ctx: StepContext) -> int:
     return 0
 
 
-STEPS = {"convert": step_convert, "train": step_train, "eval": step_eval}
+def _deploy_adapter(ctx: StepContext) -> tuple[object, dict[str, object]]:
+    import torch
+
+    from policies.rdt.infer import load, resolve
+    from robot.adapters import RdtAdapter, check_preprocessing
+    from robot.deploy import deploy_preprocessing
+
+    o = ctx.options
+    folder = resolve(ctx.path("checkpoints"), o["checkpoint"])
+    siglip = ctx.paths.get("weights", {}).get("siglip")
+    policy = load(folder, None, "ema", Path(siglip) if siglip else None)
+    conversion = dict(policy.meta.get("conversion") or {})
+    check_preprocessing(conversion, deploy_preprocessing(ctx.spec), f"{ctx.job} deploy with {folder.name}")
+    data = Path(policy.meta["dataset"])
+    if not data.is_dir():  # as the training container saw it
+        data = _rdt_data(ctx)
+    found = sorted(data.glob(f"episode_*/instructions/lang_embed_{o['instruction']}.pt"))
+    if not found:
+        msg = f"no instruction embedding lang_embed_{o['instruction']}.pt under {data}: convert with instructions"
+        raise FileNotFoundError(msg)
+    emb = torch.load(found[0], map_location="cpu", weights_only=True)
+    print(f"deploy: RDT checkpoint {folder}, instruction {o['instruction']}")
+    return RdtAdapter(policy, conversion, policy.meta.get("camera_slots") or {"cam_high": "front"}, emb), conversion
+
+
+def step_deploy(ctx: StepContext) -> int:
+    from robot.deploy import deploy
+
+    return deploy(ctx, _deploy_adapter)
+
+
+STEPS = {"convert": step_convert, "train": step_train, "eval": step_eval, "deploy": step_deploy}
 
 
 if __name__ == "__main__":

@@ -207,7 +207,8 @@ def train(o: dict[str, Any], inputs: Inputs, *, resume: bool, stop: StopFlag, ex
     meta = {"model": asdict(cfg), "train": o, "state_map": {"name": state_map.name, "indices": list(state_map.indices)},
             "siglip": str(inputs.siglip), "img_history_size": o["img_history_size"], "ctrl_freq": o["ctrl_freq"],
             "dataset": str(inputs.data), "val_episodes": [str(e.path) for e in val_eps],
-            "train_episodes": [str(e.path) for e in train_eps], "dataset_stat": stat, **(extra or {})}
+            "train_episodes": [str(e.path) for e in train_eps], "dataset_stat": stat, **_recorded(train_eps[0].path),
+            **(extra or {})}
     if main:
         (inputs.output / RDT_CONFIG).write_text(json.dumps(meta, indent=2, default=str))
 
@@ -333,6 +334,16 @@ def _empty_language(data: Path, size: str) -> tuple[torch.Tensor, int]:
     dim = int(torch.load(found, map_location="cpu", weights_only=True).shape[-1]) if found else (
         4096 if size == "1b" else 32)
     return torch.zeros(1, dim), dim
+
+
+def _recorded(episode: Path) -> dict[str, Any]:
+    """What the conversion recorded (camera, gripper binarisation, ...) and the camera slots: deploy rebuilds
+    observations from these."""
+    import h5py
+
+    with h5py.File(episode, "r") as f:
+        return {"conversion": json.loads(f.attrs.get("conversion", "{}")),
+                "camera_slots": json.loads(f.attrs.get("camera_slots", "{}"))}
 
 
 def _quiet(_message: str) -> None:

@@ -1,0 +1,105 @@
+"""`runner deploy JOB`: the deploy step of a policy image, wiring the job's options to the robot, the camera, the
+policy adapter, the recorder and the control loop (robot/loop.py)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from policies.context import StepContext
+from robot.adapters import PreprocessingMismatch
+from robot.cameras import RealSenseCamera, ReplayCamera
+from robot.loop import LoopConfig, run_loop
+from robot.protocol import Camera
+from robot.recorder import Recorder
+from robot.safety import Limits
+from robot.sim import SimFranka
+from robot.zmq_link import LinkTimeout, RobotServerError, ZmqCameraClient, ZmqRobotClient, ZmqRobotServer
+
+#: Stop reasons that end a deploy normally (exit 0); anything else is a failure (exit 1).
+CLEAN = ("stop requested", "duration")
+
+
+def deploy_preprocessing(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """What the job's convert section says the observations look like, in the conversion record's terms."""
+    conv = (spec.get("steps") or {}).get("convert") or {}
+    out: dict[str, Any] = {k: conv[k] for k in ("camera", "binarize_gripper", "gripper_threshold") if k in conv}
+    cloud: dict[str, Any] = {}
+    if conv.get("intrinsics"):
+        cloud.update({k: conv["intrinsics"][k] for k in ("fx", "fy", "cx", "cy", "depth_scale")})
+    if conv.get("num_points"):
+        cloud["num_points"] = conv["num_points"]
+    if conv.get("crop"):
+        cloud["crop_min"], cloud["crop_max"] = conv["crop"]["min"], conv["crop"]["max"]
+    if cloud:
+        out["pointcloud"] = cloud
+    return out
+
+
+def _camera(o: Mapping[str, Any], ctx: StepContext, camera_name: str) -> Camera:
+    if o["camera"] == "realsense":
+        return RealSenseCamera(o.get("camera_serial"))
+    if o["camera"] == "zmq":
+        return ZmqCameraClient(o["camera_host"], o["camera_port"], o["timeout_ms"])
+    episode = Path(o["replay_episode"]) if o.get("replay_episode") else next(
+        iter(sorted(ctx.path("converted").glob("*/*/data/episode*.hdf5"))), None)
+    if episode is None:
+        msg = "steps.deploy.camera is replay but no episode to replay: set steps.deploy.replay_episode"
+        raise FileNotFoundError(msg)
+    return ReplayCamera(episode, camera_name)
+
+
+def deploy(ctx: StepContext, make_adapter: Callable[[StepContext], tuple[Any, dict[str, Any]]]) -> int:
+    o = ctx.options
+    try:
+        adapter, conversion = make_adapter(ctx)
+    except (PreprocessingMismatch, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    server = None
+    if o["robot"] == "sim":
+        server = ZmqRobotServer(SimFranka(), o["robot_port"], o["robot_host"]).start()
+        print(f"deploy: simulated Franka serving GELLO's protocol on {o['robot_host']}:{o['robot_port']}")
+    robot = ZmqRobotClient(o["robot_host"], o["robot_port"], o["timeout_ms"])
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    recorder = None
+    try:
+        dofs = robot.num_dofs()
+        if dofs != 8:
+            print(f"error: the robot at {o['robot_host']}:{o['robot_port']} has {dofs} DoF; the policy drives 7 joints + "
+                  "gripper (8)", file=sys.stderr)
+            return 2
+        camera_name = str(conversion.get("camera", "front"))
+        camera = _camera(o, ctx, camera_name)
+        if o["record"]:
+            recorder = Recorder(ctx.run_dir / "deploy" / "episode0.hdf5", camera_name,
+                                {**conversion, "deploy": {k: o[k] for k in ("control_hz", "dry_run", "robot")}})
+        cfg = LoopConfig(hz=o["control_hz"], duration_s=o.get("duration_s"), dry_run=o["dry_run"], stale_s=o["stale_s"],
+                         limits=Limits(max_delta=o["max_joint_delta"], start_max_distance=o["start_max_distance"],
+                                       ramp=o["ramp"]),
+                         command_gripper=str(conversion.get("command_gripper", "closed_is_one")),
+                         binarize_action_gripper=bool(conversion.get("binarize_gripper")),
+                         gripper_threshold=float(conversion.get("gripper_threshold", 0.5)), ensemble=o.get("ensemble"))
+        mode = "dry run: computing actions, sending nothing" if o["dry_run"] else "sending commands"
+        print(f"deploy: {adapter.kind} at {o['control_hz']:g} Hz, {mode}; Ctrl-C stops and holds the last pose", flush=True)
+        report = run_loop(robot, camera, adapter, cfg, stop, recorder, say=lambda m: print(m, flush=True))
+    except (LinkTimeout, RobotServerError, FileNotFoundError, KeyError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        robot.close()
+        if server is not None:
+            server.stop()
+    for line in report.summary(o["control_hz"]):
+        print(line, flush=True)
+    if recorder is not None:
+        recorder.close(complete=True)
+        print(f"deploy: recorded {recorder.n} steps to {recorder.path}")
+    return 0 if report.stopped_by.startswith(CLEAN) else 1

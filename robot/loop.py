@@ -1,0 +1,254 @@
+"""The fixed-rate control loop. Three threads: the camera keeps the newest frame; inference turns a snapshot of the
+observation window into an action chunk; the control thread (the caller's) ticks at the job's rate, builds the
+observation, picks the action for this tick from the newest chunk (aligned to the tick its observation came from;
+optionally a temporal ensemble of all chunks covering the tick), applies the safety limits and sends the command.
+A slow inference never stalls commands: the tick goes on with the chunk it has, and holds when it has none.
+
+Every stop says why: Ctrl-C/SIGTERM (the stop event), an exception in inference, a camera that gives no new frame
+within `stale_s`, a robot that does not answer (stale observation), the run's duration. After a stop nothing more
+is sent: the arm holds the last commanded pose.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from robot.protocol import Camera, Robot
+from robot.recorder import Recorder
+from robot.safety import Limits, check_start, clamp
+from robot.zmq_link import LinkTimeout, RobotServerError
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    hz: float
+    duration_s: float | None = None
+    dry_run: bool = False
+    stale_s: float = 0.5
+    limits: Limits = field(default_factory=Limits)
+    command_gripper: str = "closed_is_one"  # the robot's command convention (GELLO Panda: 1.0 = closed)
+    binarize_action_gripper: bool = False
+    gripper_threshold: float = 0.5
+    ensemble: float | None = None  # temporal ensembling weight k (exp(-k * age)); None: newest chunk only
+
+
+@dataclass
+class LoopReport:
+    stopped_by: str
+    steps: int = 0
+    sent: int = 0
+    limited: int = 0
+    starved: int = 0
+    inference_ms: list[float] = field(default_factory=list)
+    period_ms: list[float] = field(default_factory=list)
+
+    def summary(self, hz: float) -> list[str]:
+        def pct(xs: list[float], q: float) -> float:
+            return float(np.percentile(xs, q)) if xs else float("nan")
+
+        lines = [f"deploy: stopped: {self.stopped_by}",
+                 f"deploy: {self.steps} control steps, {self.sent} commands sent, {self.limited} limited by safety, "
+                 f"{self.starved} without an action (held)",
+                 f"deploy: inference p50 {pct(self.inference_ms, 50):.1f} ms p99 {pct(self.inference_ms, 99):.1f} ms; "
+                 f"loop period p50 {pct(self.period_ms, 50):.1f} ms p99 {pct(self.period_ms, 99):.1f} ms "
+                 f"(target {1000 / hz:.1f} ms)"]
+        if self.inference_ms and pct(self.inference_ms, 50) > 1000 / hz:
+            lines.append(f"warning: inference ({pct(self.inference_ms, 50):.1f} ms p50) is slower than the control period "
+                         f"({1000 / hz:.1f} ms): chunks are planned from older observations")
+        return lines
+
+
+class _Latest:
+    """The newest camera frame and when it arrived, filled by a thread."""
+
+    def __init__(self, camera: Camera, hz: float, stop: threading.Event) -> None:
+        self.camera, self.period, self.stop = camera, 1.0 / hz, stop
+        self.frame: tuple[np.ndarray, np.ndarray] | None = None
+        self.t = 0.0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="camera", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            t0 = time.monotonic()
+            try:
+                frame = self.camera.read()
+            except Exception as e:  # noqa: BLE001 - reported by the control thread as the stop reason
+                self.error = e
+                return
+            self.frame, self.t = frame, time.monotonic()
+            time.sleep(max(0.0, self.period - (time.monotonic() - t0)))
+
+
+class _Planner:
+    """Runs the adapter's act() on request in its own thread; chunks come back tagged with their tick."""
+
+    def __init__(self, act: Callable[[list[dict[str, Any]]], np.ndarray], stop: threading.Event) -> None:
+        self.act, self.stop = act, stop
+        self.request: tuple[int, list[dict[str, Any]]] | None = None
+        self.ready: list[tuple[int, np.ndarray]] = []
+        self.busy = False
+        self.error: BaseException | None = None
+        self.latencies: list[float] = []
+        self.cv = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="inference", daemon=True)
+
+    def ask(self, tick: int, window: list[dict[str, Any]]) -> None:
+        with self.cv:
+            self.request, self.busy = (tick, list(window)), True
+            self.cv.notify()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            with self.cv:
+                while self.request is None and not self.stop.is_set():
+                    self.cv.wait(0.1)
+                if self.request is None:
+                    return
+                tick, window = self.request
+                self.request = None
+            t0 = time.perf_counter()
+            try:
+                chunk = np.asarray(self.act(window), dtype=np.float64)
+            except Exception as e:  # noqa: BLE001 - reported by the control thread as the stop reason
+                self.error = e
+                self.busy = False
+                return
+            self.latencies.append((time.perf_counter() - t0) * 1000)
+            with self.cv:
+                self.ready.append((tick, chunk))
+                self.busy = False
+
+    def take(self) -> list[tuple[int, np.ndarray]]:
+        with self.cv:
+            out, self.ready = self.ready, []
+        return out
+
+
+def run_loop(robot: Robot, camera: Camera, adapter: Any, cfg: LoopConfig, stop: threading.Event,
+             recorder: Recorder | None = None, say: Callable[[str], None] = print) -> LoopReport:
+    """Drive `robot` with `adapter`'s policy until `stop` is set or something goes wrong; returns the report."""
+    period = 1.0 / cfg.hz
+    latest = _Latest(camera, max(cfg.hz, 1.0), stop)
+    planner = _Planner(adapter.act, stop)
+    latest.thread.start()
+    planner.thread.start()
+    report = LoopReport(stopped_by="")
+    window: deque[dict[str, Any]] = deque(maxlen=adapter.window)
+    chunks: list[tuple[int, np.ndarray]] = []  # (tick of the observation, chunk)
+    last_sent: np.ndarray | None = None
+    t_start = time.monotonic()
+    prev_tick_t: float | None = None
+
+    def finish(reason: str) -> LoopReport:
+        report.stopped_by = reason
+        stop.set()
+        if recorder is not None:
+            recorder.event(time.monotonic() - t_start, "stop", reason)
+        report.inference_ms = list(planner.latencies)
+        return report
+
+    # Wait for the first frame and the first chunk before the clock starts: nothing moves until both exist.
+    deadline = time.monotonic() + max(5.0, 10 * cfg.stale_s)
+    while latest.frame is None and not stop.is_set():
+        if latest.error is not None or time.monotonic() > deadline:
+            return finish(f"camera: no first frame ({latest.error or 'timeout'})")
+        time.sleep(0.005)
+    tick = 0
+    next_t = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if stop.is_set():
+            return finish("stop requested (Ctrl-C / SIGTERM)")
+        if cfg.duration_s is not None and now - t_start >= cfg.duration_s:
+            return finish(f"duration {cfg.duration_s:g} s reached")
+        if planner.error is not None:
+            return finish(f"inference failed: {type(planner.error).__name__}: {planner.error}")
+        if latest.error is not None:
+            return finish(f"camera failed: {type(latest.error).__name__}: {latest.error}")
+        if now - latest.t > cfg.stale_s:
+            return finish(f"camera: no new frame for {now - latest.t:.2f} s (stale_s {cfg.stale_s})")
+        try:
+            joints = np.asarray(robot.get_observations()["joint_positions"], dtype=np.float64)
+        except (LinkTimeout, RobotServerError) as e:
+            return finish(f"robot: stale observation ({e})")
+        frame = latest.frame
+        assert frame is not None
+        rgb, depth = frame
+        obs = adapter.observation(joints, rgb, depth)
+        window.append(obs)
+        if last_sent is None:
+            last_sent = joints.copy()
+        chunks += planner.take()
+        chunks = [(t0, c) for t0, c in chunks if t0 + len(c) > tick][-8:]
+        remaining = (chunks[-1][0] + len(chunks[-1][1]) - tick) if chunks else 0
+        lead = 1 + int(np.ceil((np.median(planner.latencies[-5:]) / 1000 if planner.latencies else period) / period))
+        if not planner.busy and remaining <= lead:
+            planner.ask(tick, list(window))
+        action = _action(chunks, tick, cfg.ensemble)
+        command = None
+        if action is None:
+            report.starved += 1
+        else:
+            target = action.copy()
+            if cfg.binarize_action_gripper:
+                target[-1] = float(target[-1] >= cfg.gripper_threshold)
+            first = report.sent == 0 and report.limited == 0 and tick == _first_tick(chunks)
+            if first:
+                try:
+                    check_start(target, joints, cfg.limits)
+                except Exception as e:  # noqa: BLE001 - the refusal is the stop reason
+                    return finish(str(e))
+            far = cfg.limits.ramp and np.max(np.abs(target[:-1] - joints[:-1])) > cfg.limits.start_max_distance
+            clamped = clamp(target, last_sent, cfg.limits, cfg.limits.ramp_delta if far else None)
+            report.limited += int(clamped.limited)
+            command = clamped.command
+            wire = command.copy()
+            if cfg.command_gripper == "closed_is_one":
+                wire[-1] = 1.0 - wire[-1]
+            if not cfg.dry_run:
+                try:
+                    robot.command_joint_state(wire)
+                except (LinkTimeout, RobotServerError) as e:
+                    return finish(f"robot: command not acknowledged ({e})")
+                report.sent += 1
+            last_sent = command
+        if prev_tick_t is not None:
+            report.period_ms.append((now - prev_tick_t) * 1000)
+        prev_tick_t = now
+        if recorder is not None:
+            recorder.add(now - t_start, joints, command if command is not None else last_sent, rgb, depth,
+                         obs.get("point_cloud"), planner.latencies[-1] if planner.latencies else float("nan"),
+                         report.period_ms[-1] if report.period_ms else float("nan"))
+        report.steps += 1
+        tick += 1
+        next_t += period
+        delay = next_t - time.monotonic()
+        if delay > 0:
+            stop.wait(delay)
+        else:
+            next_t = time.monotonic()  # behind: start the next period now rather than bursting to catch up
+
+
+def _first_tick(chunks: list[tuple[int, np.ndarray]]) -> int:
+    return min((t0 for t0, _ in chunks), default=-1)
+
+
+def _action(chunks: list[tuple[int, np.ndarray]], tick: int, ensemble: float | None) -> np.ndarray | None:
+    """The action for `tick`: from the newest chunk that covers it, or the exp-weighted mean of all that do."""
+    covering = [(t0, c) for t0, c in chunks if t0 <= tick < t0 + len(c)]
+    if not covering:
+        return None
+    if ensemble is None:
+        t0, c = covering[-1]
+        return np.asarray(c[tick - t0])
+    weights = np.exp(-ensemble * np.arange(len(covering)))  # oldest first gets the largest weight, as in ACT
+    acts = np.stack([c[tick - t0] for t0, c in covering])
+    return np.asarray((weights[:, None] * acts).sum(0) / weights.sum())
