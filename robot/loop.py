@@ -146,6 +146,7 @@ def run_loop(robot: Robot, camera: Camera, adapter: Any, cfg: LoopConfig, stop: 
     last_sent: np.ndarray | None = None
     t_start = time.monotonic()
     prev_tick_t: float | None = None
+    started = False
 
     def finish(reason: str) -> LoopReport:
         report.stopped_by = reason
@@ -189,7 +190,7 @@ def run_loop(robot: Robot, camera: Camera, adapter: Any, cfg: LoopConfig, stop: 
         chunks += planner.take()
         chunks = [(t0, c) for t0, c in chunks if t0 + len(c) > tick][-8:]
         remaining = (chunks[-1][0] + len(chunks[-1][1]) - tick) if chunks else 0
-        lead = 1 + int(np.ceil((np.median(planner.latencies[-5:]) / 1000 if planner.latencies else period) / period))
+        lead = 2 + int(np.ceil((np.median(planner.latencies[-5:]) / 1000 if planner.latencies else period) / period))
         if not planner.busy and remaining <= lead:
             planner.ask(tick, list(window))
         action = _action(chunks, tick, cfg.ensemble)
@@ -200,12 +201,12 @@ def run_loop(robot: Robot, camera: Camera, adapter: Any, cfg: LoopConfig, stop: 
             target = action.copy()
             if cfg.binarize_action_gripper:
                 target[-1] = float(target[-1] >= cfg.gripper_threshold)
-            first = report.sent == 0 and report.limited == 0 and tick == _first_tick(chunks)
-            if first:
+            if not started:  # the first action of the run: is it near where the arm is?
                 try:
                     check_start(target, joints, cfg.limits)
                 except Exception as e:  # noqa: BLE001 - the refusal is the stop reason
                     return finish(str(e))
+                started = True
             far = cfg.limits.ramp and np.max(np.abs(target[:-1] - joints[:-1])) > cfg.limits.start_max_distance
             clamped = clamp(target, last_sent, cfg.limits, cfg.limits.ramp_delta if far else None)
             report.limited += int(clamped.limited)
@@ -235,10 +236,6 @@ def run_loop(robot: Robot, camera: Camera, adapter: Any, cfg: LoopConfig, stop: 
             stop.wait(delay)
         else:
             next_t = time.monotonic()  # behind: start the next period now rather than bursting to catch up
-
-
-def _first_tick(chunks: list[tuple[int, np.ndarray]]) -> int:
-    return min((t0 for t0, _ in chunks), default=-1)
 
 
 def _action(chunks: list[tuple[int, np.ndarray]], tick: int, ensemble: float | None) -> np.ndarray | None:
