@@ -7,7 +7,7 @@ JOB ?= jobs/sample_dp3.yaml
 EXECUTOR ?=
 EXEC_FLAG := $(if $(EXECUTOR),--executor $(EXECUTOR),)
 
-.PHONY: help setup venv docker base-image test test-docker test-all lint bench build run convert train eval deploy \
+.PHONY: help setup venv docker slurm base-image test test-docker test-all lint bench build run convert train eval deploy \
         resume shell plan validate demo clean
 
 help:
@@ -42,8 +42,11 @@ test: venv
 test-docker: setup
 	$(BIN)/pytest -q -m docker
 
-test-all: setup
-	$(BIN)/pytest -q -m "not slurm and not gpu"
+slurm:
+	.ci/setup-slurm.sh
+
+test-all: setup slurm
+	$(BIN)/pytest -q -m "not gpu"
 
 lint: venv
 	$(BIN)/ruff check runner policies robot tests bench

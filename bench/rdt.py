@@ -166,7 +166,8 @@ if __name__ == "__main__":
         bf = inference(siglip, args.calls, torch.bfloat16)
         eager = inference(siglip, max(10, args.calls // 2), torch.bfloat16, graphs=False)
         fp = inference(siglip, max(10, args.calls // 5), torch.float32, graphs=False)
-        print(f"RDT act (3 new camera frames + 3 cached, SigLIP, 5 DPM-Solver++ steps), CUDA graph bf16: p50 {pct(bf, 50):.1f} ms "
+        print("RDT act (3 new camera frames + 3 cached, SigLIP, 5 DPM-Solver++ steps), "
+              f"CUDA graph bf16: p50 {pct(bf, 50):.1f} ms "
               f"p99 {pct(bf, 99):.1f} ms; eager bf16 p50 {pct(eager, 50):.1f} ms; eager fp32 p50 {pct(fp, 50):.1f} ms; "
               f"{statistics.median(fp) / statistics.median(bf):.2f}x faster than eager fp32")
     base = None

@@ -31,6 +31,11 @@ class StepContext:
         return Path(value)
 
 
+def _requeued(data: dict[str, Any]) -> bool:
+    """A training step that Slurm restarted (requeue after preemption or time limit) resumes by itself."""
+    return data.get("step") == "train" and os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0")
+
+
 def load_context(path: str | None = None) -> StepContext:
     source = path or os.environ.get("RUNNER_CONTEXT")
     if not source:
@@ -38,5 +43,5 @@ def load_context(path: str | None = None) -> StepContext:
         raise SystemExit(msg)
     data = json.loads(Path(source).read_text())
     return StepContext(job=data["job"], policy=data["policy"], task=data.get("task"), step=data["step"],
-                       run_id=data["run_id"], run_dir=Path(data["run_dir"]), resume=bool(data.get("resume")),
+                       run_id=data["run_id"], run_dir=Path(data["run_dir"]), resume=bool(data.get("resume")) or _requeued(data),
                        mode=data.get("mode", "run"), paths=data["paths"], options=data["options"], spec=data["spec"])

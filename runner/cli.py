@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from runner.orchestrate import RunRequest
     from runner.spec.load import LoadedJob
 
-EXECUTORS = ("docker", "local")
+EXECUTORS = ("docker", "local", "slurm")
 
 
 def _err(msg: str) -> None:
@@ -73,6 +73,12 @@ def cmd_plan(a: argparse.Namespace) -> int:
     machine = gather_machine(os.environ)
     run_id = new_run_id(datetime.now(), "xxxx")
     plans = [build_plan(job, s, machine, run_id=run_id, image=image.tag, executor=a.executor) for s in steps]
+    if (a.executor or job.spec.executor) == "slurm":
+        from runner.slurm import render_sbatch
+
+        rt = job.spec.slurm.runtime
+        print("\n\n".join(render_sbatch(job, p, machine.python if rt == "local" else "python3") for p in plans), end="")
+        return 0
     if a.json:
         from runner.plan_json import plan_to_json
 
@@ -193,6 +199,12 @@ def cmd_shell(a: argparse.Namespace) -> int:
     os.execvp("docker", render_cli(args))
 
 
+def cmd_submit(a: argparse.Namespace) -> int:
+    from runner.orchestrate import RunRequest
+
+    return _run(RunRequest(_job(a.job), [a.step] if a.step else [], a.to))
+
+
 def _runs_dir(a: argparse.Namespace) -> Path:
     return Path(a.runs_dir) if a.runs_dir else Path.cwd() / "runs"
 
@@ -205,6 +217,10 @@ def _alive() -> Callable[[Any], bool]:
 
     def alive(step: Any) -> bool:
         nonlocal docker_exec
+        if step.executor == "slurm":
+            from runner.executors.slurm import SlurmExecutor
+
+            return SlurmExecutor().is_alive(step)
         if step.executor == "docker":
             if docker_exec is None:
                 from runner.executors.docker import DockerExecutor
@@ -292,6 +308,10 @@ def cmd_stop(a: argparse.Namespace) -> int:
 
 
 def _stop_step(step: Any, grace: float) -> bool:
+    if step.executor == "slurm":
+        from runner.executors.slurm import SlurmExecutor
+
+        return SlurmExecutor().stop(step, grace)
     if step.executor == "docker":
         from runner.executors.docker import DockerExecutor
 
@@ -318,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("job")
     sp.add_argument("step", nargs="?")
     sp.add_argument("--json", action="store_true", help="versioned JSON instead of text")
+    sp.add_argument("--to", dest="executor", choices=["slurm"], help="print the sbatch script instead")
     executor(sp)
     sp = add("build", cmd_build, "build the job's (or a policy's) image; a no-op when up to date")
     sp.add_argument("job", help="job file, job name, or policy name")
@@ -335,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
         if step == "convert":
             sp.add_argument("--check", action="store_true", help="only check the recorded demos; write nothing")
+    sp = add("submit", cmd_submit, "hand the job's steps (or STEP) to a batch scheduler and follow them")
+    sp.add_argument("job")
+    sp.add_argument("step", nargs="?")
+    sp.add_argument("--to", choices=["slurm"], default="slurm")
     sp = add("resume", cmd_resume, "continue training from the newest complete checkpoint")
     sp.add_argument("job")
     executor(sp)

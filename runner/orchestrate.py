@@ -8,7 +8,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -80,6 +80,10 @@ class Orchestrator:
         self.machine = machine or gather_machine(self.environ)
 
     def _default_executor(self, name: str) -> Executor:
+        if name == "slurm":
+            from runner.executors.slurm import SlurmExecutor
+
+            return SlurmExecutor(out=self.out)
         if name == "docker":
             from runner.executors.docker import DockerExecutor
 
@@ -188,6 +192,12 @@ class Orchestrator:
                 continue
             plan = build_plan(job, name, self.machine, run_id=record.run_id, image=image,
                               resume=req.resume and name == "train", executor=executor.name, mode=req.mode)
+            if executor.name == "slurm":
+                from runner.slurm import render_sbatch
+
+                runtime = job.spec.slurm.runtime
+                plan = replace(plan, sbatch=render_sbatch(job, plan, self.machine.python if runtime == "local" else "python3"),
+                               context_key="local" if runtime == "local" else "docker")
             for w in plan.warnings:
                 self.say(f"[yellow]warning: {w}[/]")
             self._start_step(plan, step, executor.name)
@@ -196,6 +206,7 @@ class Orchestrator:
 
             def on_start(h: StepHandle, step: StepRecord = step) -> None:
                 step.container_id, step.pid = h.container_id, h.pid
+                step.slurm_job_id = h.extra.get("slurm_job_id", step.slurm_job_id)
                 records.save(record, runs)
 
             try:
@@ -223,11 +234,15 @@ class Orchestrator:
         for m in plan.docker.mounts:
             if not m.read_only:
                 Path(m.source).mkdir(parents=True, exist_ok=True)  # outputs: a missing folder is created, as yours
-        records.write_json_atomic(plan.run_dir / f"{plan.step}.context.json", plan.contexts[executor])
+        records.write_json_atomic(plan.run_dir / f"{plan.step}.context.json", plan.contexts[plan.context_key or executor])
         step.status, step.executor = "running", executor
         step.started = self.now().isoformat(timespec="seconds")
         step.log = str(plan.log_file)
         step.command = render_cli(plan.docker) if executor == "docker" else list(plan.local.argv)
+        if plan.sbatch is not None:
+            script = plan.run_dir / f"{plan.step}.sbatch"
+            script.write_text(plan.sbatch)
+            step.command = ["sbatch", "--parsable", str(script)]
 
     def _diagnose(self, job: LoadedJob, plan: StepPlan, step: StepRecord, oom: bool) -> None:
         try:

@@ -54,6 +54,8 @@ class StepPlan:
     contexts: Mapping[str, Mapping[str, Any]]  # executor -> JSON the step reads (paths as it sees them)
     log_file: Path  # on the host
     run_dir: Path  # on the host
+    sbatch: str | None = None  # executor slurm: the batch script (runner/slurm.py)
+    context_key: str | None = None  # which of `contexts` the step reads; default the executor's own
 
 
 def job_dir(job: LoadedJob) -> Path:

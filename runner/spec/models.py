@@ -72,6 +72,27 @@ class Resources(Model):
     nodes: int = Field(default=1, ge=1)
 
 
+class SlurmSpec(Model):
+    """How `executor: slurm` (or `runner submit JOB --to slurm`) hands steps to Slurm (templates/sbatch.j2)."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | None = Field(default=None, description="sbatch --time, e.g. 24:00:00")
+    gpus_per_node: int | None = Field(default=None, ge=0, description="default: resources.gpus when it is a count")
+    runtime: Literal["docker", "pyxis", "apptainer", "local"] = Field(
+        default="docker", description="how each node starts the step: docker on the node, pyxis (srun "
+        "--container-image), Apptainer (apptainer exec --nv), or the node's own Python")
+    apptainer_image: str | None = Field(default=None, description="a .sif for runtime apptainer; default the docker image")
+    signal: Literal["USR1", "USR2", "TERM", "INT", "URG"] = Field(
+        default="USR2", description="sent to the batch script `grace_s` before the time limit or on preemption; the "
+        "script turns it into a checkpoint-and-stop of the step (launchers and NCCL leave USR2 alone)")
+    grace_s: int = Field(default=180, ge=10, description="seconds between the signal and the end of the allocation")
+    max_requeues: int = Field(default=3, ge=0, description="requeues after preemption/time limit before giving up")
+    port: int | None = Field(default=None, gt=1023, lt=65536, description="MASTER_PORT; default from the job id")
+    extra: list[str] = Field(default_factory=list, description="extra #SBATCH options, e.g. --constraint=h100")
+
+
 class ImageSpec(Model):
     base: str = Field(default="robo-runner/os:bookworm", description="image the policy image is built FROM")
     pip: list[str] = Field(default_factory=list, description="extra pip requirements")
@@ -98,7 +119,7 @@ class JobCommon(Model):
     name: JobName
     description: str = ""
     task: str | None = None
-    executor: Literal["docker", "local"] = "docker"
+    executor: Literal["docker", "local", "slurm"] = "docker"
     data: DataPaths = Field(default_factory=DataPaths)
     weights: dict[str, Path] = Field(default_factory=dict)
     third_party: dict[str, Path] = Field(default_factory=dict)
@@ -107,3 +128,4 @@ class JobCommon(Model):
     env: dict[str, EnvValue] = Field(default_factory=dict)
     mounts: list[Mount] = Field(default_factory=list)
     outputs: Outputs = Field(default_factory=Outputs)
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec)

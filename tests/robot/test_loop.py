@@ -20,11 +20,11 @@ from policies.data.pointcloud import CloudSpec
 from policies.data.safe_pickle import UnsafePickleError
 from policies.data.sample import CX, CY, FX, FY, generate
 from policies.data.transform import TimeOptions
+from policies.dp3.data import load_buffer
 from policies.dp3.infer import load
 from policies.dp3.model import Dp3Config
 from policies.dp3.train import TrainSettings, train
 from policies.dp3.zarr_buffer import write_buffer
-from policies.dp3.data import load_buffer
 from robot.adapters import Dp3Adapter, PreprocessingMismatch, check_preprocessing
 from robot.cameras import ReplayCamera
 from robot.loop import LoopConfig, run_loop

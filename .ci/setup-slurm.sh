@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# A one-node Slurm cluster on this host for the slurm tests: munge + slurmctld + slurmd, state under
+# ${RUNNER_SLURM_DIR:-/tmp/rr-slurm}, a generated slurm.conf (this host's name, CPUs and memory). Idempotent.
+set -euo pipefail
+dir="${RUNNER_SLURM_DIR:-/tmp/rr-slurm}"
+if ! command -v slurmctld >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null
+fi
+mkdir -p "$dir"/{state,spool,log} /run/munge /etc/slurm
+host="$(hostname -s)"
+cpus="$(nproc)"
+mem_mb="$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))"
+cat > /etc/slurm/slurm.conf <<CONF
+ClusterName=rr
+SlurmctldHost=$host
+AuthType=auth/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SwitchType=switch/none
+MpiDefault=none
+ReturnToService=2
+SlurmctldPidFile=$dir/slurmctld.pid
+SlurmdPidFile=$dir/slurmd.pid
+SlurmdSpoolDir=$dir/spool
+StateSaveLocation=$dir/state
+SlurmUser=root
+SlurmdUser=root
+SlurmctldLogFile=$dir/log/slurmctld.log
+SlurmdLogFile=$dir/log/slurmd.log
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+JobRequeue=1
+KillWait=30
+MinJobAge=600
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/filetxt
+JobCompLoc=$dir/log/jobcomp.txt
+NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
+CONF
+if [ ! -s /etc/munge/munge.key ]; then
+  mkdir -p /etc/munge
+  dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null
+fi
+chown -R munge:munge /etc/munge /run/munge 2>/dev/null || true
+chmod 400 /etc/munge/munge.key
+pgrep -x munged >/dev/null || munged --force
+pgrep -x slurmctld >/dev/null || slurmctld
+pgrep -x slurmd >/dev/null || slurmd
+for _ in $(seq 1 30); do
+  if sinfo -h -o %T 2>/dev/null | grep -qE 'idle|mixed|allocated'; then echo "slurm: $host up ($cpus CPUs)"; exit 0; fi
+  scontrol update nodename="$host" state=resume >/dev/null 2>&1 || true
+  sleep 1
+done
+echo "slurm did not come up; logs in $dir/log" >&2
+sinfo >&2 || true
+exit 1

@@ -1,0 +1,108 @@
+"""The sbatch script of a step (templates/sbatch.j2), rendered from the same StepPlan as the single-machine
+executors: the docker rendering is render_cli() of the plan's DockerRunArgs; pyxis and Apptainer take the same
+mounts, env, workdir and command. Pure: no Slurm command runs here."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from runner.dockerargs import DockerRunArgs, render_cli
+from runner.plan import StepPlan
+from runner.spec.load import LoadedJob
+from runner.spec.types import format_size
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+#: Set on each node by the batch script / runner.slurm_node and passed into the container by name.
+NODE_ENV = ("MASTER_ADDR", "MASTER_PORT", "RUNNER_NUM_MACHINES", "RUNNER_MACHINE_RANK", "NCCL_SOCKET_IFNAME",
+            "SLURM_JOB_ID", "SLURM_RESTART_COUNT", "RUNNER_SLURM_GRACE_S")
+
+
+class SlurmRenderError(ValueError):
+    """The job cannot be expressed for Slurm as written (names the field)."""
+
+
+def gpus_per_node(job: LoadedJob) -> int:
+    s = job.spec
+    if s.slurm.gpus_per_node is not None:
+        return s.slurm.gpus_per_node
+    g = s.resources.gpus
+    if isinstance(g, list):
+        return len(g)
+    if g == "all":
+        msg = f"{job.file}: resources.gpus is 'all'; Slurm allocates a count: set slurm.gpus_per_node"
+        raise SlurmRenderError(msg)
+    return int(g)
+
+
+def _node_docker(plan: StepPlan) -> DockerRunArgs:
+    """The plan's container with the per-node values passed by name (detected on each node), removed on exit."""
+    env = tuple(e for e in plan.docker.env if e.name not in NODE_ENV)
+    return replace(plan.docker, env=env, pass_env=tuple(dict.fromkeys((*plan.docker.pass_env, *NODE_ENV))),
+                   name=plan.docker.name + "-n${SLURM_NODEID}-r${SLURM_RESTART_COUNT:-0}")
+
+
+def _q(argv: list[str]) -> str:
+    """Shell words; `${...}` of the node's environment stays expandable."""
+    out = []
+    for a in argv:
+        out.append(f'"{a}"' if "${" in a and '"' not in a else shlex.quote(a))
+    return " ".join(out)
+
+
+def container_command(plan: StepPlan, runtime: str, apptainer_image: str | None = None) -> tuple[str, str]:
+    """(extra srun options, the per-node command) for a runtime."""
+    d = plan.docker
+    if runtime == "docker":
+        argv = render_cli(_node_docker(plan))
+        return "", _q([argv[0], argv[1], "--rm", *argv[2:]])
+    if runtime == "pyxis":
+        mounts = ",".join(f"{m.source}:{m.target}" + (":ro" if m.read_only else "") for m in d.mounts)
+        extra = f"--container-image={shlex.quote(d.image)} --container-mounts={shlex.quote(mounts)} " \
+                f"--container-workdir={shlex.quote(d.workdir)} "
+        env = [f"{e.name}={e.value}" for e in d.env if not e.secret and e.name not in NODE_ENV]
+        return extra, _q(["env", *env, *d.command])
+    if runtime == "apptainer":
+        image = apptainer_image or f"docker-daemon://{d.image}"
+        argv = ["apptainer", "exec", "--nv", "--containall", "--pwd", d.workdir]
+        for m in d.mounts:
+            argv += ["--bind", f"{m.source}:{m.target}" + (":ro" if m.read_only else "")]
+        for e in d.env:
+            if not e.secret and e.name not in NODE_ENV:
+                argv += ["--env", f"{e.name}={e.value}"]
+        return "", _q([*argv, image, *d.command])
+    env = [f"{k}={v}" for k, v in plan.local.env if k not in NODE_ENV]
+    return "", _q(["env", *env, *plan.local.argv])
+
+
+def _code_dir(plan: StepPlan) -> str:
+    """Where runner/ is on the nodes (a shared file system, as the job's data): the local plan's code folder."""
+    path = dict(plan.local.env).get("PYTHONPATH", "")
+    return path.split(":")[0] if path else str(Path(__file__).resolve().parent.parent)
+
+
+def render_sbatch(job: LoadedJob, plan: StepPlan, python: str = "python3", runtime: str | None = None) -> str:
+    s = job.spec
+    rt = runtime or s.slurm.runtime
+    srun_extra, command = container_command(plan, rt, s.slurm.apptainer_image)
+    node_args = ["--check-port"] if s.resources.nodes > 1 else []
+    if s.resources.nccl_socket_ifname:
+        node_args += ["--ifname", s.resources.nccl_socket_ifname]
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+    values: dict[str, Any] = {
+        "job": job.name, "step": plan.step, "run_id": plan.run_id, "runtime": rt,
+        "name": f"rr-{job.name}-{plan.step}", "nodes": s.resources.nodes, "gpus_per_node": gpus_per_node(job),
+        "cpus": int(s.resources.cpus) if s.resources.cpus else None,
+        "mem": format_size(int(s.resources.memory)).upper() if s.resources.memory else None,
+        "time": s.slurm.time, "partition": s.slurm.partition, "account": s.slurm.account, "qos": s.slurm.qos,
+        "run_dir": str(plan.run_dir), "signal": s.slurm.signal, "grace_s": s.slurm.grace_s,
+        "max_requeues": s.slurm.max_requeues, "port": s.slurm.port, "extra": s.slurm.extra,
+        "srun_extra": srun_extra, "python": f"env PYTHONPATH={shlex.quote(_code_dir(plan))} {python}",
+        "node_args": " ".join(node_args), "command": command,
+    }
+    return env.get_template("sbatch.j2").render(**values)

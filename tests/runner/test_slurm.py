@@ -1,0 +1,132 @@
+"""Slurm: the rendered sbatch scripts of a 2-node x 4-GPU RDT job (docker, pyxis, Apptainer) against reviewed
+snapshots, and, against a real one-node Slurm (`.ci/setup-slurm.sh`), submit -> preemption signal -> checkpoint ->
+requeue -> automatic resume -> completion, and a real error that is not requeued."""
+
+import difflib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from runner.plan import Machine, build_plan
+from runner.slurm import render_sbatch
+from runner.spec.load import load_job
+
+REPO = Path(__file__).resolve().parents[2]
+SNAPSHOTS = REPO / "tests" / "snapshots" / "slurm"
+MULTI = """\
+name: rdt_2x4
+policy: rdt
+task: move_banana_to_box
+data: {converted: /lab/converted/move_banana_to_box}
+weights: {rdt: /lab/weights/rdt-1b, siglip: /lab/weights/siglip-so400m-patch14-384}
+resources: {nodes: 2, gpus: 4, cpus: 32, memory: 200g}
+slurm: {partition: gpu, account: lab, qos: normal, time: "24:00:00", runtime: RUNTIME, apptainer_image: /lab/rdt.sif}
+steps:
+  train: {max_train_steps: 20000, train_batch_size: 32}
+"""
+
+
+@pytest.mark.parametrize("runtime", ["docker", "pyxis", "apptainer"])
+def test_two_node_rdt_scripts_match_reviewed_snapshots(runtime: str, machine: Machine,
+                                                       write_job: Callable[..., Path]) -> None:
+    job = load_job(write_job(MULTI.replace("RUNTIME", runtime)), {})
+    plan = build_plan(job, "train", machine, run_id="20261127-120000-abcd", image="robo-runner/rdt:1", executor="slurm")
+    text = render_sbatch(job, plan).replace(str(job.spec.outputs.runs_dir), "<runs>")
+    path = SNAPSHOTS / f"rdt_2x4_{runtime}.sbatch"
+    if os.environ.get("UPDATE_SNAPSHOTS") or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    expected = path.read_text()
+    diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True), str(path), "rendered"))
+    assert not diff, f"sbatch script differs from the reviewed snapshot (UPDATE_SNAPSHOTS=1 to accept):\n{diff}"
+    sbatch = dict(line[len("#SBATCH "):].split("=", 1) for line in text.splitlines()
+                  if line.startswith("#SBATCH --") and "=" in line)
+    assert sbatch["--nodes"] == "2" and sbatch["--gpus-per-node"] == "4" and sbatch["--ntasks-per-node"] == "1"
+    assert sbatch["--signal"] == "B:USR2@180" and "#SBATCH --requeue" in text
+    assert sbatch["--partition"] == "gpu" and sbatch["--account"] == "lab" and sbatch["--time"] == "24:00:00"
+    assert "runner.slurm_node --check-port" in text  # every node checks the rendezvous before training
+    assert "NCCL_SOCKET_IFNAME=" not in text  # detected on each node, never a fixed name
+    assert "/lab/weights/rdt-1b" in text and "/lab/converted/move_banana_to_box" in text
+    {"docker": lambda: "--env MASTER_ADDR --env MASTER_PORT" in text and "--network host" in text,
+     "pyxis": lambda: "--container-image=robo-runner/rdt:1" in text and ":/weights/rdt:ro" in text,
+     "apptainer": lambda: "apptainer exec --nv" in text and "/lab/rdt.sif" in text}[runtime]()
+
+
+def _slurm() -> None:
+    if shutil.which("sbatch") is None or subprocess.run(["sinfo"], capture_output=True).returncode != 0:
+        if os.environ.get("RUNNER_REQUIRE", "") and "slurm" in os.environ["RUNNER_REQUIRE"]:
+            pytest.fail("Slurm is required here (RUNNER_REQUIRE) but sinfo fails: run .ci/setup-slurm.sh")
+        pytest.skip("no running Slurm (.ci/setup-slurm.sh starts one)")
+
+
+def _job(cwd: Path, name: str, **train: object) -> None:
+    spec = yaml.safe_load((REPO / "jobs" / "sample_dp3.yaml").read_text())
+    spec.update(name=name, executor="slurm", slurm={"runtime": "local", "grace_s": 30, "max_requeues": 2})
+    spec["steps"]["train"].update(train)
+    (cwd / "jobs").mkdir(exist_ok=True)
+    (cwd / "jobs" / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+
+
+def _runner(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "runner.cli", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(path_glob: Callable[[], list[Path]], text: str, timeout: float = 300) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in path_glob():
+            if text in p.read_text(errors="replace"):
+                return p
+        time.sleep(0.5)
+    raise AssertionError(f"{text!r} never appeared")
+
+
+@pytest.mark.slurm
+def test_preempted_training_checkpoints_requeues_and_resumes(tmp_path: Path) -> None:
+    _slurm()
+    _job(tmp_path, "preempt", epochs=40, checkpoint_every=1000)
+    conv = _runner("convert", "preempt", "--executor", "local", cwd=tmp_path)
+    assert conv.wait(timeout=300) == 0, conv.stdout.read() if conv.stdout else ""
+    proc = _runner("submit", "preempt", "train", cwd=tmp_path)
+    logs = lambda: list((tmp_path / "runs/preempt").glob("*/train.log"))  # noqa: E731
+    first = _wait_for(logs, "train: step 30/")
+    record = json.loads((first.parent / "run.json").read_text())
+    job_id = next(s for s in record["steps"] if s["name"] == "train")["slurm_job_id"]
+    assert job_id
+    subprocess.run(["scancel", "--signal=USR2", "--batch", job_id], check=True)  # what Slurm sends before preemption
+    log = _wait_for(logs, "train: resumed from", timeout=400)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    text = log.read_text()
+    stopped = int(text.split("stopped (SIGTERM) at step ")[1].split(";")[0])
+    assert f"at step {stopped} " in text.split("train: resumed from")[1]  # continues at the saved step
+    batch_out = next(log.parent.glob(f"slurm-{job_id}.out")).read_text()
+    assert "requeue 1 of 2" in batch_out and "restart 1" in batch_out
+    steps = [json.loads(line)["step"] for line in (log.parent / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] > stopped  # metrics continue, they do not restart
+    final = json.loads((log.parent / "run.json").read_text())
+    assert final["status"] == "succeeded" and final["executor"] == "slurm"
+
+
+@pytest.mark.slurm
+def test_real_error_is_not_requeued(tmp_path: Path) -> None:
+    _slurm()
+    _job(tmp_path, "broken", state_dim=14)  # the data has 8: refused before the model is built
+    conv = _runner("convert", "broken", "--executor", "local", cwd=tmp_path)
+    assert conv.wait(timeout=300) == 0
+    proc = _runner("submit", "broken", "train", cwd=tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "state_dim" in out
+    run_dir = next((tmp_path / "runs/broken").glob("*/train.sbatch")).parent
+    batch_out = next(run_dir.glob("slurm-*.out")).read_text()
+    assert "step exited with 2" in batch_out and "requeue" not in batch_out.replace("--requeue", "")
