@@ -204,6 +204,11 @@ def train(o: dict[str, Any], inputs: Inputs, *, resume: bool, stop: StopFlag, ex
     global_step = 0
     if resume:
         global_step = _resume(acc, ema, inputs.output, say)
+    elif main:
+        moved = checkpoints.set_aside(inputs.output, time.strftime("%Y%m%d-%H%M%S"))
+        if moved is not None:
+            say(f"train: a fresh run: earlier checkpoints moved to {moved} (use `runner resume JOB` to continue them)")
+    acc.wait_for_everyone()
     meta = {"model": asdict(cfg), "train": o, "state_map": {"name": state_map.name, "indices": list(state_map.indices)},
             "siglip": str(inputs.siglip), "img_history_size": o["img_history_size"], "ctrl_freq": o["ctrl_freq"],
             "dataset": str(inputs.data), "val_episodes": [str(e.path) for e in val_eps],
