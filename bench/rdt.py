@@ -115,7 +115,7 @@ def train_runner(siglip: Path, n: int, steps: int) -> tuple[float, int]:
     return rate, acc.num_processes
 
 
-def inference(siglip: Path, calls: int, dtype: torch.dtype, graphs: bool = True) -> list[float]:
+def inference(siglip: Path, calls: int, dtype: torch.dtype, graphs: bool = True, cameras: int = 3) -> list[float]:
     from policies.rdt.infer import RdtPolicy
 
     dev = torch.device("cuda")
@@ -126,9 +126,9 @@ def inference(siglip: Path, calls: int, dtype: torch.dtype, graphs: bool = True)
     policy = RdtPolicy(model, meta, dev, dtype, siglip)
     policy.use_graphs = graphs
     rng = np.random.default_rng(0)
-    slots = ("cam_high", "cam_right_wrist", "cam_left_wrist")
+    slots = ("cam_high", "cam_right_wrist", "cam_left_wrist")[:cameras]
     # New frames from all three cameras at every call (as on a robot): only the previous frames are cached.
-    sets = [[rng.integers(0, 255, (480, 640, 3), dtype=np.uint8) for _ in range(3)] for _ in range(16)]
+    sets = [[rng.integers(0, 255, (480, 640, 3), dtype=np.uint8) for _ in slots] for _ in range(16)]
     emb = torch.randn(32, 4096)
     out = []
     for i in range(calls + 5):
@@ -153,6 +153,7 @@ if __name__ == "__main__":
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--calls", type=int, default=50)
     ap.add_argument("--only", choices=["all", "runner", "inference"], default="all")
+    ap.add_argument("--cameras", type=int, choices=[1, 2, 3], default=3, help="cameras with a new frame every call")
     args = ap.parse_args()
     rank0 = int(os.environ.get("RANK", "0")) == 0
     siglip = Path(os.environ.get("SIGLIP", tempfile.gettempdir())) / "rdt-bench-siglip"
@@ -163,10 +164,10 @@ if __name__ == "__main__":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         torch.distributed.barrier()
     if args.only in ("all", "inference"):
-        bf = inference(siglip, args.calls, torch.bfloat16)
-        eager = inference(siglip, max(10, args.calls // 2), torch.bfloat16, graphs=False)
-        fp = inference(siglip, max(10, args.calls // 5), torch.float32, graphs=False)
-        print("RDT act (3 new camera frames + 3 cached, SigLIP, 5 DPM-Solver++ steps), "
+        bf = inference(siglip, args.calls, torch.bfloat16, cameras=args.cameras)
+        eager = inference(siglip, max(10, args.calls // 2), torch.bfloat16, graphs=False, cameras=args.cameras)
+        fp = inference(siglip, max(10, args.calls // 5), torch.float32, graphs=False, cameras=args.cameras)
+        print(f"RDT act ({args.cameras} camera(s) with a new frame a call, SigLIP on them, 5 DPM-Solver++ steps), "
               f"CUDA graph bf16: p50 {pct(bf, 50):.1f} ms "
               f"p99 {pct(bf, 99):.1f} ms; eager bf16 p50 {pct(eager, 50):.1f} ms; eager fp32 p50 {pct(fp, 50):.1f} ms; "
               f"{statistics.median(fp) / statistics.median(bf):.2f}x faster than eager fp32")
