@@ -152,10 +152,25 @@ def _cmd_step(step: str) -> Callable[[argparse.Namespace], int]:
     def cmd(a: argparse.Namespace) -> int:
         from runner.orchestrate import RunRequest
 
-        return _run(RunRequest(_job(a.job), [step], a.executor, resume=getattr(a, "resume", False),
+        job = _job(a.job)
+        if getattr(a, "dry_run", False):
+            job = _with_dry_run(job)
+        return _run(RunRequest(job, [step], a.executor, resume=getattr(a, "resume", False),
                                mode="check" if getattr(a, "check", False) else "run"))
 
     return cmd
+
+
+def _with_dry_run(job: Any) -> Any:
+    """The job with steps.deploy.dry_run set, for this run only (the file is not changed)."""
+    from dataclasses import replace as dc_replace
+
+    steps = job.spec.steps
+    if getattr(steps, "deploy", None) is None:
+        return job
+    deploy = steps.deploy.model_copy(update={"dry_run": True})
+    spec = job.spec.model_copy(update={"steps": steps.model_copy(update={"deploy": deploy})})
+    return dc_replace(job, spec=spec)
 
 
 def cmd_resume(a: argparse.Namespace) -> int:
@@ -356,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
         if step == "convert":
             sp.add_argument("--check", action="store_true", help="only check the recorded demos; write nothing")
+        if step == "deploy":
+            sp.add_argument("--dry-run", action="store_true", help="compute actions from the live robot; send nothing")
     sp = add("submit", cmd_submit, "hand the job's steps (or STEP) to a batch scheduler and follow them")
     sp.add_argument("job")
     sp.add_argument("step", nargs="?")

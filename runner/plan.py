@@ -283,6 +283,10 @@ def _inner_command(job: LoadedJob, step: str, opts: StepSpec, python: str) -> li
     cmd = opts.command
     launcher = dict(job.policy.multi_gpu).get(step)
     procs = gpu_processes(job.spec.resources.gpus)
+    if cmd is None and launcher == "torchrun" and job.spec.resources.nodes > 1:
+        # Several machines: torchrun takes --nnodes/--node_rank/--master_addr/--master_port from PET_* variables,
+        # which runner.slurm_node sets on each node.
+        return [python, "-m", "torch.distributed.run", "--nproc_per_node", procs or "1", "-m", job.policy.entry, step]
     if cmd is None and launcher == "torchrun" and procs is not None:
         # One process a GPU on this machine; rank 0 writes checkpoints and logs.
         return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", procs,

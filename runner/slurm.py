@@ -19,7 +19,8 @@ from runner.spec.types import format_size
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 #: Set on each node by the batch script / runner.slurm_node and passed into the container by name.
 NODE_ENV = ("MASTER_ADDR", "MASTER_PORT", "RUNNER_NUM_MACHINES", "RUNNER_MACHINE_RANK", "NCCL_SOCKET_IFNAME",
-            "SLURM_JOB_ID", "SLURM_RESTART_COUNT", "RUNNER_SLURM_GRACE_S")
+            "SLURM_JOB_ID", "SLURM_RESTART_COUNT", "RUNNER_SLURM_GRACE_S", "PET_NNODES", "PET_NODE_RANK",
+            "PET_MASTER_ADDR", "PET_MASTER_PORT")
 
 
 class SlurmRenderError(ValueError):

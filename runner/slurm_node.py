@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     env["NCCL_SOCKET_IFNAME"] = ifname
+    # torchrun (DP3) reads its multi-node arguments from PET_*; accelerate (RDT) gets them from policies/rdt/launch.py.
+    env.update({"PET_NNODES": env.get("RUNNER_NUM_MACHINES", "1"), "PET_NODE_RANK": str(rank),
+                "PET_MASTER_ADDR": master, "PET_MASTER_PORT": env.get("MASTER_PORT", "29500")})
     print(f"[runner] node {node}: rank {rank} of {env.get('RUNNER_NUM_MACHINES', '1')}, NCCL_SOCKET_IFNAME={ifname} "
           f"(routes to {master})", flush=True)
     if a.check_port:

@@ -130,3 +130,25 @@ def test_real_error_is_not_requeued(tmp_path: Path) -> None:
     run_dir = next((tmp_path / "runs/broken").glob("*/train.sbatch")).parent
     batch_out = next(run_dir.glob("slurm-*.out")).read_text()
     assert "step exited with 2" in batch_out and "requeue" not in batch_out.replace("--requeue", "")
+
+
+@pytest.mark.slurm
+def test_runner_stop_cancels_a_slurm_run(tmp_path: Path) -> None:
+    _slurm()
+    _job(tmp_path, "cancelme", epochs=400, checkpoint_every=1000)
+    conv = _runner("convert", "cancelme", "--executor", "local", cwd=tmp_path)
+    assert conv.wait(timeout=300) == 0
+    proc = _runner("submit", "cancelme", "train", cwd=tmp_path)
+    log = _wait_for(lambda: list((tmp_path / "runs/cancelme").glob("*/train.log")), "train: step 10/")
+    ps = subprocess.run([sys.executable, "-m", "runner.cli", "ps"], cwd=tmp_path, capture_output=True, text=True,
+                        env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert "cancelme" in ps.stdout and "slurm" in ps.stdout
+    stop = subprocess.run([sys.executable, "-m", "runner.cli", "stop", "cancelme"], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert stop.returncode == 0 and "stopped cancelme" in stop.stdout, stop.stdout + stop.stderr
+    out, _ = proc.communicate(timeout=300)
+    record = json.loads((log.parent / "run.json").read_text())
+    job_id = record["steps"][0]["slurm_job_id"]
+    assert record["status"] == "interrupted", out
+    assert subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True).stdout.strip() == ""
+    assert "stopped (SIGTERM)" in log.read_text()  # scancel's SIGTERM: the step saved a checkpoint first
