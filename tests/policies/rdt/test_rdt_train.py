@@ -105,6 +105,13 @@ def test_interrupt_resume_continues_exactly_and_eval(lab: Path) -> None:
     chunk = policy.act({"qpos": np.zeros(8), "images": {"cam_high": frame}}, emb)
     assert chunk.shape == (64, 8) and np.isfinite(chunk).all()
 
+    # The sample checkpoint on the simulated arm through GELLO's protocol (jobs/sample_rdt.yaml's deploy section).
+    r = cli("deploy", "cut", cwd=lab)
+    assert r.returncode == 0, r.stdout + r.stderr
+    deploy_log = sorted((lab / "runs/cut").glob("*/deploy.log"))[-1].read_text()
+    assert "stopped: duration 5 s reached" in deploy_log and "commands sent" in deploy_log
+    assert next((lab / "runs/cut").glob("*/deploy/episode0.hdf5")).stat().st_size > 0
+
 
 def test_resume_skips_incomplete_and_refuses_a_damaged_checkpoint(lab: Path) -> None:
     job(lab, "damaged", max_train_steps=6, checkpointing_period=3)
