@@ -55,10 +55,10 @@ class PointNet(nn.Module):
         for i, width in enumerate(widths):
             layers.append(nn.Linear(dim, width))
             if i < len(widths) - 1 or last_activated:
-                layers += [nn.LayerNorm(width), nn.ReLU()]
+                layers += [BfLayerNorm(width), nn.ReLU()]
             dim = width
         self.mlp = nn.Sequential(*layers)
-        self.final_projection = nn.Sequential(nn.Linear(dim, out_channels), nn.LayerNorm(out_channels))
+        self.final_projection = nn.Sequential(nn.Linear(dim, out_channels), BfLayerNorm(out_channels))
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         return self.final_projection(self.mlp(points).max(dim=1).values)
@@ -97,6 +97,41 @@ class SinusoidalPosEmb(nn.Module):
         return torch.cat((emb.sin(), emb.cos()), dim=-1)
 
 
+def _low_precision(x: torch.Tensor) -> bool:
+    return x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(x.device.type)
+
+
+class BfLayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters and state dict) that keeps bf16 activations bf16 under autocast. Autocast runs
+    layer_norm in fp32: for DP3's per-point encoder (256 x 3 x 1024 points x up to 256 channels a batch) that
+    doubles the memory traffic and adds a cast before and after. The kernel accumulates in fp32 either way."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _low_precision(x):
+            return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False):
+            w = self.weight.to(x.dtype) if self.weight is not None else None
+            b = self.bias.to(x.dtype) if self.bias is not None else None
+            return F.layer_norm(x, self.normalized_shape, w, b, self.eps)
+
+
+class BfGroupNorm(nn.GroupNorm):
+    """nn.GroupNorm (same parameters and state dict); under autocast, computed as a layer norm over each group's
+    (channels x length) row in bf16, then the per-channel affine. PyTorch's GroupNorm kernels run in fp32 under
+    autocast and are slow for DP3's 8/4/2-step sequences (their backward was the largest kernel of a step)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _low_precision(x) or x.dim() != 3:
+            return super().forward(x)
+        b, c, length = x.shape
+        with torch.autocast(x.device.type, enabled=False):
+            y = F.layer_norm(x.reshape(b, self.num_groups, (c // self.num_groups) * length),
+                             ((c // self.num_groups) * length,), eps=self.eps).reshape(b, c, length)
+            if self.affine:
+                y = torch.addcmul(self.bias.to(x.dtype)[:, None], y, self.weight.to(x.dtype)[:, None])
+            return y
+
+
 class GemmConv1d(nn.Conv1d):
     """nn.Conv1d (same parameters, same state dict) computed as one matrix product over unfolded windows.
 
@@ -121,7 +156,7 @@ class GemmConv1d(nn.Conv1d):
 class Conv1dBlock(nn.Module):
     def __init__(self, cin: int, cout: int, kernel: int, groups: int = 8) -> None:
         super().__init__()
-        self.block = nn.Sequential(GemmConv1d(cin, cout, kernel, padding=kernel // 2), nn.GroupNorm(groups, cout), nn.Mish())
+        self.block = nn.Sequential(GemmConv1d(cin, cout, kernel, padding=kernel // 2), BfGroupNorm(groups, cout), nn.Mish())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.block(x)

@@ -67,3 +67,25 @@ def test_xyz_only_ignores_colour_channels() -> None:
     recoloured[..., 3:] = torch.rand_like(pc[..., 3:])
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     assert torch.allclose(m.predict_action(pc, pos, generator=g1), m.predict_action(recoloured, pos, generator=g2))
+
+
+def test_bf16_norms_match_torch_norms() -> None:
+    from torch import nn
+
+    from policies.dp3.model import BfGroupNorm, BfLayerNorm
+
+    torch.manual_seed(0)
+    for ours, ref, x in ((BfGroupNorm(8, 64), nn.GroupNorm(8, 64), torch.randn(4, 64, 8)),
+                         (BfLayerNorm(32), nn.LayerNorm(32), torch.randn(4, 100, 32))):
+        with torch.no_grad():
+            ours.weight.uniform_(0.5, 1.5)
+            ours.bias.uniform_(-0.5, 0.5)
+        ref.load_state_dict(ours.state_dict())  # same parameters, same state dict
+        assert torch.equal(ours(x), ref(x))  # fp32: PyTorch's own kernel
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = ours(x.bfloat16())
+        assert out.dtype == torch.bfloat16
+        err = float((out.float() - ref(x)).norm() / ref(x).norm())
+        assert err < 1e-2, err
+        out.float().sum().backward()
+        assert ours.weight.grad is not None and ours.weight.grad.dtype == torch.float32

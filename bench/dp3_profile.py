@@ -1,0 +1,86 @@
+"""Where a DP3 training step spends GPU time: torch.profiler over eager steps (batch 256, real size), kernels
+grouped by name, plus the per-part times of one step measured with CUDA events (forward, backward, optimizer, EMA).
+
+    PYTHONPATH=. python bench/dp3_profile.py [--batch 256] [--steps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dp3 import CFG, new_model, synthetic  # type: ignore[import-not-found]
+
+from policies.dp3.data import WindowSampler, window_table
+from policies.dp3.optim_step import Ema
+from policies.dp3.train import TrainSettings, make_optimizer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=5)
+    a = ap.parse_args()
+    dev = torch.device("cuda")
+    data = synthetic(100, 200).to(dev)
+    table = window_table(data.episode_ends, torch.ones(100, dtype=torch.bool).numpy(), CFG.horizon,
+                         CFG.n_obs_steps - 1, CFG.n_action_steps - 1)
+    sampler = WindowSampler(data, table)
+    model = new_model(data, dev)
+    ema = Ema(model)
+    opt = make_optimizer(model, TrainSettings(), dev)
+    gen = torch.Generator(dev).manual_seed(0)
+    rows = torch.arange(a.batch, device=dev)
+    batch = sampler.batch(rows)
+    ev = [torch.cuda.Event(enable_timing=True) for _ in range(5)]
+
+    def step(timed: bool = False) -> None:
+        if timed:
+            ev[0].record()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(*batch, generator=gen)
+        if timed:
+            ev[1].record()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if timed:
+            ev[2].record()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if timed:
+            ev[3].record()
+        ema.update(model)
+        if timed:
+            ev[4].record()
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    parts = {"forward": [], "backward": [], "clip+optimizer": [], "ema": []}
+    for _ in range(a.steps):
+        step(True)
+        torch.cuda.synchronize()
+        for i, k in enumerate(parts):
+            parts[k].append(ev[i].elapsed_time(ev[i + 1]))
+    print("per-part GPU ms (events, eager):", {k: round(sorted(v)[len(v) // 2], 2) for k, v in parts.items()})
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(a.steps):
+            step()
+        torch.cuda.synchronize()
+    rows_ = [(e.key, e.device_time_total / a.steps / 1000, e.count // a.steps) for e in prof.key_averages()
+             if e.device_time_total > 0]
+    rows_.sort(key=lambda r: -r[1])
+    total = sum(r[1] for r in rows_)
+    print(f"GPU kernel time a step: {total:.2f} ms; top kernels (ms a step, calls a step):")
+    for name, ms, n in rows_[:28]:
+        print(f"  {ms:7.2f}  {n:5d}  {name[:110]}")
+
+
+if __name__ == "__main__":
+    main()
