@@ -28,7 +28,7 @@ if __name__ == "__main__":
     steps = int(os.environ.get("STEPS", "60"))
     tmp = Path(tempfile.mkdtemp(prefix="dp3ddp-"))
     cfg = Dp3Config(state_dim=8, action_dim=8, num_points=1024)
-    s = TrainSettings(epochs=1000, batch_size=256, max_steps=steps, log_every=10, checkpoint_every=10**6,
+    s = TrainSettings(epochs=1000, batch_size=int(os.environ.get("BATCH", "256")), max_steps=steps, log_every=10, checkpoint_every=10**6,
                       val_every=10**6, val_ratio=0.0)
     train(cfg, synthetic(100, 200), s, ckpt_dir=tmp / "ckpt", run_dir=tmp, device=torch.device("cuda"), resume=False,
           say=lambda m: None)
@@ -36,5 +36,5 @@ if __name__ == "__main__":
         rows = [json.loads(line) for line in (tmp / "metrics.jsonl").read_text().splitlines()]
         rates = [r["samples_per_s"] for r in rows if "samples_per_s" in r][2:]
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        print(f"DP3 train, {world} GPU(s): {statistics.median(rates):.0f} samples/s "
+        print(f"DP3 train, {world} GPU(s), batch {s.batch_size} in total: {statistics.median(rates):.0f} samples/s "
               f"(peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB on GPU 0)")
