@@ -28,7 +28,8 @@ if __name__ == "__main__":
     steps = int(os.environ.get("STEPS", "60"))
     tmp = Path(tempfile.mkdtemp(prefix="dp3ddp-"))
     cfg = Dp3Config(state_dim=8, action_dim=8, num_points=1024)
-    s = TrainSettings(epochs=1000, batch_size=int(os.environ.get("BATCH", "256")), max_steps=steps, log_every=10, checkpoint_every=10**6,
+    s = TrainSettings(epochs=1000, batch_size=int(os.environ.get("BATCH", "256")), max_steps=steps, log_every=10,
+                      checkpoint_every=10**6,
                       val_every=10**6, val_ratio=0.0)
     train(cfg, synthetic(100, 200), s, ckpt_dir=tmp / "ckpt", run_dir=tmp, device=torch.device("cuda"), resume=False,
           say=lambda m: None)
