@@ -43,19 +43,6 @@ def any_rank(flag: bool, ranks: Ranks, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
-def average_gradients(params: list[torch.Tensor], world: int) -> None:
-    """Mean of every gradient over the ranks as one flat all-reduce: one NCCL call a step, and capturable in the
-    CUDA graph of a training step (DistributedDataParallel's hooks are not)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if world <= 1 or not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat.div_(world)
-    parts = torch.split(flat, [g.numel() for g in grads])
-    torch._foreach_copy_(grads, [f.view_as(g) for f, g in zip(parts, grads, strict=True)])
-
-
 def barrier(ranks: Ranks) -> None:
     if ranks.world > 1:
         dist.barrier()

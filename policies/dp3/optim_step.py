@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from policies.dp3 import distributed
 from policies.dp3.model import DP3
 
 
@@ -40,18 +39,15 @@ class Ema:
 def train_step(loss_fn: torch.nn.Module, model: DP3, opt: torch.optim.Optimizer,
                sched: torch.optim.lr_scheduler.LRScheduler, ema: Ema | None,
                batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], generator: torch.Generator,
-               grad_clip: float, world: int = 1) -> torch.Tensor:
+               grad_clip: float) -> torch.Tensor:
     """One optimizer step on a batch of windows: bf16 autocast on a GPU, clipping, schedule, EMA.
 
-    `loss_fn` is the model itself, or its DistributedDataParallel wrapper (which averages gradients across GPUs);
-    with the model itself and `world` > 1 the gradients are averaged here (the graphed multi-GPU path's eager steps)."""
+    `loss_fn` is the model itself, or its DistributedDataParallel wrapper (which averages gradients across GPUs)."""
     on_gpu = batch[0].is_cuda
     with torch.autocast("cuda" if on_gpu else "cpu", dtype=torch.bfloat16, enabled=on_gpu):
         loss: torch.Tensor = loss_fn(*batch, generator=generator)
     opt.zero_grad(set_to_none=True)
     loss.backward()  # type: ignore[no-untyped-call]
-    if world > 1 and loss_fn is model:
-        distributed.average_gradients(list(model.parameters()), world)
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
@@ -70,9 +66,8 @@ class GraphedStep:
     `warmup` steps run eagerly on a side stream (lazy CUDA initialisation must not be captured)."""
 
     def __init__(self, model: DP3, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
-                 ema: Ema | None, grad_clip: float, warmup: int = 3, world: int = 1) -> None:
+                 ema: Ema | None, grad_clip: float, warmup: int = 3) -> None:
         self.model, self.opt, self.sched, self.ema, self.grad_clip = model, opt, sched, ema, grad_clip
-        self.world = world  # > 1: the gradient all-reduce is part of the captured step
         self.warmup = warmup
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -88,8 +83,6 @@ class GraphedStep:
             loss = self.model.loss_given_noise(pc, pos, act, noise, steps)
         self.opt.zero_grad(set_to_none=False)
         loss.backward()  # type: ignore[no-untyped-call]
-        if self.world > 1:
-            distributed.average_gradients(list(self.model.parameters()), self.world)
         if self.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.opt.step()

@@ -117,15 +117,14 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
     sampler, val_sampler = WindowSampler(data, train_rows), WindowSampler(data, val_rows)
     model = build_model(cfg, data, train_rows, device)
     ema = Ema(model) if s.ema else None
-    # One CUDA graph a step on every GPU; with several, the gradient all-reduce is captured in it (no DDP hooks).
-    graphed = s.cuda_graph and device.type == "cuda"
+    graphed = s.cuda_graph and device.type == "cuda" and ranks.world == 1
     opt = make_optimizer(model, s, device, graphed)
     per_epoch = math.ceil(len(sampler) / s.batch_size)
     total = per_epoch * s.epochs if s.max_steps is None else min(per_epoch * s.epochs, s.max_steps)
     sched = cosine_with_warmup(opt, s.lr_warmup_steps, per_epoch * s.epochs)
     gens = {"sample": torch.Generator().manual_seed(s.seed), "noise": torch.Generator(device).manual_seed(s.seed + 1)}
     loss_fn: torch.nn.Module = model
-    if ranks.world > 1 and not graphed:
+    if ranks.world > 1:
         loss_fn = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     epoch, batch0, global_step, perm_state = 0, 0, 0, None
     if resume:
@@ -175,8 +174,7 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
         distributed.barrier(ranks)
         return path
 
-    stepper = GraphedStep(model, opt, sched, ema, s.grad_clip, world=ranks.world) if graphed else None
-    full = len(range(ranks.rank, s.batch_size, ranks.world))  # this rank's rows of a full batch
+    stepper = GraphedStep(model, opt, sched, ema, s.grad_clip) if graphed else None
     t_log, n_log = time.perf_counter(), 0
     try:
         while epoch < s.epochs:
@@ -192,10 +190,10 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
             batches = (worker_batches(sampler, chunks, s.num_workers, device) if s.num_workers
                        else (sampler.batch(rows) for rows in chunks))
             for bi, rows, batch in zip(range(batch0, per_epoch), chunks, batches, strict=True):
-                if stepper is not None and len(rows) == full:
+                if stepper is not None and len(rows) == s.batch_size:
                     loss = stepper(batch, gens["noise"])
                 else:  # one process, CPU, or the short last batch of an epoch
-                    loss = train_step(loss_fn, model, opt, sched, ema, batch, gens["noise"], s.grad_clip, ranks.world)
+                    loss = train_step(loss_fn, model, opt, sched, ema, batch, gens["noise"], s.grad_clip)
                 global_step += 1
                 n_log += len(rows) * ranks.world
                 if global_step % s.log_every == 0 or global_step == 1:
