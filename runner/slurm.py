@@ -12,6 +12,7 @@ from typing import Any
 import jinja2
 
 from runner.dockerargs import DockerRunArgs, render_cli
+from runner.errors import RunnerError
 from runner.plan import StepPlan
 from runner.spec.load import LoadedJob
 from runner.spec.types import format_size
@@ -23,8 +24,10 @@ NODE_ENV = ("MASTER_ADDR", "MASTER_PORT", "RUNNER_NUM_MACHINES", "RUNNER_MACHINE
             "PET_MASTER_ADDR", "PET_MASTER_PORT")
 
 
-class SlurmRenderError(ValueError):
+class SlurmRenderError(RunnerError):
     """The job cannot be expressed for Slurm as written (names the field)."""
+
+    exit_code = 2
 
 
 def gpus_per_node(job: LoadedJob) -> int:
