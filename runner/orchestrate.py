@@ -217,7 +217,7 @@ class Orchestrator:
                 record.status, record.ended = "failed", step.ended
                 records.save(record, runs)
                 raise
-            step.exit_code = outcome.exit_code
+            step.exit_code, step.requeues = outcome.exit_code, outcome.requeues
             step.ended = self.now().isoformat(timespec="seconds")
             stopped = outcome.interrupted or (outcome.exit_code in STOP_CODES and not outcome.oom_killed)
             step.status = "succeeded" if outcome.exit_code == 0 else "interrupted" if stopped else "failed"

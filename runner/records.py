@@ -38,6 +38,7 @@ class StepRecord:
     log: str | None = None
     diagnosis: dict[str, str] | None = None
     slurm_job_id: str | None = None
+    requeues: int = 0  # Slurm requeues after preemption / time limit
 
 
 @dataclass

@@ -23,6 +23,7 @@ class StepOutcome:
     exit_code: int
     oom_killed: bool = False
     interrupted: bool = False
+    requeues: int = 0
 
 
 class Executor(Protocol):

@@ -72,12 +72,12 @@ class SlurmExecutor:
         try:
             while True:
                 offset = self._follow(plan.log_file, offset)
-                state, code, _ = job_state(job_id)
+                state, code, restarts = job_state(job_id)
                 if state in FINAL:
                     time.sleep(self.poll_s)
                     self._follow(plan.log_file, offset)
                     return StepOutcome(exit_code=code if code is not None else 1,
-                                       interrupted=state in ("CANCELLED", "PREEMPTED"))
+                                       interrupted=state in ("CANCELLED", "PREEMPTED"), requeues=restarts)
                 time.sleep(self.poll_s)
         except KeyboardInterrupt:
             _run(["scancel", job_id])  # SIGTERM to the step: training checkpoints before it goes

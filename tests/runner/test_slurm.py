@@ -116,6 +116,7 @@ def test_preempted_training_checkpoints_requeues_and_resumes(tmp_path: Path) -> 
     assert steps == sorted(steps) and steps[-1] > stopped  # metrics continue, they do not restart
     final = json.loads((log.parent / "run.json").read_text())
     assert final["status"] == "succeeded" and final["executor"] == "slurm"
+    assert final["steps"][0]["requeues"] == 1  # recorded in the run record too
 
 
 @pytest.mark.slurm

@@ -1,0 +1,47 @@
+"""How RDT training is launched: one process a GPU, DeepSpeed when asked, a refusal before anything starts when
+the job's GPUs are not visible, and the multi-machine arguments from the Slurm script's variables."""
+
+import pytest
+
+from policies.rdt.launch import LaunchError, accelerate_argv, processes_per_machine
+
+OPTS = {"mixed_precision": "bf16", "zero_stage": 2, "gradient_accumulation_steps": 4}
+
+
+def arg(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_one_process_a_gpu_with_deepspeed() -> None:
+    argv = accelerate_argv("python3", OPTS, "all", 4, {}, port=29511)
+    assert argv[:3] == ["python3", "-m", "accelerate.commands.launch"]
+    assert arg(argv, "--num_processes") == "4" and arg(argv, "--main_process_port") == "29511"
+    assert "--use_deepspeed" in argv and arg(argv, "--zero_stage") == "2"
+    assert arg(argv, "--gradient_accumulation_steps") == "4" and arg(argv, "--mixed_precision") == "bf16"
+    assert argv[-3:] == ["-m", "policies.rdt.steps", "train"]
+
+
+def test_cpu_and_plain_ddp() -> None:
+    cpu = accelerate_argv("python3", OPTS, 0, 0, {}, port=1)
+    assert arg(cpu, "--num_processes") == "1" and arg(cpu, "--mixed_precision") == "no"  # bf16 only on GPUs
+    ddp = accelerate_argv("python3", {**OPTS, "zero_stage": 0}, [0, 1], 2, {}, port=1)
+    assert "--use_deepspeed" not in ddp and "--multi_gpu" in ddp and arg(ddp, "--num_processes") == "2"
+
+
+def test_gpus_that_are_not_visible_are_refused_before_launch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with pytest.raises(LaunchError, match=r"asks for 4 \(4 GPU\(s\)\) but 1 are visible .*CUDA_VISIBLE_DEVICES='0'"):
+        processes_per_machine(4, 1)
+    assert processes_per_machine([2, 3], 2) == 2
+
+
+def test_several_machines_take_the_rendezvous_from_the_environment() -> None:
+    env = {"RUNNER_NUM_MACHINES": "2", "RUNNER_MACHINE_RANK": "1", "MASTER_ADDR": "node01", "MASTER_PORT": "23456"}
+    argv = accelerate_argv("python3", OPTS, 4, 4, env)
+    assert arg(argv, "--num_machines") == "2" and arg(argv, "--machine_rank") == "1"
+    assert arg(argv, "--num_processes") == "8"  # processes in total, as accelerate counts them
+    assert arg(argv, "--main_process_ip") == "node01" and arg(argv, "--main_process_port") == "23456"
+    with pytest.raises(LaunchError, match="MASTER_ADDR and MASTER_PORT"):
+        accelerate_argv("python3", OPTS, 4, 4, {"RUNNER_NUM_MACHINES": "2"})
+    with pytest.raises(LaunchError, match=r"outside 0\.\.1"):
+        accelerate_argv("python3", OPTS, 4, 4, {**env, "RUNNER_MACHINE_RANK": "2"})
