@@ -153,3 +153,26 @@ def test_runner_stop_cancels_a_slurm_run(tmp_path: Path) -> None:
     assert record["status"] == "interrupted", out
     assert subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True).stdout.strip() == ""
     assert "stopped (SIGTERM)" in log.read_text()  # scancel's SIGTERM: the step saved a checkpoint first
+
+
+def test_node_helper_finds_the_route_and_checks_the_rendezvous() -> None:
+    import socket
+    import threading
+
+    from runner.slurm_node import check_reach, route_interface
+
+    if shutil.which("ip") is None:
+        pytest.skip("no `ip` command here")
+    assert route_interface("127.0.0.1") == "lo"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results: dict[int, str | None] = {}
+    rank0 = threading.Thread(target=lambda: results.__setitem__(0, check_reach(0, 2, "127.0.0.1", port, 10)))
+    rank0.start()
+    time.sleep(0.2)
+    results[1] = check_reach(1, 2, "127.0.0.1", port, 10)
+    rank0.join()
+    assert results == {0: None, 1: None}
+    problem = check_reach(1, 2, "127.0.0.1", port, 2)  # nobody listens any more
+    assert problem is not None and f"cannot reach 127.0.0.1:{port}" in problem
