@@ -314,7 +314,8 @@ def cmd_stop(a: argparse.Namespace) -> int:
         if rec.status not in ACTIVE:
             continue
         for s in rec.steps:
-            if s.status == "running" and _stop_step(s, a.grace if a.grace is not None else STOP_GRACE_S):
+            grace = a.grace if a.grace is not None else (s.stop_grace_s or STOP_GRACE_S)
+            if s.status == "running" and _stop_step(s, grace):
                 print(f"stopped {rec.job}/{rec.run_id} step {s.name}")
                 stopped += 1
     if not stopped:
@@ -397,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("-f", "--follow", action="store_true")
             sp.add_argument("--step")
         if name == "stop":
-            sp.add_argument("--grace", type=float, help="seconds between SIGTERM and SIGKILL (default 30)")
+            sp.add_argument("--grace", type=float,
+                            help="seconds between SIGTERM and SIGKILL (default: the step's stop_grace_s, 30)")
     return p
 
 

@@ -235,7 +235,7 @@ class Orchestrator:
             if not m.read_only:
                 Path(m.source).mkdir(parents=True, exist_ok=True)  # outputs: a missing folder is created, as yours
         records.write_json_atomic(plan.run_dir / f"{plan.step}.context.json", plan.contexts[plan.context_key or executor])
-        step.status, step.executor = "running", executor
+        step.status, step.executor, step.stop_grace_s = "running", executor, plan.stop_grace_s
         step.started = self.now().isoformat(timespec="seconds")
         step.log = str(plan.log_file)
         step.command = render_cli(plan.docker) if executor == "docker" else list(plan.local.argv)

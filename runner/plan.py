@@ -55,6 +55,7 @@ class StepPlan:
     log_file: Path  # on the host
     run_dir: Path  # on the host
     sbatch: str | None = None  # executor slurm: the batch script (runner/slurm.py)
+    stop_grace_s: float = layout.STOP_GRACE_S  # SIGTERM -> SIGKILL for this step (steps.<step>.stop_grace_s)
     context_key: str | None = None  # which of `contexts` the step reads; default the executor's own
 
 
@@ -156,7 +157,7 @@ def build_plan(job: LoadedJob, step: str, machine: Machine, *, run_id: str, imag
         env=tuple(local_env), cwd=str(host_run))
     return StepPlan(job=job.name, step=step, run_id=run_id, executor=executor or spec.executor,
                     docker=docker, local=local, why=tuple(why), warnings=tuple(warnings),
-                    contexts={"docker": c_context, "local": h_context},
+                    contexts={"docker": c_context, "local": h_context}, stop_grace_s=opts.stop_grace_s,
                     log_file=host_run / log_name, run_dir=host_run)
 
 
@@ -244,7 +245,7 @@ def _cuda_visible(value: Any) -> list[tuple[str, str]]:
 
 def _env(job: LoadedJob, step: str, opts: StepSpec, run_id: str, nccl: str, gpus: bool) -> list[EnvVar]:
     env: dict[str, str] = {"PYTHONUNBUFFERED": "1", **layout.NVLS_OFF, "NCCL_SOCKET_IFNAME": nccl,
-                           "RUNNER_STOP_GRACE_S": str(int(layout.STOP_GRACE_S))}
+                           "RUNNER_STOP_GRACE_S": f"{opts.stop_grace_s:g}"}
     if gpus:
         env["NVIDIA_DRIVER_CAPABILITIES"] = "compute,utility,graphics" if step == "eval" else "compute,utility"
     env.update({"RUNNER_JOB": job.name, "RUNNER_STEP": step, "RUNNER_RUN_ID": run_id,

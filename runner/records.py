@@ -39,6 +39,7 @@ class StepRecord:
     diagnosis: dict[str, str] | None = None
     slurm_job_id: str | None = None
     requeues: int = 0  # Slurm requeues after preemption / time limit
+    stop_grace_s: float | None = None  # what `runner stop` waits before SIGKILL (the step's stop_grace_s)
 
 
 @dataclass

@@ -104,7 +104,8 @@ def render_sbatch(job: LoadedJob, plan: StepPlan, python: str = "python3", runti
         "cpus": int(s.resources.cpus) if s.resources.cpus else None,
         "mem": format_size(int(s.resources.memory)).upper() if s.resources.memory else None,
         "time": s.slurm.time, "partition": s.slurm.partition, "account": s.slurm.account, "qos": s.slurm.qos,
-        "run_dir": str(plan.run_dir), "signal": s.slurm.signal, "grace_s": s.slurm.grace_s,
+        # The signal comes early enough for the step's own stop grace (its checkpoint) and a minute to spare.
+        "run_dir": str(plan.run_dir), "signal": s.slurm.signal, "grace_s": max(s.slurm.grace_s, int(plan.stop_grace_s) + 60),
         "max_requeues": s.slurm.max_requeues, "port": s.slurm.port, "extra": s.slurm.extra,
         "srun_extra": srun_extra, "python": f"env PYTHONPATH={shlex.quote(_code_dir(plan))} {python}",
         "node_args": " ".join(node_args), "command": command,

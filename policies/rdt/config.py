@@ -30,6 +30,8 @@ class RdtConvert(ConvertCommon):
 
 
 class RdtTrain(StepSpec):
+    stop_grace_s: float = Field(default=300.0, gt=0, le=3600, description="time to write a checkpoint on SIGTERM: "
+                                "RDT-1B's ZeRO-2 state is ~15 GB")
     dataset: str | None = Field(default=None, description="folder under <converted>/rdt; default the newest")
     max_train_steps: int = Field(default=20000, gt=0)
     train_batch_size: int = Field(default=32, gt=0)

@@ -15,7 +15,6 @@ from docker.models.containers import Container
 from runner.dockerargs import to_sdk_kwargs
 from runner.errors import ExecutorError, ImageError
 from runner.executors.base import StepHandle, StepOutcome
-from runner.layout import STOP_GRACE_S
 from runner.plan import StepPlan
 from runner.records import StepRecord
 
@@ -48,7 +47,7 @@ class DockerExecutor:
     name = "docker"
 
     def __init__(self, client: Any = None, environ: Mapping[str, str] | None = None,
-                 out: BinaryIO | None = None, grace_s: float = STOP_GRACE_S) -> None:
+                 out: BinaryIO | None = None, grace_s: float | None = None) -> None:
         self._client = client
         self._info: dict[str, Any] | None = None
         self.environ = dict(os.environ if environ is None else environ)
@@ -93,7 +92,7 @@ class DockerExecutor:
                 status = container.wait()
             except KeyboardInterrupt:
                 interrupted = True
-                status = self._stop(container)
+                status = self._stop(container, self.grace_s if self.grace_s is not None else plan.stop_grace_s)
             code = int(status.get("StatusCode", 1))
             oom = False
             if code != 0:  # only a failure needs the container's state (one round trip saved on success)
@@ -104,10 +103,10 @@ class DockerExecutor:
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True)
 
-    def _stop(self, container: Container) -> dict[str, Any]:
+    def _stop(self, container: Container, grace_s: float) -> dict[str, Any]:
         """docker stop: SIGTERM, SIGKILL after the grace period. A second Ctrl-C kills at once."""
         try:
-            container.stop(timeout=int(self.grace_s))
+            container.stop(timeout=int(grace_s))
         except KeyboardInterrupt:
             container.kill()
         result: dict[str, Any] = container.wait()

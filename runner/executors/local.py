@@ -11,7 +11,6 @@ from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
 from runner.executors.base import StepHandle, StepOutcome
-from runner.layout import STOP_GRACE_S
 from runner.plan import StepPlan
 from runner.records import StepRecord
 
@@ -20,7 +19,7 @@ class LocalExecutor:
     name = "local"
 
     def __init__(self, environ: Mapping[str, str] | None = None, out: BinaryIO | None = None,
-                 grace_s: float = STOP_GRACE_S) -> None:
+                 grace_s: float | None = None) -> None:
         self.environ = dict(os.environ if environ is None else environ)
         self.out = out or sys.stdout.buffer
         self.grace_s = grace_s
@@ -41,7 +40,7 @@ class LocalExecutor:
             rc = proc.wait()
         except KeyboardInterrupt:
             interrupted = True
-            rc = _terminate(proc, self.grace_s)
+            rc = _terminate(proc, self.grace_s if self.grace_s is not None else plan.stop_grace_s)
         return StepOutcome(exit_code=rc if rc >= 0 else 128 - rc, interrupted=interrupted)
 
     def stop(self, step: StepRecord, grace_s: float) -> bool:

@@ -34,6 +34,8 @@ class StepSpec(Model):
     privileged: bool = False
     gello: bool = Field(default=False, description="mount third_party.gello and put it on PYTHONPATH")
     num_workers: int = Field(default=0, ge=0, description="DataLoader worker processes (they need /dev/shm)")
+    stop_grace_s: float = Field(default=30.0, gt=0, le=3600, description="seconds between SIGTERM (Ctrl-C, "
+                                "`runner stop`) and SIGKILL: the time a training step has to write its checkpoint")
 
     def loader_shm_bytes(self) -> int:
         """Shared memory the step's DataLoader workers need; 0 when it loads in-process."""

@@ -112,3 +112,11 @@ def test_several_gpus_start_dp3_training_with_torchrun(write_job: Callable[..., 
     assert plan(job, "eval", machine).docker.command[-3:] == ("-m", "policies.dp3.steps", "eval")
     one = load_job(write_job("name: b\npolicy: dp3\nresources: {gpus: 1}\nsteps: {train: }\n", "b.yaml"), {})
     assert "torch.distributed.run" not in plan(one, "train", machine).docker.command
+
+
+def test_stop_grace_comes_from_the_step(machine: Machine, write_job: Callable[..., Path]) -> None:
+    rdt = plan(shipped("rdt_demo_clean"), "train", machine)
+    assert rdt.stop_grace_s == 300 and "RUNNER_STOP_GRACE_S=300" in render_cli(rdt.docker)  # ZeRO-2 state of RDT-1B
+    assert plan(shipped("dp3_banana"), "train", machine).stop_grace_s == 30
+    job = load_job(write_job("name: g\npolicy: dp3\nsteps:\n  train: {stop_grace_s: 90}\n"), {})
+    assert plan(job, "train", machine).stop_grace_s == 90

@@ -50,7 +50,8 @@ def test_two_node_rdt_scripts_match_reviewed_snapshots(runtime: str, machine: Ma
     sbatch = dict(line[len("#SBATCH "):].split("=", 1) for line in text.splitlines()
                   if line.startswith("#SBATCH --") and "=" in line)
     assert sbatch["--nodes"] == "2" and sbatch["--gpus-per-node"] == "4" and sbatch["--ntasks-per-node"] == "1"
-    assert sbatch["--signal"] == "B:USR2@180" and "#SBATCH --requeue" in text
+    # the signal leaves the training step its 300 s stop grace (RDT-1B's checkpoint) and a minute to spare
+    assert sbatch["--signal"] == "B:USR2@360" and "#SBATCH --requeue" in text
     assert sbatch["--partition"] == "gpu" and sbatch["--account"] == "lab" and sbatch["--time"] == "24:00:00"
     assert "runner.slurm_node --check-port" in text  # every node checks the rendezvous before training
     assert "NCCL_SOCKET_IFNAME=" not in text  # detected on each node, never a fixed name
