@@ -225,24 +225,15 @@ def _runs_dir(a: argparse.Namespace) -> Path:
 
 
 def _alive() -> Callable[[Any], bool]:
-    from runner.executors.local import LocalExecutor
+    from runner.executors import make_executor
 
-    local = LocalExecutor()
-    docker_exec: Any = None
+    made: dict[str, Any] = {}  # one executor a kind (the docker one holds a client)
 
     def alive(step: Any) -> bool:
-        nonlocal docker_exec
-        if step.executor == "slurm":
-            from runner.executors.slurm import SlurmExecutor
-
-            return SlurmExecutor().is_alive(step)
-        if step.executor == "docker":
-            if docker_exec is None:
-                from runner.executors.docker import DockerExecutor
-
-                docker_exec = DockerExecutor()
-            return bool(docker_exec.is_alive(step))
-        return local.is_alive(step)
+        name = step.executor or "local"
+        if name not in made:
+            made[name] = make_executor(name)
+        return bool(made[name].is_alive(step))
 
     return alive
 
@@ -324,17 +315,9 @@ def cmd_stop(a: argparse.Namespace) -> int:
 
 
 def _stop_step(step: Any, grace: float) -> bool:
-    if step.executor == "slurm":
-        from runner.executors.slurm import SlurmExecutor
+    from runner.executors import make_executor
 
-        return SlurmExecutor().stop(step, grace)
-    if step.executor == "docker":
-        from runner.executors.docker import DockerExecutor
-
-        return DockerExecutor().stop(step, grace)
-    from runner.executors.local import LocalExecutor
-
-    return LocalExecutor().stop(step, grace)
+    return bool(make_executor(step.executor or "local").stop(step, grace))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -80,17 +80,9 @@ class Orchestrator:
         self.machine = machine or gather_machine(self.environ)
 
     def _default_executor(self, name: str) -> Executor:
-        if name == "slurm":
-            from runner.executors.slurm import SlurmExecutor
+        from runner.executors import make_executor
 
-            return SlurmExecutor(out=self.out)
-        if name == "docker":
-            from runner.executors.docker import DockerExecutor
-
-            return DockerExecutor(environ=self.environ, out=self.out)
-        from runner.executors.local import LocalExecutor
-
-        return LocalExecutor(environ=self.environ, out=self.out)
+        return make_executor(name, self.environ, self.out)
 
     def run(self, req: RunRequest) -> RunRecord:
         job = req.job
