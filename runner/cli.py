@@ -76,8 +76,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     if (a.executor or job.spec.executor) == "slurm":
         from runner.slurm import render_sbatch
 
-        rt = job.spec.slurm.runtime
-        print("\n\n".join(render_sbatch(job, p, machine.python if rt == "local" else "python3") for p in plans), end="")
+        print("\n\n".join(render_sbatch(job, p, machine.python) for p in plans), end="")
         return 0
     if a.json:
         from runner.plan_json import plan_to_json

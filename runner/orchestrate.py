@@ -187,9 +187,8 @@ class Orchestrator:
             if executor.name == "slurm":
                 from runner.slurm import render_sbatch
 
-                runtime = job.spec.slurm.runtime
-                plan = replace(plan, sbatch=render_sbatch(job, plan, self.machine.python if runtime == "local" else "python3"),
-                               context_key="local" if runtime == "local" else "docker")
+                plan = replace(plan, sbatch=render_sbatch(job, plan, self.machine.python),
+                               context_key="local" if job.spec.slurm.runtime == "local" else "docker")
             for w in plan.warnings:
                 self.say(f"[yellow]warning: {w}[/]")
             self._start_step(plan, step, executor.name)
@@ -231,10 +230,10 @@ class Orchestrator:
         step.started = self.now().isoformat(timespec="seconds")
         step.log = str(plan.log_file)
         step.command = render_cli(plan.docker) if executor == "docker" else list(plan.local.argv)
-        if plan.sbatch is not None:
-            script = plan.run_dir / f"{plan.step}.sbatch"
-            script.write_text(plan.sbatch)
-            step.command = ["sbatch", "--parsable", str(script)]
+        if plan.sbatch is not None:  # the Slurm executor writes the script there and submits it
+            from runner.slurm import script_path
+
+            step.command = ["sbatch", "--parsable", str(script_path(plan))]
 
     def _diagnose(self, job: LoadedJob, plan: StepPlan, step: StepRecord, oom: bool) -> None:
         try:

@@ -89,9 +89,17 @@ def _code_dir(plan: StepPlan) -> str:
     return path.split(":")[0] if path else str(Path(__file__).resolve().parent.parent)
 
 
-def render_sbatch(job: LoadedJob, plan: StepPlan, python: str = "python3", runtime: str | None = None) -> str:
+def script_path(plan: StepPlan) -> Path:
+    """Where a step's batch script is written and submitted from: <run dir>/<step>.sbatch."""
+    return plan.run_dir / f"{plan.step}.sbatch"
+
+
+def render_sbatch(job: LoadedJob, plan: StepPlan, host_python: str) -> str:
+    """`host_python`: this machine's interpreter, which runtime `local` runs the step with on the nodes; the
+    container runtimes run the node helper with the nodes' python3."""
     s = job.spec
-    rt = runtime or s.slurm.runtime
+    rt = s.slurm.runtime
+    python = host_python if rt == "local" else "python3"
     srun_extra, command = container_command(plan, rt, s.slurm.apptainer_image)
     node_args = ["--check-port"] if s.resources.nodes > 1 else []
     if s.resources.nccl_socket_ifname:

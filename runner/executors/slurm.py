@@ -16,6 +16,7 @@ from runner.errors import RunnerError
 from runner.executors.base import StepHandle, StepOutcome
 from runner.plan import StepPlan
 from runner.records import StepRecord
+from runner.slurm import script_path
 
 #: Job states after which nothing more happens (a requeued job goes back to PENDING and is followed on).
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
@@ -63,7 +64,7 @@ class SlurmExecutor:
         if plan.sbatch is None:
             msg = "internal: a Slurm step needs its rendered batch script"
             raise SlurmError(msg)
-        script = plan.run_dir / f"{plan.step}.sbatch"
+        script = script_path(plan)
         script.write_text(plan.sbatch)
         job_id = _run(["sbatch", "--parsable", str(script)]).strip().split(";")[0]
         self.out.write(f"[runner] submitted slurm job {job_id} ({script})\n".encode())

@@ -39,7 +39,7 @@ def test_two_node_rdt_scripts_match_reviewed_snapshots(runtime: str, machine: Ma
                                                        write_job: Callable[..., Path]) -> None:
     job = load_job(write_job(MULTI.replace("RUNTIME", runtime)), {})
     plan = build_plan(job, "train", machine, run_id="20261127-120000-abcd", image="robo-runner/rdt:1", executor="slurm")
-    text = render_sbatch(job, plan).replace(str(job.spec.outputs.runs_dir), "<runs>")
+    text = render_sbatch(job, plan, machine.python).replace(str(job.spec.outputs.runs_dir), "<runs>")
     path = SNAPSHOTS / f"rdt_2x4_{runtime}.sbatch"
     if os.environ.get("UPDATE_SNAPSHOTS") or not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
