@@ -27,7 +27,7 @@ from policies.rdt.weights import checkpoint_weights, load_strict, read_state_dic
 
 def resolve(path: Path, name: str = "latest") -> Path:
     """A checkpoint-<step>/ folder: `path` itself, or `name` ("latest" or a folder name) inside it."""
-    if checkpoints.COMPLETE and (path / checkpoints.COMPLETE).is_file():
+    if (path / checkpoints.COMPLETE).is_file():
         return path
     if name != "latest":
         folder = path / name

@@ -252,28 +252,6 @@ def schedulers(cfg: RdtConfig) -> tuple[object, object]:
     return train, sample
 
 
-@torch.no_grad()
-def predict_action(runner: RdtRunner, sampler: object, lang: torch.Tensor, lang_mask: torch.Tensor, img: torch.Tensor,
-                   state: torch.Tensor, action_mask: torch.Tensor, ctrl_freq: torch.Tensor,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, horizon, 128) unified actions from 5 DPM-Solver++ steps; absent dimensions are zeroed by the mask."""
-    from typing import Any
-
-    sched: Any = sampler
-    cfg = runner.cfg
-    lang_c, img_c = runner.lang_adaptor(lang), runner.img_adaptor(img)
-    state_c = runner.state_adaptor(torch.cat([state, action_mask], dim=2))
-    noisy = torch.randn((state.shape[0], cfg.horizon, cfg.action_dim), generator=generator, device=state.device,
-                        dtype=state.dtype)
-    mask = action_mask.expand(-1, cfg.horizon, -1)
-    sched.set_timesteps(cfg.num_inference_timesteps)
-    for t in sched.timesteps:
-        traj = torch.cat([state_c, runner.state_adaptor(torch.cat([noisy, mask], dim=2))], dim=1)
-        out = runner.model(traj, ctrl_freq, t[None].to(state.device), lang_c, img_c, lang_mask=lang_mask)
-        noisy = sched.step(out, t, noisy).prev_sample.to(state.dtype)
-    return noisy * mask
-
-
 def dpm_solver_coefficients(cfg: RdtConfig) -> list[tuple[int, float, float, float]]:
     """(timestep, a, b, c) per step of diffusers' DPMSolverMultistepScheduler as RDT configures it (dpmsolver++,
     order 2, midpoint, lower_order_final, final sigma 0, linspace spacing): x <- a x + b m_k + c m_(k-1), where m is
@@ -316,7 +294,8 @@ def dpm_solver_coefficients(cfg: RdtConfig) -> list[tuple[int, float, float, flo
 def sample_chunk(runner: RdtRunner, coef: list[tuple[int, float, float, float]], lang: torch.Tensor,
                  lang_mask: torch.Tensor, img: torch.Tensor, state: torch.Tensor, action_mask: torch.Tensor,
                  ctrl_freq: torch.Tensor, noise: torch.Tensor, steps: list[torch.Tensor]) -> torch.Tensor:
-    """predict_action without the scheduler object: condition keys/values once, then the solver's linear updates.
+    """(B, horizon, 128) unified actions from the DPM-Solver++ steps, absent dimensions zeroed by the mask: condition
+    keys/values computed once, then the solver's linear updates (dpm_solver_coefficients), no scheduler object.
     `steps`: one (1,) long tensor per timestep (static, so a CUDA graph can hold them)."""
     model = runner.model
     lang_c, img_c = runner.lang_adaptor(lang), runner.img_adaptor(img)

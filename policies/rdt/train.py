@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from policies.data.episodes import read_attrs
 from policies.metrics import Metrics
 from policies.rdt import checkpoints
 from policies.rdt.batches import ItemRules, StepIndices, TrainItems, collate
@@ -344,11 +345,8 @@ def _empty_language(data: Path, size: str) -> tuple[torch.Tensor, int]:
 def _recorded(episode: Path) -> dict[str, Any]:
     """What the conversion recorded (camera, gripper binarisation, ...) and the camera slots: deploy rebuilds
     observations from these."""
-    import h5py
-
-    with h5py.File(episode, "r") as f:
-        return {"conversion": json.loads(f.attrs.get("conversion", "{}")),
-                "camera_slots": json.loads(f.attrs.get("camera_slots", "{}"))}
+    attrs = read_attrs(episode)
+    return {"conversion": attrs.get("conversion", {}), "camera_slots": attrs.get("camera_slots", {})}
 
 
 def _quiet(_message: str) -> None:

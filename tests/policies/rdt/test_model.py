@@ -1,5 +1,6 @@
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -63,8 +64,27 @@ def test_franka_maps_into_the_unified_vector_and_back() -> None:
         FRANKA.to_unified(np.zeros(14))
 
 
-def test_predict_action_chunk_and_local_siglip(tmp_path: Path) -> None:
-    from policies.rdt.model import predict_action, schedulers
+@torch.no_grad()
+def diffusers_reference(runner: RdtRunner, sampler: Any, lang: torch.Tensor, lang_mask: torch.Tensor, img: torch.Tensor,
+                        state: torch.Tensor, action_mask: torch.Tensor, ctrl_freq: torch.Tensor,
+                        generator: torch.Generator) -> torch.Tensor:
+    """The sampling loop as upstream writes it, with diffusers' DPMSolverMultistepScheduler: the oracle for
+    sample_chunk's precomputed updates."""
+    cfg = runner.cfg
+    lang_c, img_c = runner.lang_adaptor(lang), runner.img_adaptor(img)
+    state_c = runner.state_adaptor(torch.cat([state, action_mask], dim=2))
+    noisy = torch.randn((state.shape[0], cfg.horizon, cfg.action_dim), generator=generator, dtype=state.dtype)
+    mask = action_mask.expand(-1, cfg.horizon, -1)
+    sampler.set_timesteps(cfg.num_inference_timesteps)
+    for t in sampler.timesteps:
+        traj = torch.cat([state_c, runner.state_adaptor(torch.cat([noisy, mask], dim=2))], dim=1)
+        out = runner.model(traj, ctrl_freq, t[None], lang_c, img_c, lang_mask=lang_mask)
+        noisy = sampler.step(out, t, noisy).prev_sample.to(state.dtype)
+    return noisy * mask
+
+
+def test_sampled_chunk_and_local_siglip(tmp_path: Path) -> None:
+    from policies.rdt.model import dpm_solver_coefficients, sample_chunk
     from policies.rdt.vision import SiglipTower, save_tiny_siglip
 
     tower = SiglipTower(save_tiny_siglip(tmp_path / "siglip", hidden=16), torch.device("cpu"))
@@ -74,10 +94,12 @@ def test_predict_action_chunk_and_local_siglip(tmp_path: Path) -> None:
     cfg = RdtConfig.tiny()
     m = RdtRunner(cfg).eval()
     img = tokens.reshape(1, 24, 16)[:, : cfg.img_cond_len]
-    _, sampler = schedulers(cfg)
+    coef = dpm_solver_coefficients(cfg)
     mask = torch.from_numpy(FRANKA.indicator())[None, None]
-    out = predict_action(m, sampler, torch.randn(1, 5, cfg.lang_token_dim), torch.ones(1, 5, dtype=torch.bool), img,
-                         torch.randn(1, 1, 128), mask, torch.tensor([25.0]), generator=torch.Generator().manual_seed(0))
+    noise = torch.randn((1, cfg.horizon, 128), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = sample_chunk(m, coef, torch.randn(1, 5, cfg.lang_token_dim), torch.ones(1, 5, dtype=torch.bool), img,
+                           torch.randn(1, 1, 128), mask, torch.tensor([25.0]), noise, [torch.tensor([t]) for t, *_ in coef])
     assert out.shape == (1, cfg.horizon, 128)
     assert torch.all(out[..., 11:50] == 0) and torch.any(out[..., :7] != 0)  # absent dims stay zero
     chunk = FRANKA.from_unified(out[0].numpy())
@@ -85,7 +107,7 @@ def test_predict_action_chunk_and_local_siglip(tmp_path: Path) -> None:
 
 
 def test_graph_ready_sampler_equals_diffusers_dpm_solver() -> None:
-    from policies.rdt.model import dpm_solver_coefficients, predict_action, sample_chunk, schedulers
+    from policies.rdt.model import dpm_solver_coefficients, sample_chunk, schedulers
 
     cfg = RdtConfig.tiny()
     torch.manual_seed(3)
@@ -94,7 +116,7 @@ def test_graph_ready_sampler_equals_diffusers_dpm_solver() -> None:
     lang, lm = torch.randn(2, 5, cfg.lang_token_dim), torch.ones(2, 5, dtype=torch.bool)
     lm[1, 3:] = False  # padded instruction tokens
     img, state, freq = torch.randn(2, cfg.img_cond_len, cfg.img_token_dim), torch.randn(2, 1, 128), torch.tensor([25.0, 10.0])
-    ref = predict_action(m, schedulers(cfg)[1], lang, lm, img, state, mask, freq, generator=torch.Generator().manual_seed(1))
+    ref = diffusers_reference(m, schedulers(cfg)[1], lang, lm, img, state, mask, freq, torch.Generator().manual_seed(1))
     noise = torch.randn((2, cfg.horizon, 128), generator=torch.Generator().manual_seed(1))
     coef = dpm_solver_coefficients(cfg)
     assert [t for t, *_ in coef] == [999, 799, 599, 400, 200]
