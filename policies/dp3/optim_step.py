@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from policies.dp3.model import DP3
+from policies.ema import ema_decay
 
 
 class Ema:
@@ -17,8 +18,7 @@ class Ema:
         self.power, self.max_value, self.step_count = power, max_value, 0
 
     def decay(self) -> float:
-        step = max(0, self.step_count - 1)
-        return 0.0 if step <= 0 else min(self.max_value, max(0.0, 1 - (1 + step) ** -self.power))
+        return ema_decay(self.step_count, self.power, max_value=self.max_value)
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from policies.data.episodes import read_attrs
+from policies.ema import ema_decay
 from policies.metrics import Metrics
 from policies.rdt import checkpoints
 from policies.rdt.batches import ItemRules, StepIndices, TrainItems, collate
@@ -59,7 +60,7 @@ class TrainResult:
 
 
 class Ema:
-    """upstream's EMAModel: decay = 1 - (1 + step / inv_gamma) ** -power in [min, max], 0 for the first update."""
+    """upstream's EMAModel (policies/ema.py's schedule) over fp32 copies of the weights."""
 
     def __init__(self, model: torch.nn.Module, power: float = 0.75, inv_gamma: float = 1.0, max_value: float = 0.9999) -> None:
         self.params = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
@@ -67,17 +68,14 @@ class Ema:
         self.steps = 0
 
     def decay(self) -> float:
-        step = max(0, self.steps - 1)
-        if step <= 0:
-            return 0.0
-        return float(min(1 - (1 + step / self.inv_gamma) ** -self.power, self.max_value))
+        return ema_decay(self.steps, self.power, self.inv_gamma, self.max_value)
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        self.steps += 1
-        d = self.decay()
+        d = self.decay()  # from the updates done so far, as upstream (the count goes up after the update)
         for k, v in model.state_dict().items():
             self.params[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+        self.steps += 1
 
     def save(self, folder: Path) -> None:
         from safetensors.torch import save_file
