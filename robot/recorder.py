@@ -13,7 +13,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from policies.data.episodes import encode_jpeg
+from policies.data.episodes import encode_jpeg, write_attrs
 
 
 class Recorder:
@@ -21,8 +21,7 @@ class Recorder:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.camera, self.flush_s = path, camera, flush_s
         self.f = h5py.File(path, "w")
-        for k, v in attrs.items():
-            self.f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list, tuple)) or v is None else v
+        write_attrs(self.f, attrs)
         self.f.attrs["complete"] = False
         self.f.attrs["source"] = "deploy"
         self.n = 0

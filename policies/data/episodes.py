@@ -80,10 +80,15 @@ def write_episode(path: Path, ep: EpisodeData) -> None:
             d.attrs["depth_scale"] = float(ep.attrs.get("depth_scale", 0.001))
         if ep.pointcloud is not None:
             f.create_dataset("pointcloud", data=ep.pointcloud.astype(np.float32))
-        for k, v in ep.attrs.items():
-            f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list, tuple)) or v is None else v
+        write_attrs(f, ep.attrs)
         f.attrs["complete"] = True
     os.replace(tmp, path)
+
+
+def write_attrs(f: h5py.File, attrs: dict[str, Any]) -> None:
+    """HDF5 attributes as read_attrs reads them back: containers and None as JSON, scalars and strings as they are."""
+    for k, v in attrs.items():
+        f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list, tuple)) or v is None else v
 
 
 def is_complete(path: Path, fingerprint: str | None = None) -> bool:

@@ -40,10 +40,7 @@ class Policy:
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """obs: point_cloud (P, C), agent_pos (D,) -> (n_action_steps, A) actions in robot units."""
         self.observe(obs)
-        pcs = torch.from_numpy(np.stack([h[0] for h in self.history]))[None].to(self.device)
-        poss = torch.from_numpy(np.stack([h[1] for h in self.history]))[None].to(self.device)
-        actions = self.model.predict_action(pcs, poss, generator=self.generator)
-        return actions[0].float().cpu().numpy()
+        return self._predict([h[0] for h in self.history], [h[1] for h in self.history])
 
     def predict_window(self, window: list[dict[str, np.ndarray]]) -> np.ndarray:
         """Actions from an explicit window of n_obs_steps observations (oldest first), leaving the history alone:
@@ -51,8 +48,12 @@ class Policy:
         if len(window) != self.cfg.n_obs_steps:
             msg = f"need {self.cfg.n_obs_steps} observations, got {len(window)}"
             raise ValueError(msg)
-        pcs = torch.from_numpy(np.stack([np.asarray(o["point_cloud"], np.float32) for o in window]))[None].to(self.device)
-        poss = torch.from_numpy(np.stack([np.asarray(o["agent_pos"], np.float32) for o in window]))[None].to(self.device)
+        return self._predict([np.asarray(o["point_cloud"], np.float32) for o in window],
+                             [np.asarray(o["agent_pos"], np.float32) for o in window])
+
+    def _predict(self, clouds: list[np.ndarray], states: list[np.ndarray]) -> np.ndarray:
+        pcs = torch.from_numpy(np.stack(clouds))[None].to(self.device)
+        poss = torch.from_numpy(np.stack(states))[None].to(self.device)
         return self.model.predict_action(pcs, poss, generator=self.generator)[0].float().cpu().numpy()
 
     def observe(self, obs: dict[str, np.ndarray]) -> None:
