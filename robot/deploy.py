@@ -87,7 +87,7 @@ def deploy(ctx: StepContext, make_adapter: Callable[[StepContext], tuple[Any, di
                          gripper_threshold=float(conversion.get("gripper_threshold", 0.5)), ensemble=o.get("ensemble"))
         mode = "dry run: computing actions, sending nothing" if o["dry_run"] else "sending commands"
         print(f"deploy: {adapter.kind} at {o['control_hz']:g} Hz, {mode}; Ctrl-C stops and holds the last pose", flush=True)
-        report = run_loop(robot, camera, adapter, cfg, stop, recorder, say=lambda m: print(m, flush=True))
+        report = run_loop(robot, camera, adapter, cfg, stop, recorder)
     except (LinkTimeout, RobotServerError, FileNotFoundError, KeyError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

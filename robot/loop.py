@@ -133,7 +133,7 @@ class _Planner:
 
 
 def run_loop(robot: Robot, camera: Camera, adapter: Any, cfg: LoopConfig, stop: threading.Event,
-             recorder: Recorder | None = None, say: Callable[[str], None] = print) -> LoopReport:
+             recorder: Recorder | None = None) -> LoopReport:
     """Drive `robot` with `adapter`'s policy until `stop` is set or something goes wrong; returns the report."""
     period = 1.0 / cfg.hz
     latest = _Latest(camera, max(cfg.hz, 1.0), stop)

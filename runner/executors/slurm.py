@@ -7,15 +7,14 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from runner.errors import RunnerError
 from runner.executors.base import StepHandle, StepOutcome
 from runner.plan import StepPlan
 from runner.records import StepRecord
+from runner.runs import follow
 from runner.slurm import script_path
 
 #: Job states after which nothing more happens (a requeued job goes back to PENDING and is followed on).
@@ -69,33 +68,26 @@ class SlurmExecutor:
         job_id = _run(["sbatch", "--parsable", str(script)]).strip().split(";")[0]
         self.out.write(f"[runner] submitted slurm job {job_id} ({script})\n".encode())
         on_start(StepHandle(extra={"slurm_job_id": job_id}))
-        offset = 0
+        final: dict[str, Any] = {}
+
+        def running() -> bool:
+            state, code, restarts = job_state(job_id)
+            if state in FINAL:
+                final.update(state=state, code=code, restarts=restarts)
+                return False
+            return True
+
         try:
-            while True:
-                offset = self._follow(plan.log_file, offset)
-                state, code, restarts = job_state(job_id)
-                if state in FINAL:
-                    time.sleep(self.poll_s)
-                    self._follow(plan.log_file, offset)
-                    return StepOutcome(exit_code=code if code is not None else 1,
-                                       interrupted=state in ("CANCELLED", "PREEMPTED"), requeues=restarts)
-                time.sleep(self.poll_s)
+            # The step's log is appended to by every (re)start of the job: followed like `runner logs -f`.
+            for chunk in follow(plan.log_file, running, self.poll_s):
+                self.out.write(chunk)
+                self.out.flush()
         except KeyboardInterrupt:
             _run(["scancel", job_id])  # SIGTERM to the step: training checkpoints before it goes
             self.out.write(f"[runner] cancelled slurm job {job_id}\n".encode())
             return StepOutcome(exit_code=130, interrupted=True)
-
-    def _follow(self, log: Path, offset: int) -> int:
-        try:
-            with open(log, "rb") as f:
-                f.seek(offset)
-                data = f.read()
-        except FileNotFoundError:
-            return offset
-        if data:
-            self.out.write(data)
-            self.out.flush()
-        return offset + len(data)
+        return StepOutcome(exit_code=final["code"] if final["code"] is not None else 1,
+                           interrupted=final["state"] in ("CANCELLED", "PREEMPTED"), requeues=final["restarts"])
 
     def stop(self, step: StepRecord, grace_s: float) -> bool:
         if not step.slurm_job_id or not self.is_alive(step):
