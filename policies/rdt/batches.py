@@ -93,14 +93,15 @@ def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 
 
 class StepIndices(torch.utils.data.Sampler[int]):
-    """Sample indices of micro-batches `start`, `start`+1, ... for one rank: (micro * world + rank) * batch + i."""
+    """Sample indices of micro-batches `start`, `start`+1, ... (endless; the training loop stops drawing) for one
+    rank: (micro * world + rank) * batch + i."""
 
-    def __init__(self, start_micro: int, batch: int, rank: int = 0, world: int = 1, stop_micro: int | None = None) -> None:
-        self.start, self.batch, self.rank, self.world, self.stop = start_micro, batch, rank, world, stop_micro
+    def __init__(self, start_micro: int, batch: int, rank: int = 0, world: int = 1) -> None:
+        self.start, self.batch, self.rank, self.world = start_micro, batch, rank, world
 
     def __iter__(self) -> Iterator[int]:
         micro = self.start
-        while self.stop is None or micro < self.stop:
+        while True:
             base = (micro * self.world + self.rank) * self.batch
             yield from range(base, base + self.batch)
             micro += 1
