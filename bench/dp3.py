@@ -9,7 +9,8 @@ differently:
             (shuffle, pin_memory), fp32, AdamW, per-tensor EMA update
   ours      the replay buffer on the GPU, windows gathered by index (no workers, no /dev/shm), bf16 autocast,
             fused AdamW, foreach EMA (policies.dp3.train.train_step)
-Inference: predict_action (10 DDIM steps, batch 1): eager fp32 as upstream vs one CUDA graph (fp32, bf16).
+Inference: predict_action (10 DDIM steps, batch 1): eager fp32 as upstream vs one CUDA graph (fp32, bf16; bf16 with
+the denoising step compiled, which is what infer.Policy uses on a GPU).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def bench_baseline(data: ReplayData, table: torch.Tensor, args: argparse.Namespa
 
 
 def bench_ours(data: ReplayData, table: torch.Tensor, args: argparse.Namespace, dev: torch.device,
-               graphed: bool) -> tuple[float, int, list[float]]:
+               graphed: bool, compile: bool = False) -> tuple[float, int, list[float]]:
     gdata = data.to(dev)
     torch.manual_seed(0)
     model = new_model(gdata, dev)
@@ -102,12 +103,12 @@ def bench_ours(data: ReplayData, table: torch.Tensor, args: argparse.Namespace, 
     sampler = WindowSampler(gdata, table)
     gen = torch.Generator(dev).manual_seed(0)
     perm = torch.randperm(len(sampler), generator=torch.Generator().manual_seed(0)).to(dev)
-    stepper = GraphedStep(model, opt, sched, ema, 1.0) if graphed else None
+    stepper = GraphedStep(model, opt, sched, ema, 1.0, compile=compile, say=print) if graphed else None
     losses: list[float] = []
     torch.cuda.reset_peak_memory_stats()
     t0, seen = 0.0, 0
-    for i in range(args.warmup + args.steps):
-        if i == args.warmup:
+    for i in range(max(args.warmup, 4) + args.steps):
+        if i == max(args.warmup, 4):
             torch.cuda.synchronize()
             t0, seen = time.perf_counter(), 0
         rows = perm[(i * args.batch) % (len(perm) - args.batch):][: args.batch]
@@ -153,18 +154,22 @@ def main() -> int:
     print(f"{torch.cuda.get_device_name()}: DP3 {sum(p.numel() for p in new_model(data, dev).parameters()):,} "
           f"parameters, batch {args.batch}, {len(table)} windows")
     if not args.skip_train:
+        rows = []
         base, base_mem = bench_baseline(data, table, args, dev)
-        torch.cuda.empty_cache()
-        eager, eager_mem, eager_losses = bench_ours(data, table, args, dev, graphed=False)
-        torch.cuda.empty_cache()
-        ours, ours_mem, ours_losses = bench_ours(data, table, args, dev, graphed=True)
-        print(f"train baseline (DataLoader x{args.workers}, fp32): {base:8.0f} samples/s  peak {base_mem / 2**30:.1f} GiB")
-        print(f"train ours, eager (GPU windows, bf16):     {eager:8.0f} samples/s  peak {eager_mem / 2**30:.1f} GiB"
-              f"  -> {eager / base:.2f}x")
-        print(f"train ours, CUDA graph step (train()):    {ours:8.0f} samples/s  peak {ours_mem / 2**30:.1f} GiB"
-              f"  -> {ours / base:.2f}x")
-        pairs = zip(eager_losses, ours_losses, strict=True)
-        print("first losses eager vs graph: " + ", ".join(f"{a:.4f}/{b:.4f}" for a, b in pairs))
+        rows.append((f"baseline (DataLoader x{args.workers}, fp32)", base, base_mem))
+        losses = {}
+        for name, graphed, comp in (("ours, eager (GPU windows, bf16)", False, False),
+                                    ("ours, CUDA graph step", True, False),
+                                    ("ours, compiled + CUDA graph (train())", True, True)):
+            torch.cuda.empty_cache()
+            t0 = time.perf_counter()
+            rate, mem, losses[name] = bench_ours(data, table, args, dev, graphed=graphed, compile=comp)
+            print(f"  ({name}: {time.perf_counter() - t0:.0f} s including warm-up/compilation)", flush=True)
+            rows.append((name, rate, mem))
+        for name, rate, mem in rows:
+            print(f"train {name:<40} {rate:8.0f} samples/s  peak {mem / 2**30:5.1f} GiB  -> {rate / base:.2f}x")
+        for name, ls in losses.items():
+            print(f"first losses, {name}: " + ", ".join(f"{v:.4f}" for v in ls))
 
     model = new_model(data, dev).eval()
     pc = data.point_cloud[: CFG.n_obs_steps][None].to(dev)
@@ -172,20 +177,23 @@ def main() -> int:
     gen = torch.Generator(dev).manual_seed(0)
     GemmConv1d.enabled = False  # upstream: cuDNN convolutions, eager, fp32
     eager = latencies(lambda: model.predict_action(pc, pos, generator=gen), args.calls)
-    g16c = GraphedPredictor(model, bf16=True)
-    graph16c = latencies(lambda: g16c(pc, pos, generator=gen), args.calls)
     GemmConv1d.enabled = True
     g32 = GraphedPredictor(model, bf16=False)
     graph32 = latencies(lambda: g32(pc, pos, generator=gen), args.calls)
     g16 = GraphedPredictor(model, bf16=True)
     graph16 = latencies(lambda: g16(pc, pos, generator=gen), args.calls)
-    a = model.predict_action(pc, pos, generator=torch.Generator(dev).manual_seed(1))
-    b = g32(pc, pos, generator=torch.Generator(dev).manual_seed(1))
-    c = g16(pc, pos, generator=torch.Generator(dev).manual_seed(1))
-    print(f"graph fp32 vs eager max |diff| {float((a - b).abs().max()):.2e}; bf16 vs eager {float((a - c).abs().max()):.2e}")
-    for name, (p50, p99) in (("eager fp32 (upstream)", eager), ("graph bf16, cuDNN conv", graph16c),
-                             ("graph fp32, GEMM conv", graph32), ("graph bf16, GEMM conv", graph16)):
-        print(f"inference {name:<22} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  ({eager[0] / p50:.1f}x p50)")
+    t0 = time.perf_counter()
+    g16c = GraphedPredictor(model, bf16=True, compile=True)
+    print(f"  (compiled predictor built in {time.perf_counter() - t0:.0f} s)")
+    graph16c = latencies(lambda: g16c(pc, pos, generator=gen), args.calls)
+    ref = model.predict_action(pc, pos, generator=torch.Generator(dev).manual_seed(1))
+    for name, fn in (("graph fp32", g32), ("graph bf16", g16), ("compiled graph bf16", g16c)):
+        out = fn(pc, pos, generator=torch.Generator(dev).manual_seed(1))
+        print(f"{name} vs eager fp32: max |diff| {float((ref - out).abs().max()):.2e} (actions span "
+              f"{float(ref.abs().max()):.2f})")
+    for name, (p50, p99) in (("eager fp32 (upstream)", eager), ("graph fp32, GEMM conv", graph32),
+                             ("graph bf16, GEMM conv", graph16), ("compiled graph bf16 (Policy)", graph16c)):
+        print(f"inference {name:<30} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  ({eager[0] / p50:.1f}x p50)")
     return 0
 
 

@@ -62,6 +62,9 @@ class Dp3Train(StepSpec):
     dataset: str | None = Field(default=None, description="replay buffer name; default <task>-<config>-<n>.zarr")
     config: str = Field(default="demo_clean", description="task_config the buffer was converted with")
     device: str | None = Field(default=None, description="cuda / cpu; default cuda when there is one")
+    cuda_graph: bool = Field(default=True, description="one GPU: replay the whole optimizer step as one CUDA graph")
+    compile: bool = Field(default=True, description="one GPU: torch.compile the training step before capturing it "
+                                                    "(about a minute at start; falls back to eager on failure)")
 
     def loader_shm_bytes(self) -> int:
         # Each worker keeps prefetch_factor (2) collated batches in shared memory.

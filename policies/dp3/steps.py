@@ -90,7 +90,8 @@ def step_train(ctx: StepContext) -> int:
     settings = TrainSettings(epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"], lr_warmup_steps=o["lr_warmup_steps"],
                              checkpoint_every=o["checkpoint_every"], keep_checkpoints=o["keep_checkpoints"],
                              val_every=o["val_every"], val_ratio=o["val_ratio"], grad_clip=o["grad_clip"], ema=o["ema"],
-                             seed=o["seed"], max_steps=o["max_steps"], logger=o["logger"], num_workers=o["num_workers"])
+                             seed=o["seed"], max_steps=o["max_steps"], logger=o["logger"], num_workers=o["num_workers"],
+                             cuda_graph=o["cuda_graph"], compile=o["compile"])
     import zarr
 
     extra = {"dataset": str(data.path), "conversion": dict(zarr.open(str(data.path), "r").attrs.get("conversion", {})),

@@ -42,6 +42,7 @@ class TrainSettings:
     log_every: int = 10
     logger: str = "none"
     cuda_graph: bool = True  # capture the whole step on one GPU (see GraphedStep)
+    compile: bool = True  # torch.compile the captured step's loss (forward and backward) first
     num_workers: int = 0  # > 0: the buffer stays in host memory and DataLoader workers cut the batches
 
 
@@ -174,7 +175,7 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
         distributed.barrier(ranks)
         return path
 
-    stepper = GraphedStep(model, opt, sched, ema, s.grad_clip) if graphed else None
+    stepper = GraphedStep(model, opt, sched, ema, s.grad_clip, compile=s.compile, say=say) if graphed else None
     t_log, n_log = time.perf_counter(), 0
     try:
         while epoch < s.epochs:

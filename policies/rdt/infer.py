@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from policies.cuda_graph import Graphed
 from policies.rdt import checkpoints
 from policies.rdt.convert import SLOTS
 from policies.rdt.model import RdtConfig, RdtRunner, dpm_solver_coefficients, sample_chunk
@@ -59,8 +59,8 @@ class RdtPolicy:
         self.generator = torch.Generator(device).manual_seed(0)
         self.action_mask = torch.from_numpy(self.map.indicator())[None, None].to(device, dtype)
         self.freq = torch.full((1,), self.ctrl_freq, device=device, dtype=dtype)
-        self.graphs: dict[int, _Graphed] = {}  # by instruction length
-        self.encoders: dict[int, _Graphed] = {}  # by the number of new frames
+        self.graphs: dict[int, Graphed] = {}  # by instruction length
+        self.encoders: dict[int, Graphed] = {}  # by the number of new frames
         self.token_cache: dict[bytes, torch.Tensor] = {}
         self.use_graphs = device.type == "cuda"
 
@@ -89,7 +89,7 @@ class RdtPolicy:
         if self.use_graphs:
             graph = self.graphs.get(lang.shape[1])
             if graph is None:
-                graph = self.graphs[lang.shape[1]] = _Graphed(self._sample, inputs)
+                graph = self.graphs[lang.shape[1]] = Graphed(self._sample, inputs)
             out = graph(inputs)
         else:
             out = self._sample(**inputs)
@@ -107,7 +107,7 @@ class RdtPolicy:
             if self.use_graphs:
                 graph = self.encoders.get(len(new))
                 if graph is None:
-                    graph = self.encoders[len(new)] = _Graphed(self.tower.encode, {"pixels": pixels})
+                    graph = self.encoders[len(new)] = Graphed(self.tower.encode, {"pixels": pixels})
                 tokens = graph({"pixels": pixels}).to(self.dtype).clone()
             else:
                 tokens = self.tower.encode(pixels).to(self.dtype)
@@ -123,29 +123,6 @@ class RdtPolicy:
         lang_mask = torch.ones(lang.shape[:2], dtype=torch.bool, device=self.device)
         return sample_chunk(self.model, self.coef, lang, lang_mask, img, state, self.action_mask, self.freq, noise,
                             self.steps)
-
-
-class _Graphed:
-    """A function of tensors captured as one CUDA graph over static input buffers: one launch replaces the
-    thousands of small kernels of a chunk (adaptors, condition keys/values, 5 solver steps) or of a SigLIP pass."""
-
-    def __init__(self, fn: Callable[..., torch.Tensor], example: dict[str, torch.Tensor], warmup: int = 2) -> None:
-        self.inputs = {k: v.clone() for k, v in example.items()}
-        stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), torch.no_grad():
-            for _ in range(warmup):
-                fn(**self.inputs)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.no_grad():
-            self.out = fn(**self.inputs)
-
-    def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        for k, v in inputs.items():
-            self.inputs[k].copy_(v)
-        self.graph.replay()
-        return self.out
 
 
 def load(checkpoint: Path | str, device: str | torch.device | None = None, weights: str = "ema",
