@@ -1,9 +1,10 @@
 """DP3 training samples/s through policies.dp3.train.train on 1 GPU, or under torchrun on several.
 
-    PYTHONPATH=. python bench/dp3_ddp.py                                   # 1 GPU
-    PYTHONPATH=. torchrun --standalone --nproc_per_node 2 bench/dp3_ddp.py # 2 GPUs
-Batch 256 in total (split across GPUs), robot_dp3.yaml at Franka dims, synthetic buffer of 100 x 200 frames.
-Prints the median samples/s of the logged windows after the first (warm-up) one.
+    PYTHONPATH=. python bench/dp3_ddp.py                                             # 1 GPU
+    PYTHONPATH=. BATCH=512 torchrun --standalone --nproc_per_node 2 bench/dp3_ddp.py # 2 GPUs, 256 each
+Batch BATCH (default 256) in total, split across GPUs; robot_dp3.yaml at Franka dims, synthetic buffer of
+100 x 200 frames; train()'s defaults (CUDA graph step, torch.compile) unless CUDA_GRAPH=0 / COMPILE=0.
+Prints the median samples/s of the logged windows after the first two (warm-up, compilation, capture).
 """
 
 from __future__ import annotations
@@ -25,17 +26,20 @@ if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from dp3 import synthetic  # type: ignore[import-not-found]
 
-    steps = int(os.environ.get("STEPS", "60"))
+    steps = int(os.environ.get("STEPS", "80"))
     tmp = Path(tempfile.mkdtemp(prefix="dp3ddp-"))
     cfg = Dp3Config(state_dim=8, action_dim=8, num_points=1024)
     s = TrainSettings(epochs=1000, batch_size=int(os.environ.get("BATCH", "256")), max_steps=steps, log_every=10,
                       checkpoint_every=10**6,
-                      val_every=10**6, val_ratio=0.0)
-    train(cfg, synthetic(100, 200), s, ckpt_dir=tmp / "ckpt", run_dir=tmp, device=torch.device("cuda"), resume=False,
-          say=lambda m: None)
+                      val_every=10**6, val_ratio=0.0, cuda_graph=os.environ.get("CUDA_GRAPH", "1") == "1",
+                      compile=os.environ.get("COMPILE", "1") == "1")
+    result = train(cfg, synthetic(100, 200), s, ckpt_dir=tmp / "ckpt", run_dir=tmp, device=torch.device("cuda"),
+                   resume=False, say=lambda m: print(m, flush=True) if "compile" in m else None)
     if int(os.environ.get("RANK", "0")) == 0:
         rows = [json.loads(line) for line in (tmp / "metrics.jsonl").read_text().splitlines()]
         rates = [r["samples_per_s"] for r in rows if "samples_per_s" in r][2:]
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        print(f"DP3 train, {world} GPU(s), batch {s.batch_size} in total: {statistics.median(rates):.0f} samples/s "
-              f"(peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB on GPU 0)")
+        print(f"DP3 train, {world} GPU(s), batch {s.batch_size} in total, graph {s.cuda_graph}, compile {s.compile}: "
+              f"{statistics.median(rates):.0f} samples/s "
+              f"(peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB on GPU 0); losses logged "
+              + ", ".join(f"{v:.4f}" for v in result.losses))

@@ -60,7 +60,7 @@ def main() -> None:
         if timed:
             ev[0].record()
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(*batch, generator=gen)
+            loss = model(*batch, *model.draw_noise(batch[2], gen))
         if timed:
             ev[1].record()
         opt.zero_grad(set_to_none=True)

@@ -164,7 +164,8 @@ class Conv1dBlock(nn.Module):
 
 
 class CondResBlock(nn.Module):
-    """Two conv blocks; FiLM (per-channel scale and bias from the condition) after the first."""
+    """Two conv blocks; FiLM (per-channel scale and bias from the condition) after the first. The unit that
+    compile_blocks compiles."""
 
     def __init__(self, cin: int, cout: int, cond_dim: int, kernel: int, groups: int) -> None:
         super().__init__()
@@ -323,10 +324,11 @@ class DP3(nn.Module):
         feat = self.obs_encoder(pc.reshape(b * to, *pc.shape[2:]), agent_pos.reshape(b * to, -1))
         return feat.reshape(b, -1)
 
-    def forward(self, point_cloud: torch.Tensor, agent_pos: torch.Tensor, action: torch.Tensor,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        """The training loss (so DistributedDataParallel can wrap the policy)."""
-        return self.compute_loss(point_cloud, agent_pos, action, generator)
+    def forward(self, point_cloud: torch.Tensor, agent_pos: torch.Tensor, action: torch.Tensor, noise: torch.Tensor,
+                steps: torch.Tensor) -> torch.Tensor:
+        """The training loss given drawn noise (so DistributedDataParallel can wrap the policy, and a captured step
+        can feed the noise drawn outside its graph)."""
+        return self.loss_given_noise(point_cloud, agent_pos, action, noise, steps)
 
     def compute_loss(self, point_cloud: torch.Tensor, agent_pos: torch.Tensor, action: torch.Tensor,
                      generator: torch.Generator | None = None) -> torch.Tensor:
@@ -371,3 +373,13 @@ class DP3(nn.Module):
         actions = self.normalizer.unnormalize("action", traj)
         start = cfg.n_obs_steps - 1
         return actions[:, start:start + cfg.n_action_steps]
+
+
+def compile_blocks(model: DP3) -> None:
+    """torch.compile, in place, each U-Net residual block and the point encoder (regional compilation; names and
+    state dicts unchanged). Each compiled region keeps its own backward, so under DistributedDataParallel the
+    gradients of the last blocks are all-reduced while the earlier ones are still in backward; compiling the whole
+    loss as one graph would hand every gradient over at the very end."""
+    for module in model.modules():
+        if isinstance(module, CondResBlock | PointNet):
+            module.compile()

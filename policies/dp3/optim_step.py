@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from policies.dp3.model import DP3
+from policies.dp3.model import DP3, compile_blocks
 from policies.ema import ema_decay
 
 
@@ -46,8 +46,9 @@ def train_step(loss_fn: torch.nn.Module, model: DP3, opt: torch.optim.Optimizer,
 
     `loss_fn` is the model itself, or its DistributedDataParallel wrapper (which averages gradients across GPUs)."""
     on_gpu = batch[0].is_cuda
+    noise, steps = model.draw_noise(batch[2], generator)  # the draws compute_loss makes, in its order
     with torch.autocast("cuda" if on_gpu else "cpu", dtype=torch.bfloat16, enabled=on_gpu):
-        loss: torch.Tensor = loss_fn(*batch, generator=generator)
+        loss: torch.Tensor = loss_fn(*batch, noise, steps)
     opt.zero_grad(set_to_none=True)
     loss.backward()  # type: ignore[no-untyped-call]
     if grad_clip > 0:
@@ -75,7 +76,7 @@ class GraphedStep:
 
     def __init__(self, model: DP3, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
                  ema: Ema | None, grad_clip: float, warmup: int = 3, compile: bool = False,
-                 say: Callable[[str], None] | None = None) -> None:
+                 say: Callable[[str], None] | None = None, distributed: bool = False) -> None:
         self.model, self.opt, self.sched, self.ema, self.grad_clip = model, opt, sched, ema, grad_clip
         self.warmup = warmup
         self.calls = 0
@@ -92,15 +93,31 @@ class GraphedStep:
             learned = [e for e, p in zip(ema.model.parameters(), model.parameters(), strict=True)
                        if p.requires_grad and p.numel()]
             self.flat = flatten_into_one(self.params), flatten_into_one(learned)
+        # What computes the loss: the model, or (several GPUs) its DistributedDataParallel wrapper, whose gradient
+        # all-reduces are captured into the graph with the rest. The eager steps of train() use it too.
+        self.module: torch.nn.Module = model
+        if distributed:
+            if compile:
+                compile_blocks(model)  # regional: all-reduces overlap the backward of earlier blocks
+            # Built on a side stream (its all-reduces are captured later); after >= 11 eager iterations DDP has
+            # rebuilt its buckets and stopped sampling timings, so the captured iteration has no host syncs.
+            side = torch.cuda.Stream(device=dev)  # type: ignore[no-untyped-call]
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.module = torch.nn.parallel.DistributedDataParallel(
+                    model, device_ids=[dev.index], broadcast_buffers=False, gradient_as_bucket_view=True)
+            torch.cuda.current_stream().wait_stream(side)
+            self.warmup = max(warmup, 11)
         self.loss_fn: Callable[..., torch.Tensor] = self._eager_loss
-        self.compiled = False
-        if compile:
+        self.compiled = compile and distributed
+        if compile and not distributed:
             self.loss_fn = torch.compile(self._eager_loss, dynamic=False)
             self.compiled = True
 
     def _eager_loss(self, *inputs: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
-            return self.model.loss_given_noise(*inputs)
+            loss: torch.Tensor = self.module(*inputs)
+            return loss
 
     def _body(self, *inputs: torch.Tensor) -> None:
         loss = self.loss_fn(*inputs)
@@ -131,8 +148,8 @@ class GraphedStep:
             self.keep.fill_(1 - self.ema.decay())
         inputs = [*batch, noise, steps]
         if self.calls < self.warmup:
-            if self.compiled and self.calls == 0:
-                self.say("train: compiling the training step (torch.compile), about a minute")
+            if self.compiled and self.calls == 0 and self.module is self.model:
+                self.say("train: compiling the training step (torch.compile), about two minutes")
                 try:
                     self._eager(inputs)
                 except Exception as exc:  # noqa: BLE001  # a compiler failure must not end the training

@@ -118,14 +118,14 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
     sampler, val_sampler = WindowSampler(data, train_rows), WindowSampler(data, val_rows)
     model = build_model(cfg, data, train_rows, device)
     ema = Ema(model) if s.ema else None
-    graphed = s.cuda_graph and device.type == "cuda" and ranks.world == 1
+    graphed = s.cuda_graph and device.type == "cuda"
     opt = make_optimizer(model, s, device, graphed)
     per_epoch = math.ceil(len(sampler) / s.batch_size)
     total = per_epoch * s.epochs if s.max_steps is None else min(per_epoch * s.epochs, s.max_steps)
     sched = cosine_with_warmup(opt, s.lr_warmup_steps, per_epoch * s.epochs)
     gens = {"sample": torch.Generator().manual_seed(s.seed), "noise": torch.Generator(device).manual_seed(s.seed + 1)}
     loss_fn: torch.nn.Module = model
-    if ranks.world > 1:
+    if ranks.world > 1 and not graphed:
         loss_fn = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     epoch, batch0, global_step, perm_state = 0, 0, 0, None
     if resume:
@@ -175,7 +175,11 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
         distributed.barrier(ranks)
         return path
 
-    stepper = GraphedStep(model, opt, sched, ema, s.grad_clip, compile=s.compile, say=say) if graphed else None
+    stepper = None
+    if graphed:
+        stepper = GraphedStep(model, opt, sched, ema, s.grad_clip, compile=s.compile, say=say,
+                              distributed=ranks.world > 1)
+        loss_fn = stepper.module  # the eager steps (an epoch's short last batch) go through the same wrapper
     t_log, n_log = time.perf_counter(), 0
     try:
         while epoch < s.epochs:
@@ -191,7 +195,8 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
             batches = (worker_batches(sampler, chunks, s.num_workers, device) if s.num_workers
                        else (sampler.batch(rows) for rows in chunks))
             for bi, rows, batch in zip(range(batch0, per_epoch), chunks, batches, strict=True):
-                if stepper is not None and len(rows) == s.batch_size:
+                # the same choice on every rank: full batches replay the graph (whose all-reduces all ranks join)
+                if stepper is not None and (bi + 1) * s.batch_size <= len(perm):
                     loss = stepper(batch, gens["noise"])
                 else:  # one process, CPU, or the short last batch of an epoch
                     loss = train_step(loss_fn, model, opt, sched, ema, batch, gens["noise"], s.grad_clip)
