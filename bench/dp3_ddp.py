@@ -13,6 +13,7 @@ import json
 import os
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ if __name__ == "__main__":
                       val_every=10**6, val_ratio=0.0, cuda_graph=os.environ.get("CUDA_GRAPH", "1") == "1",
                       compile=os.environ.get("COMPILE", "1") == "1")
     result = train(cfg, synthetic(100, 200), s, ckpt_dir=tmp / "ckpt", run_dir=tmp, device=torch.device("cuda"),
-                   resume=False, say=lambda m: print(m, flush=True) if "compile" in m else None)
+                   resume=False, say=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
     if int(os.environ.get("RANK", "0")) == 0:
         rows = [json.loads(line) for line in (tmp / "metrics.jsonl").read_text().splitlines()]
         rates = [r["samples_per_s"] for r in rows if "samples_per_s" in r][2:]

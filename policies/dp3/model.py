@@ -164,8 +164,7 @@ class Conv1dBlock(nn.Module):
 
 
 class CondResBlock(nn.Module):
-    """Two conv blocks; FiLM (per-channel scale and bias from the condition) after the first. The unit that
-    compile_blocks compiles."""
+    """Two conv blocks; FiLM (per-channel scale and bias from the condition) after the first."""
 
     def __init__(self, cin: int, cout: int, cond_dim: int, kernel: int, groups: int) -> None:
         super().__init__()
@@ -374,12 +373,3 @@ class DP3(nn.Module):
         start = cfg.n_obs_steps - 1
         return actions[:, start:start + cfg.n_action_steps]
 
-
-def compile_blocks(model: DP3) -> None:
-    """torch.compile, in place, each U-Net residual block and the point encoder (regional compilation; names and
-    state dicts unchanged). Each compiled region keeps its own backward, so under DistributedDataParallel the
-    gradients of the last blocks are all-reduced while the earlier ones are still in backward; compiling the whole
-    loss as one graph would hand every gradient over at the very end."""
-    for module in model.modules():
-        if isinstance(module, CondResBlock | PointNet):
-            module.compile()

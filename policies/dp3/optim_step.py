@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from policies.dp3.model import DP3, compile_blocks
+from policies.dp3.model import DP3
 from policies.ema import ema_decay
 
 
@@ -97,22 +97,20 @@ class GraphedStep:
         # all-reduces are captured into the graph with the rest. The eager steps of train() use it too.
         self.module: torch.nn.Module = model
         if distributed:
-            if compile:
-                compile_blocks(model)  # regional: all-reduces overlap the backward of earlier blocks
-            # Built on a side stream (its all-reduces are captured later); after >= 11 eager iterations DDP has
-            # rebuilt its buckets and stopped sampling timings, so the captured iteration has no host syncs.
-            side = torch.cuda.Stream(device=dev)  # type: ignore[no-untyped-call]
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+            # Built on the stream that runs the warm-up steps and the capture (its gradient hooks must live on the
+            # stream of the backward); after >= 11 eager iterations DDP has rebuilt its buckets and stopped
+            # sampling timings, so the captured iteration makes no host syncs. Compiled through DDP, dynamo
+            # splits the graph at the gradient buckets, so all-reduces still overlap the backward.
+            self.stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.stream):
                 self.module = torch.nn.parallel.DistributedDataParallel(
                     model, device_ids=[dev.index], broadcast_buffers=False, gradient_as_bucket_view=True)
-            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.current_stream().wait_stream(self.stream)
             self.warmup = max(warmup, 11)
         self.loss_fn: Callable[..., torch.Tensor] = self._eager_loss
-        self.compiled = compile and distributed
-        if compile and not distributed:
+        self.compiled = compile
+        if compile:
             self.loss_fn = torch.compile(self._eager_loss, dynamic=False)
-            self.compiled = True
 
     def _eager_loss(self, *inputs: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
@@ -148,8 +146,9 @@ class GraphedStep:
             self.keep.fill_(1 - self.ema.decay())
         inputs = [*batch, noise, steps]
         if self.calls < self.warmup:
-            if self.compiled and self.calls == 0 and self.module is self.model:
+            if self.compiled and self.calls == 0:
                 self.say("train: compiling the training step (torch.compile), about two minutes")
+            if self.compiled and self.calls == 0 and self.module is self.model:
                 try:
                     self._eager(inputs)
                 except Exception as exc:  # noqa: BLE001  # a compiler failure must not end the training
@@ -164,7 +163,7 @@ class GraphedStep:
             if self.graph is None:
                 self.static = [t.clone() for t in inputs]
                 self.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self.graph):
+                with torch.cuda.graph(self.graph, stream=self.stream):
                     self._body(*self.static)
             for dst, src in zip(self.static, inputs, strict=True):
                 dst.copy_(src)
