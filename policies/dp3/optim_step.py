@@ -140,6 +140,15 @@ class GraphedStep:
             self._body(*inputs)
         torch.cuda.current_stream().wait_stream(self.stream)
 
+    def close(self) -> None:
+        """Free the graph and the DDP wrapper. Before the process group is destroyed: NCCL cannot tear down a
+        communicator whose all-reduces a live graph still holds (the process hangs at exit)."""
+        torch.cuda.synchronize(self.loss.device)
+        if self.graph is not None:
+            self.graph.reset()
+            self.graph = None
+        self.module = self.model
+
     def __call__(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         noise, steps = self.model.draw_noise(batch[2], generator)
         if self.ema is not None:
@@ -147,7 +156,8 @@ class GraphedStep:
         inputs = [*batch, noise, steps]
         if self.calls < self.warmup:
             if self.compiled and self.calls == 0:
-                self.say("train: compiling the training step (torch.compile), about two minutes")
+                self.say("train: compiling the training step (torch.compile): about two minutes on one GPU, four "
+                         "through DDP (turn off with steps.train.compile: false)")
             if self.compiled and self.calls == 0 and self.module is self.model:
                 try:
                     self._eager(inputs)

@@ -237,6 +237,8 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
                 say(f"train: checkpoint {save(val_loss, epoch, 0, None)}")
     finally:
         metrics.close()
+        if stepper is not None:
+            stepper.close()
         distributed.finish(ranks)
     result.global_step, result.epoch = global_step, epoch
     return result
