@@ -6,7 +6,11 @@ so lazy initialisation (cuBLAS handles, torch.compile's compilation and autotuni
 
 from __future__ import annotations
 
+import os
+import shutil
+import sysconfig
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -30,3 +34,17 @@ class Graphed:
             self.inputs[k].copy_(v)
         self.graph.replay()
         return self.out
+
+
+def compile_unavailable() -> str | None:
+    """Why torch.compile cannot build GPU kernels here, or None. Triton compiles its kernel launcher with the C
+    compiler against Python's headers at first use: an image without them fails only then, mid-training."""
+    try:
+        import triton  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+    except ImportError:
+        return "triton is not installed"
+    if not any(shutil.which(c) for c in (os.environ.get("CC", ""), "cc", "gcc", "clang") if c):
+        return "no C compiler (install gcc)"
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
+        return "no Python headers (install python3-dev)"
+    return None

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from policies.cuda_graph import Graphed
+from policies.cuda_graph import Graphed, compile_unavailable
 from policies.dp3.model import DP3, Dp3Config
 
 
@@ -119,7 +119,10 @@ class GraphedPredictor:
         self.graph: Graphed | None = None
         if dev.type != "cuda":
             return
-        if compile:
+        reason = compile_unavailable() if compile else None
+        if reason:
+            (say or print)(f"inference: not compiling the denoising step: {reason}")
+        elif compile:
             self.step_fn = torch.compile(self._ddim_step, dynamic=False)
             try:
                 self.graph = Graphed(self._run, self.example, warmup)

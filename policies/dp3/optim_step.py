@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from policies.cuda_graph import compile_unavailable
 from policies.dp3.model import DP3
 from policies.ema import ema_decay
 
@@ -108,8 +109,11 @@ class GraphedStep:
             torch.cuda.current_stream().wait_stream(self.stream)
             self.warmup = max(warmup, 11)
         self.loss_fn: Callable[..., torch.Tensor] = self._eager_loss
-        self.compiled = compile
-        if compile:
+        reason = compile_unavailable() if compile else None
+        if reason:
+            self.say(f"train: not compiling the training step: {reason}")
+        self.compiled = compile and reason is None
+        if self.compiled:
             self.loss_fn = torch.compile(self._eager_loss, dynamic=False)
 
     def _eager_loss(self, *inputs: torch.Tensor) -> torch.Tensor:
