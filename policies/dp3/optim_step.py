@@ -100,8 +100,9 @@ class GraphedStep:
         if distributed:
             # Built on the stream that runs the warm-up steps and the capture (its gradient hooks must live on the
             # stream of the backward); after >= 11 eager iterations DDP has rebuilt its buckets and stopped
-            # sampling timings, so the captured iteration makes no host syncs. Compiled through DDP, dynamo
-            # splits the graph at the gradient buckets, so all-reduces still overlap the backward.
+            # sampling timings, so the captured iteration makes no host syncs. The compiled loss calls DDP, whose
+            # forward dynamo compiles with its DDPOptimizer (one graph per gradient bucket, so an all-reduce can
+            # start before the whole backward has run).
             self.stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self.stream):
                 self.module = torch.nn.parallel.DistributedDataParallel(
