@@ -41,3 +41,21 @@ class Metrics:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def progress(step: int, total: int, samples_per_s: float, samples_per_step: int, width: int = 20) -> str:
+    """'[#######.............]  35% ETA 1m05s': a progress bar that reads the same in a terminal and in the step's
+    log file (one line a log interval, no carriage returns)."""
+    frac = min(1.0, step / max(1, total))
+    filled = int(frac * width)
+    left = max(0, total - step) * samples_per_step / samples_per_s if samples_per_s > 0 else None
+    return f"[{'#' * filled}{'.' * (width - filled)}] {frac:4.0%} ETA {_duration(left)}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"

@@ -19,7 +19,7 @@ from policies.dp3 import checkpoints, distributed
 from policies.dp3.data import ReplayData, WindowSampler, val_mask, window_table, worker_batches
 from policies.dp3.model import DP3, Dp3Config
 from policies.dp3.optim_step import Ema, GraphedStep, train_step
-from policies.metrics import Metrics
+from policies.metrics import Metrics, progress
 from policies.signals import StopFlag
 
 
@@ -208,8 +208,8 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
                     rate = n_log / max(1e-9, time.perf_counter() - t_log)
                     lr = float(sched.get_last_lr()[0])
                     metrics.log(global_step, {"loss": value, "lr": lr, "samples_per_s": rate, "epoch": epoch})
-                    say(f"train: step {global_step}/{total} epoch {epoch} loss {value:.5f} "
-                        f"lr {lr:.2e} {rate:.0f} samples/s")
+                    say(f"train: step {global_step}/{total} {progress(global_step, total, rate, s.batch_size)} "
+                        f"epoch {epoch} loss {value:.5f} lr {lr:.2e} {rate:.0f} samples/s")
                     t_log, n_log = time.perf_counter(), 0
                 done = s.max_steps is not None and global_step >= s.max_steps
                 # Ranks agree on stopping at log steps only: a per-step all-reduce would make every process wait
