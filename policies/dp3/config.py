@@ -62,9 +62,12 @@ class Dp3Train(StepSpec):
     dataset: str | None = Field(default=None, description="replay buffer name; default <task>-<config>-<n>.zarr")
     config: str = Field(default="demo_clean", description="task_config the buffer was converted with")
     device: str | None = Field(default=None, description="cuda / cpu; default cuda when there is one")
-    cuda_graph: bool = Field(default=True, description="one GPU: replay the whole optimizer step as one CUDA graph")
-    compile: bool = Field(default=True, description="one GPU: torch.compile the training step before capturing it "
-                                                    "(about a minute at start; falls back to eager on failure)")
+    cuda_graph: bool = Field(default=True, description="GPUs: replay the whole optimizer step (with its all-reduces "
+                             "on several GPUs) as one CUDA graph")
+    compile: bool = Field(default=True, description="GPUs: torch.compile the training step before capturing it "
+                          "(2-4 minutes at start; without a C compiler it is skipped with a message)")
+    shard_optimizer: bool = Field(default=False, description="several GPUs with cuda_graph: ZeRO-1, each GPU "
+                                  "updates 1/N of the weights and EMA (reduce-scatter + all-gather) instead of DDP")
 
     def loader_shm_bytes(self) -> int:
         # Each worker keeps prefetch_factor (2) collated batches in shared memory.

@@ -8,6 +8,7 @@ import torch
 
 from policies.cuda_graph import compile_unavailable
 from policies.dp3.model import DP3
+from policies.dp3.sharded import ShardedAdamW
 from policies.ema import ema_decay
 
 
@@ -77,7 +78,10 @@ class GraphedStep:
 
     def __init__(self, model: DP3, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
                  ema: Ema | None, grad_clip: float, warmup: int = 3, compile: bool = False,
-                 say: Callable[[str], None] | None = None, distributed: bool = False) -> None:
+                 say: Callable[[str], None] | None = None, ranks: tuple[int, int] = (0, 1),
+                 shard: bool = False) -> None:
+        """ranks: (rank, world) of a multi-GPU run; shard: with world > 1, ZeRO-1 (policies.dp3.sharded)
+        instead of DistributedDataParallel."""
         self.model, self.opt, self.sched, self.ema, self.grad_clip = model, opt, sched, ema, grad_clip
         self.warmup = warmup
         self.calls = 0
@@ -89,15 +93,21 @@ class GraphedStep:
         self.keep = torch.zeros((), device=dev)  # 1 - EMA decay
         self.stream = torch.cuda.Stream(device=dev)  # type: ignore[no-untyped-call]
         self.params = [p for p in model.parameters() if p.requires_grad and p.numel()]
-        self.flat: tuple[torch.Tensor, torch.Tensor] | None = None  # (weights, their EMA)
-        if ema is not None:
+        rank, world = ranks
+        shard = shard and world > 1
+        self.flat: tuple[torch.Tensor, torch.Tensor | None] | None = None  # (weights, their EMA)
+        if ema is not None or shard:
             learned = [e for e, p in zip(ema.model.parameters(), model.parameters(), strict=True)
-                       if p.requires_grad and p.numel()]
-            self.flat = flatten_into_one(self.params), flatten_into_one(learned)
-        # What computes the loss: the model, or (several GPUs) its DistributedDataParallel wrapper, whose gradient
-        # all-reduces are captured into the graph with the rest. The eager steps of train() use it too.
+                       if p.requires_grad and p.numel()] if ema is not None else []
+            pad = world if shard else 1
+            self.flat = flatten_into_one(self.params, pad), flatten_into_one(learned, pad) if learned else None
+        self.sharded: ShardedAdamW | None = None
+        # What computes the loss: the model, or (several GPUs, not sharded) its DistributedDataParallel wrapper,
+        # whose gradient all-reduces are captured into the graph with the rest.
         self.module: torch.nn.Module = model
-        if distributed:
+        if shard and self.flat is not None:
+            self.sharded = ShardedAdamW(self.params, self.flat[0], self.flat[1], opt, rank, world, grad_clip)
+        elif world > 1:
             # Built on the stream that runs the warm-up steps and the capture (its gradient hooks must live on the
             # stream of the backward); after >= 11 eager iterations DDP has rebuilt its buckets and stopped
             # sampling timings, so the captured iteration makes no host syncs. The compiled loss calls DDP, whose
@@ -122,10 +132,14 @@ class GraphedStep:
             loss: torch.Tensor = self.module(*inputs)
             return loss
 
-    def _body(self, *inputs: torch.Tensor) -> None:
-        loss = self.loss_fn(*inputs)
+    def _body(self, loss_fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> None:
+        loss = loss_fn(*inputs)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
+        if self.sharded is not None:
+            self.sharded.step(self.keep if self.ema is not None else None)
+            self.loss.copy_(loss.detach())
+            return
         if self.grad_clip > 0:
             # clip_grad_norm_'s factor min(1, clip / (norm + 1e-6)), applied by AdamW as a divisor
             norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
@@ -135,15 +149,22 @@ class GraphedStep:
         finally:
             if hasattr(self.opt, "grad_scale"):
                 del self.opt.grad_scale
-        if self.flat is not None:
+        if self.flat is not None and self.flat[1] is not None:
             self.flat[1].lerp_(self.flat[0], self.keep)
         self.loss.copy_(loss.detach())
 
-    def _eager(self, inputs: list[torch.Tensor]) -> None:
+    def _eager(self, loss_fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor]) -> None:
         self.stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self.stream):
-            self._body(*inputs)
+            self._body(loss_fn, *inputs)
         torch.cuda.current_stream().wait_stream(self.stream)
+
+    def gather(self) -> None:
+        """Before validation or a checkpoint, on every rank: with ZeRO-1, complete the EMA weights and put the
+        optimizer state, per parameter, into the torch optimizer (what checkpoints save). Otherwise nothing."""
+        if self.sharded is not None:
+            self.sharded.gather_ema()
+            self.sharded.export_state()
 
     def close(self) -> None:
         """Free the graph and the DDP wrapper. Before the process group is destroyed: NCCL cannot tear down a
@@ -154,49 +175,58 @@ class GraphedStep:
             self.graph = None
         self.module = self.model
 
-    def __call__(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], generator: torch.Generator,
+                 full: bool = True) -> torch.Tensor:
+        """One optimizer step. full=False (an epoch's short last batch): eagerly and uncompiled, so its shape
+        neither recompiles nor recaptures; it must be the same choice on every rank."""
         noise, steps = self.model.draw_noise(batch[2], generator)
         if self.ema is not None:
             self.keep.fill_(1 - self.ema.decay())
         inputs = [*batch, noise, steps]
-        if self.calls < self.warmup:
+        if not full:
+            self._eager(self._eager_loss, inputs)
+        elif self.calls < self.warmup:
             if self.compiled and self.calls == 0:
                 self.say("train: compiling the training step (torch.compile): about two minutes on one GPU, four "
                          "through DDP (turn off with steps.train.compile: false)")
-            if self.compiled and self.calls == 0 and self.module is self.model:
+            if self.compiled and self.calls == 0 and self.module is self.model and self.sharded is None:
                 try:
-                    self._eager(inputs)
+                    self._eager(self.loss_fn, inputs)
                 except Exception as exc:  # noqa: BLE001  # a compiler failure must not end the training
                     self.say(f"train: torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
                              "training without it")
                     self.loss_fn, self.compiled = self._eager_loss, False
                     self.opt.zero_grad(set_to_none=True)
-                    self._eager(inputs)
+                    self._eager(self.loss_fn, inputs)
             else:
-                self._eager(inputs)
+                self._eager(self.loss_fn, inputs)
+            self.calls += 1
         else:
             if self.graph is None:
                 self.static = [t.clone() for t in inputs]
                 self.graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(self.graph, stream=self.stream):
-                    self._body(*self.static)
+                    self._body(self.loss_fn, *self.static)
             for dst, src in zip(self.static, inputs, strict=True):
                 dst.copy_(src)
             self.graph.replay()
-        self.calls += 1
+            self.calls += 1
         self.sched.step()
         if self.ema is not None:
             self.ema.step_count += 1
         return self.loss
 
 
-def flatten_into_one(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+def flatten_into_one(tensors: Sequence[torch.Tensor], pad_to: int = 1) -> torch.Tensor:
     """Move same-dtype tensors into one contiguous buffer and make each a view of it (values kept): one kernel can
-    then update all of them. Parameters stay the same objects, so optimizers and state dicts are unaffected."""
+    then update all of them. Parameters stay the same objects, so optimizers and state dicts are unaffected. The
+    buffer is zero-padded to a multiple of `pad_to` (equal shards for several ranks)."""
     if len({(t.dtype, t.device) for t in tensors}) != 1:
         msg = "flatten_into_one needs tensors of one dtype on one device"
         raise ValueError(msg)
-    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+    n = sum(t.numel() for t in tensors)
+    flat = torch.zeros(-(-n // pad_to) * pad_to, dtype=tensors[0].dtype, device=tensors[0].device)
+    torch.cat([t.detach().reshape(-1) for t in tensors], out=flat[:n])
     offset = 0
     for t in tensors:
         n = t.numel()

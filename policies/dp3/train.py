@@ -44,6 +44,7 @@ class TrainSettings:
     cuda_graph: bool = True  # capture the whole step on one GPU (see GraphedStep)
     compile: bool = True  # torch.compile the captured step's loss (forward and backward) first
     num_workers: int = 0  # > 0: the buffer stays in host memory and DataLoader workers cut the batches
+    shard_optimizer: bool = False  # several GPUs with cuda_graph: ZeRO-1 (policies.dp3.sharded) instead of DDP
 
 
 @dataclass
@@ -156,8 +157,11 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
         f"({int((~mask).sum())} episodes), {len(val_sampler)} validation windows, {per_epoch} batches an epoch, "
         f"device {device}" + (f", {ranks.world} processes (batch {s.batch_size} split across them)" if ranks.world > 1 else ""))
     result = TrainResult(global_step, epoch, None, None)
+    stepper: GraphedStep | None = None
 
     def save(val_loss: float | None, next_epoch: int, next_batch: int, p_state: torch.Tensor | None) -> Path | None:
+        if stepper is not None:
+            stepper.gather()  # every rank (ZeRO-1: the EMA and optimizer shards)
         if not ranks.main:  # rank 0 writes; the others wait for it
             distributed.barrier(ranks)
             return None
@@ -175,11 +179,9 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
         distributed.barrier(ranks)
         return path
 
-    stepper = None
     if graphed:
         stepper = GraphedStep(model, opt, sched, ema, s.grad_clip, compile=s.compile, say=say,
-                              distributed=ranks.world > 1)
-        loss_fn = stepper.module  # the eager steps (an epoch's short last batch) go through the same wrapper
+                              ranks=(ranks.rank, ranks.world), shard=s.shard_optimizer)
     t_log, n_log = time.perf_counter(), 0
     try:
         while epoch < s.epochs:
@@ -195,10 +197,10 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
             batches = (worker_batches(sampler, chunks, s.num_workers, device) if s.num_workers
                        else (sampler.batch(rows) for rows in chunks))
             for bi, rows, batch in zip(range(batch0, per_epoch), chunks, batches, strict=True):
-                # the same choice on every rank: full batches replay the graph (whose all-reduces all ranks join)
-                if stepper is not None and (bi + 1) * s.batch_size <= len(perm):
-                    loss = stepper(batch, gens["noise"])
-                else:  # one process, CPU, or the short last batch of an epoch
+                if stepper is not None:
+                    # the same choice on every rank: full batches replay the graph (whose collectives all join)
+                    loss = stepper(batch, gens["noise"], full=(bi + 1) * s.batch_size <= len(perm))
+                else:
                     loss = train_step(loss_fn, model, opt, sched, ema, batch, gens["noise"], s.grad_clip)
                 global_step += 1
                 n_log += len(rows) * ranks.world
@@ -229,7 +231,10 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
                         return result
             batch0, epoch = 0, epoch + 1
             val_loss = None
-            if ranks.main and len(val_sampler) and (epoch % s.val_every == 0 or epoch == s.epochs):
+            validating = len(val_sampler) > 0 and (epoch % s.val_every == 0 or epoch == s.epochs)
+            if validating and stepper is not None:
+                stepper.gather()  # every rank (ZeRO-1: the EMA shards)
+            if ranks.main and validating:
                 val_loss = validate(ema.model if ema else model, val_sampler, s.batch_size, device)  # type: ignore[arg-type]
                 metrics.log(global_step, {"val_loss": val_loss, "epoch": epoch})
                 say(f"train: epoch {epoch} validation loss {val_loss:.5f}")

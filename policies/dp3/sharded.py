@@ -1,0 +1,117 @@
+"""ZeRO-1 for DP3 on several GPUs: each rank runs AdamW and the EMA on 1/world of the weights.
+
+With the batch split across GPUs the forward and backward shrink, but DDP leaves every rank to update all 262M
+fp32 weights and their EMA (~5 ms of an ~18 ms step on an H100) and to all-reduce 1 GB of gradients. Here the
+gradients, copied into one flat buffer, are reduce-scattered (summed): each rank holds the summed gradient of its
+shard. The clipping norm comes from an all-reduce of each shard's sum of squares; fused AdamW updates the shard,
+with the clip factor and the 1/world of the mean folded into its gradient divisor; the shard's EMA is one lerp;
+an in-place all-gather gives every rank all the new weights. Same arithmetic as DDP + clipping + AdamW + EMA, a
+reduce-scatter plus an all-gather instead of an all-reduce (the same bytes), 1/world of the update's traffic.
+
+The optimizer state lives in shards; `export_state` gathers it into the usual torch AdamW per-parameter state
+(so checkpoints are the same as unsharded ones and resume on any GPU count) and `gather_ema` completes the EMA
+weights for validation and checkpoints. Both are collective: every rank calls them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+
+
+class ShardedAdamW:
+    def __init__(self, params: Sequence[torch.Tensor], flat: torch.Tensor, flat_ema: torch.Tensor | None,
+                 opt: torch.optim.Optimizer, rank: int, world: int, grad_clip: float) -> None:
+        """params: the trained weights, views of `flat` (flatten_into_one, padded to a multiple of world);
+        flat_ema: their EMA laid out the same way; opt: the torch AdamW whose hyper-parameters, learning rate
+        (read every step) and, when resuming, state this takes over."""
+        if flat.numel() % world:
+            msg = f"the flat weight buffer ({flat.numel()}) must be padded to a multiple of the {world} ranks"
+            raise ValueError(msg)
+        self.params, self.flat, self.flat_ema, self.opt = list(params), flat, flat_ema, opt
+        self.world, self.grad_clip = world, grad_clip
+        self.n = sum(p.numel() for p in self.params)
+        size = flat.numel() // world
+        self.lo, self.hi = rank * size, (rank + 1) * size
+        self.shard = flat[self.lo:self.hi]  # a leaf (the flat buffer does not require grad): AdamW's parameter
+        self.flat_grad = torch.zeros_like(flat)
+        self.shard.grad = torch.zeros_like(self.shard)
+        group = opt.param_groups[0]
+        self.capturable = flat.is_cuda
+        lr = group["lr"]
+        self.lr = torch.tensor(float(lr), device=flat.device) if self.capturable else float(lr)
+        self.inner = torch.optim.AdamW([self.shard], lr=self.lr, betas=group["betas"], eps=group["eps"],
+                                       weight_decay=group["weight_decay"], fused=True, capturable=self.capturable)
+        self.divisor = torch.ones((), device=flat.device)
+        self._import_state()
+
+    def _import_state(self) -> None:
+        """Take over the per-parameter AdamW state a resumed checkpoint put into `opt` (if any)."""
+        states = [self.opt.state.get(p) for p in self.params]
+        if not all(states):
+            return
+        full = {k: torch.zeros_like(self.flat) for k in ("exp_avg", "exp_avg_sq")}
+        for k, buf in full.items():
+            torch.cat([s[k].reshape(-1).to(buf) for s in states], out=buf[:self.n])  # type: ignore[index]
+        step = float(states[0]["step"])  # type: ignore[index]
+        self.inner.state[self.shard] = {
+            "step": torch.tensor(step, dtype=torch.float32, device=self.flat.device if self.capturable else "cpu"),
+            "exp_avg": full["exp_avg"][self.lo:self.hi].clone(),
+            "exp_avg_sq": full["exp_avg_sq"][self.lo:self.hi].clone()}
+
+    @torch.no_grad()
+    def step(self, keep: torch.Tensor | None) -> None:
+        """Apply this step's gradients (in the parameters' .grad) on every rank; keep = 1 - EMA decay."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        torch.cat([g.reshape(-1) for g in grads], out=self.flat_grad[:self.n])
+        dist.reduce_scatter_tensor(self.shard.grad, self.flat_grad)  # summed over ranks
+        sq = torch.linalg.vector_norm(self.shard.grad).square()
+        dist.all_reduce(sq)
+        # clip_grad_norm_ on the mean gradient: factor min(1, clip / (norm + 1e-6)); AdamW divides by world / factor
+        if self.grad_clip > 0:
+            norm = sq.sqrt() / self.world
+            self.divisor.copy_(torch.clamp((norm + 1e-6) / self.grad_clip, min=1.0) * self.world)
+        else:
+            self.divisor.fill_(self.world)
+        lr = self.opt.param_groups[0]["lr"]  # the scheduler's value for this step
+        if isinstance(self.lr, torch.Tensor):
+            self.lr.copy_(lr) if isinstance(lr, torch.Tensor) else self.lr.fill_(lr)
+        else:
+            self.inner.param_groups[0]["lr"] = float(lr)
+        self.inner.grad_scale = self.divisor  # type: ignore[attr-defined]
+        try:
+            self.inner.step()
+        finally:
+            del self.inner.grad_scale  # type: ignore[attr-defined]
+        if self.flat_ema is not None and keep is not None:
+            self.flat_ema[self.lo:self.hi].lerp_(self.shard, keep)
+        dist.all_gather_into_tensor(self.flat, self.shard)
+
+    @torch.no_grad()
+    def gather_ema(self) -> None:
+        """Complete the EMA weights on every rank (each rank keeps only its shard up to date). Collective."""
+        if self.flat_ema is not None:
+            dist.all_gather_into_tensor(self.flat_ema, self.flat_ema[self.lo:self.hi])
+
+    @torch.no_grad()
+    def export_state(self) -> None:
+        """Write the gathered AdamW state into `opt` per parameter, as an unsharded run has it. Collective."""
+        state = self.inner.state.get(self.shard)
+        if not state:
+            return
+        full = {}
+        for k in ("exp_avg", "exp_avg_sq"):
+            full[k] = torch.empty_like(self.flat)
+            dist.all_gather_into_tensor(full[k], state[k])
+        offset = 0
+        fused_or_capturable = bool(self.opt.defaults.get("fused") or self.opt.defaults.get("capturable"))
+        for p in self.params:
+            n = p.numel()
+            self.opt.state[p] = {
+                "step": torch.tensor(float(state["step"]), dtype=torch.float32,
+                                     device=p.device if fused_or_capturable else "cpu"),
+                "exp_avg": full["exp_avg"][offset:offset + n].view_as(p).clone(),
+                "exp_avg_sq": full["exp_avg_sq"][offset:offset + n].view_as(p).clone()}
+            offset += n

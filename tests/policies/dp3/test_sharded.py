@@ -1,0 +1,87 @@
+"""ZeRO-1 (policies.dp3.sharded) against DDP's arithmetic, on two CPU processes over gloo."""
+
+import copy
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from policies.dp3.model import DP3, Dp3Config
+from policies.dp3.optim_step import Ema, flatten_into_one
+from policies.dp3.sharded import ShardedAdamW
+from policies.dp3.train import TrainSettings, cosine_with_warmup
+
+TINY = Dp3Config(state_dim=8, action_dim=8, num_points=32, down_dims=(16, 32, 64))
+CLIP = 0.05  # small enough that every step clips
+
+
+def _adamw(model: DP3) -> torch.optim.AdamW:
+    s = TrainSettings(lr=1e-3)
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr, betas=s.betas,
+                             weight_decay=s.weight_decay, fused=True)
+
+
+def _learned(model: torch.nn.Module, like: DP3) -> list[torch.nn.Parameter]:
+    return [e for e, p in zip(model.parameters(), like.parameters(), strict=True) if p.requires_grad and p.numel()]
+
+
+def _worker(rank: int, world: int, store: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    ref = DP3(TINY)
+    g = torch.Generator().manual_seed(0)
+    ref.normalizer.fit({"action": torch.randn(50, 8, generator=g), "agent_pos": torch.randn(50, 8, generator=g),
+                        "point_cloud": torch.randn(50, 32, 6, generator=g)})
+    sh = copy.deepcopy(ref)
+    ema_ref, ema_sh = Ema(ref), Ema(sh)
+    opt_ref, opt_sh = _adamw(ref), _adamw(sh)
+    sched_ref, sched_sh = cosine_with_warmup(opt_ref, 1, 10), cosine_with_warmup(opt_sh, 1, 10)
+    params = _learned(sh, sh)
+    flat = flatten_into_one(params, pad_to=world)
+    flat_ema = flatten_into_one(_learned(ema_sh.model, sh), pad_to=world)
+    assert flat.numel() % world == 0 and flat.numel() >= sum(p.numel() for p in params)
+    sharded = ShardedAdamW(params, flat, flat_ema, opt_sh, rank, world, CLIP)
+    for step in range(4):
+        bg = torch.Generator().manual_seed(100 * step + rank)  # each rank its own batch
+        batch = (torch.randn(4, TINY.horizon, 32, 6, generator=bg), torch.randn(4, TINY.horizon, 8, generator=bg),
+                 torch.randn(4, TINY.horizon, 8, generator=bg))
+        noise, steps = ref.draw_noise(batch[2], torch.Generator().manual_seed(7 + step + 10 * rank))
+        # reference: what DDP + clip_grad_norm_ + AdamW + Ema do
+        opt_ref.zero_grad(set_to_none=True)
+        ref(*batch, noise, steps).backward()
+        for p in ref.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= world
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), CLIP)
+        opt_ref.step()
+        sched_ref.step()
+        ema_ref.update(ref)
+        # sharded
+        opt_sh.zero_grad(set_to_none=True)
+        sh(*batch, noise, steps).backward()
+        sharded.step(torch.tensor(1 - ema_sh.decay()))
+        sched_sh.step()
+        ema_sh.step_count += 1
+    for (name, a), b in zip(ref.named_parameters(), sh.parameters(), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=name)
+    sharded.gather_ema()
+    for (name, a), b in zip(ema_ref.model.named_parameters(), ema_sh.model.parameters(), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=f"ema {name}")
+    sharded.export_state()
+    ref_state, sh_state = opt_ref.state_dict()["state"], opt_sh.state_dict()["state"]
+    assert ref_state.keys() == sh_state.keys()
+    for i, st in ref_state.items():
+        assert float(sh_state[i]["step"]) == float(st["step"]) == 4
+        for k in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(sh_state[i][k], st[k], atol=1e-7, rtol=1e-4, msg=f"{i} {k}")
+    # a resumed run (the exported per-parameter state, maybe from another GPU count) takes the shards over
+    again = ShardedAdamW(params, flat, flat_ema, opt_sh, rank, world, CLIP)
+    for k in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(again.inner.state[again.shard][k], sharded.inner.state[sharded.shard][k])
+    dist.destroy_process_group()
+
+
+def test_sharded_adamw_matches_ddp_clipping_adamw_and_ema(tmp_path: Path) -> None:
+    mp.spawn(_worker, args=(2, str(tmp_path / "store")), nprocs=2, join=True)
