@@ -1,8 +1,9 @@
-"""ZeRO-1 (policies.dp3.sharded) against DDP's arithmetic, on two CPU processes over gloo."""
+"""ZeRO-1 (policies.dp3.sharded) against DDP's arithmetic: two CPU processes over gloo, or two GPUs over NCCL."""
 
 import copy
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -26,13 +27,17 @@ def _learned(model: torch.nn.Module, like: DP3) -> list[torch.nn.Parameter]:
     return [e for e, p in zip(model.parameters(), like.parameters(), strict=True) if p.requires_grad and p.numel()]
 
 
-def _worker(rank: int, world: int, store: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+def _worker(rank: int, world: int, store: str, backend: str) -> None:
+    dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world)
+    dev = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     torch.manual_seed(0)
     ref = DP3(TINY)
     g = torch.Generator().manual_seed(0)
     ref.normalizer.fit({"action": torch.randn(50, 8, generator=g), "agent_pos": torch.randn(50, 8, generator=g),
                         "point_cloud": torch.randn(50, 32, 6, generator=g)})
+    ref = ref.to(dev)
     sh = copy.deepcopy(ref)
     ema_ref, ema_sh = Ema(ref), Ema(sh)
     opt_ref, opt_sh = _adamw(ref), _adamw(sh)
@@ -44,9 +49,10 @@ def _worker(rank: int, world: int, store: str) -> None:
     sharded = ShardedAdamW(params, flat, flat_ema, opt_sh, rank, world, CLIP)
     for step in range(4):
         bg = torch.Generator().manual_seed(100 * step + rank)  # each rank its own batch
-        batch = (torch.randn(4, TINY.horizon, 32, 6, generator=bg), torch.randn(4, TINY.horizon, 8, generator=bg),
-                 torch.randn(4, TINY.horizon, 8, generator=bg))
-        noise, steps = ref.draw_noise(batch[2], torch.Generator().manual_seed(7 + step + 10 * rank))
+        batch = tuple(t.to(dev) for t in (torch.randn(4, TINY.horizon, 32, 6, generator=bg),
+                                          torch.randn(4, TINY.horizon, 8, generator=bg),
+                                          torch.randn(4, TINY.horizon, 8, generator=bg)))
+        noise, steps = ref.draw_noise(batch[2], torch.Generator(dev).manual_seed(7 + step + 10 * rank))
         # reference: what DDP + clip_grad_norm_ + AdamW + Ema do
         opt_ref.zero_grad(set_to_none=True)
         ref(*batch, noise, steps).backward()
@@ -61,7 +67,7 @@ def _worker(rank: int, world: int, store: str) -> None:
         # sharded
         opt_sh.zero_grad(set_to_none=True)
         sh(*batch, noise, steps).backward()
-        sharded.step(torch.tensor(1 - ema_sh.decay()))
+        sharded.step(torch.tensor(1 - ema_sh.decay(), device=dev))
         sched_sh.step()
         ema_sh.step_count += 1
     for (name, a), b in zip(ref.named_parameters(), sh.parameters(), strict=True):
@@ -83,5 +89,9 @@ def _worker(rank: int, world: int, store: str) -> None:
     dist.destroy_process_group()
 
 
-def test_sharded_adamw_matches_ddp_clipping_adamw_and_ema(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(2, str(tmp_path / "store")), nprocs=2, join=True)
+two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+
+
+@pytest.mark.parametrize("backend", ["gloo", pytest.param("nccl", marks=[pytest.mark.gpu, two_gpus])])
+def test_sharded_adamw_matches_ddp_clipping_adamw_and_ema(tmp_path: Path, backend: str) -> None:
+    mp.spawn(_worker, args=(2, str(tmp_path / "store"), backend), nprocs=2, join=True)
