@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -211,7 +212,10 @@ class GraphedStep:
                 dst.copy_(src)
             self.graph.replay()
             self.calls += 1
-        self.sched.step()
+        with warnings.catch_warnings():
+            # ZeRO-1 steps its own optimizer over the shard; the scheduler's is never called (the lr is copied over)
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            self.sched.step()
         if self.ema is not None:
             self.ema.step_count += 1
         return self.loss

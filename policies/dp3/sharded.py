@@ -20,6 +20,10 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
+# torch 2.13 renamed the tensor collectives (the old names warn); older versions have only the old ones.
+_reduce_scatter = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
+_all_gather = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
+
 
 class ShardedAdamW:
     def __init__(self, params: Sequence[torch.Tensor], flat: torch.Tensor, flat_ema: torch.Tensor | None,
@@ -66,7 +70,7 @@ class ShardedAdamW:
         """Apply this step's gradients (in the parameters' .grad) on every rank; keep = 1 - EMA decay."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         torch.cat([g.reshape(-1) for g in grads], out=self.flat_grad[:self.n])
-        dist.reduce_scatter_tensor(self.shard.grad, self.flat_grad)  # summed over ranks
+        _reduce_scatter(self.shard.grad, self.flat_grad)  # summed over ranks
         sq = torch.linalg.vector_norm(self.shard.grad).square()
         dist.all_reduce(sq)
         # clip_grad_norm_ on the mean gradient: factor min(1, clip / (norm + 1e-6)); AdamW divides by world / factor
@@ -87,13 +91,13 @@ class ShardedAdamW:
             del self.inner.grad_scale  # type: ignore[attr-defined]
         if self.flat_ema is not None and keep is not None:
             self.flat_ema[self.lo:self.hi].lerp_(self.shard, keep)
-        dist.all_gather_into_tensor(self.flat, self.shard)
+        _all_gather(self.flat, self.shard)
 
     @torch.no_grad()
     def gather_ema(self) -> None:
         """Complete the EMA weights on every rank (each rank keeps only its shard up to date). Collective."""
         if self.flat_ema is not None:
-            dist.all_gather_into_tensor(self.flat_ema, self.flat_ema[self.lo:self.hi])
+            _all_gather(self.flat_ema, self.flat_ema[self.lo:self.hi])
 
     @torch.no_grad()
     def export_state(self) -> None:
@@ -104,7 +108,7 @@ class ShardedAdamW:
         full = {}
         for k in ("exp_avg", "exp_avg_sq"):
             full[k] = torch.empty_like(self.flat)
-            dist.all_gather_into_tensor(full[k], state[k])
+            _all_gather(full[k], state[k])
         offset = 0
         fused_or_capturable = bool(self.opt.defaults.get("fused") or self.opt.defaults.get("capturable"))
         for p in self.params:
