@@ -97,11 +97,11 @@ class CrossAttention(nn.Module):
         k, v = self.kv(cond).reshape(b, length, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         return self.k_norm(k), v
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None,
-                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
+        """Attend to a condition through its keys_values."""
         b, n, c = x.shape
         q = self.q(x).reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
-        k, v = kv if kv is not None else self.keys_values(cond)
+        k, v = kv
         length = k.shape[2]
         attn_mask = mask.reshape(-1, 1, 1, length).expand(b, -1, n, -1) if mask is not None else None
         out = F.scaled_dot_product_attention(self.q_norm(q), k, v, attn_mask=attn_mask)
@@ -115,10 +115,10 @@ class RdtBlock(nn.Module):
         self.norm2, self.cross_attn = RmsNorm(dim), CrossAttention(dim, heads)
         self.norm3, self.ffn = RmsNorm(dim), Mlp(dim, dim, dim)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None,
-                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None
+                ) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
-        x = x + self.cross_attn(self.norm2(x), cond, mask, kv)
+        x = x + self.cross_attn(self.norm2(x), kv, mask)
         return x + self.ffn(self.norm3(x))
 
 
@@ -200,7 +200,7 @@ class Rdt(nn.Module):
             kv = self.condition_kv(lang, img)
         masks = (lang_mask, img_mask)
         for i, block in enumerate(self.blocks):
-            x = block(x, lang, masks[i % 2], kv[i])
+            x = block(x, kv[i], masks[i % 2])
         return self.final_layer(x)[:, -self.horizon:]
 
 
