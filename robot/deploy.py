@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from policies.context import StepContext
-from robot.adapters import PreprocessingMismatch
+from robot.adapters import COMPARED, PreprocessingMismatch
 from robot.cameras import RealSenseCamera, ReplayCamera
 from robot.loop import LoopConfig, run_loop
 from robot.protocol import Camera
@@ -27,7 +27,7 @@ CLEAN = ("stop requested", "duration")
 def deploy_preprocessing(spec: Mapping[str, Any]) -> dict[str, Any]:
     """What the job's convert section says the observations look like, in the conversion record's terms."""
     conv = (spec.get("steps") or {}).get("convert") or {}
-    out: dict[str, Any] = {k: conv[k] for k in ("camera", "binarize_gripper", "gripper_threshold") if k in conv}
+    out: dict[str, Any] = {k: conv[k] for k in COMPARED if k in conv}
     cloud: dict[str, Any] = {}
     if conv.get("intrinsics"):
         cloud.update({k: conv["intrinsics"][k] for k in ("fx", "fy", "cx", "cy", "depth_scale")})
