@@ -372,4 +372,3 @@ class DP3(nn.Module):
         actions = self.normalizer.unnormalize("action", traj)
         start = cfg.n_obs_steps - 1
         return actions[:, start:start + cfg.n_action_steps]
-

@@ -95,6 +95,7 @@ class GraphedStep:
         self.stream = torch.cuda.Stream(device=dev)  # type: ignore[no-untyped-call]
         self.params = [p for p in model.parameters() if p.requires_grad and p.numel()]
         rank, world = ranks
+        self.world = world
         shard = shard and world > 1
         self.flat: tuple[torch.Tensor, torch.Tensor | None] | None = None  # (weights, their EMA)
         if ema is not None or shard:
@@ -190,7 +191,7 @@ class GraphedStep:
             if self.compiled and self.calls == 0:
                 self.say("train: compiling the training step (torch.compile): about two minutes on one GPU, four "
                          "through DDP (turn off with steps.train.compile: false)")
-            if self.compiled and self.calls == 0 and self.module is self.model and self.sharded is None:
+            if self.compiled and self.calls == 0 and self.world == 1:  # a retry is no collective: one GPU only
                 try:
                     self._eager(self.loss_fn, inputs)
                 except Exception as exc:  # noqa: BLE001  # a compiler failure must not end the training
@@ -212,10 +213,13 @@ class GraphedStep:
                 dst.copy_(src)
             self.graph.replay()
             self.calls += 1
-        with warnings.catch_warnings():
-            # ZeRO-1 steps its own optimizer over the shard; the scheduler's is never called (the lr is copied over)
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        if self.sharded is None:
             self.sched.step()
+        else:
+            with warnings.catch_warnings():
+                # ZeRO-1 steps its own optimizer over the shard; the scheduler's is never called (lr copied over)
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                self.sched.step()
         if self.ema is not None:
             self.ema.step_count += 1
         return self.loss
