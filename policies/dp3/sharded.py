@@ -125,7 +125,7 @@ class ShardedAdamW:
             self._copy_chunk(c, grads)
             works.append(_reduce_scatter(self.shard_grad[c], self.grad_chunks[c], async_op=True))
         for w in works:
-            w.wait()
+            w.wait()  # type: ignore[union-attr]
         sq = torch.linalg.vector_norm(self.shard_grad).square()
         dist.all_reduce(sq)
         # clip_grad_norm_ on the mean gradient: factor min(1, clip / (norm + 1e-6)); AdamW divides by world / factor
@@ -151,7 +151,7 @@ class ShardedAdamW:
                 self.ema_grid[c, self.rank].lerp_(self.pieces[c], keep)
             works.append(_all_gather(self.grid[c].view(-1), self.pieces[c], async_op=True))
         for w in works:
-            w.wait()
+            w.wait()  # type: ignore[union-attr]
 
     @torch.no_grad()
     def gather_ema(self) -> None:
