@@ -9,7 +9,7 @@ import torch
 
 from policies.cuda_graph import compile_unavailable
 from policies.dp3.model import DP3
-from policies.dp3.sharded import ShardedAdamW, default_chunks
+from policies.dp3.sharded import ShardedAdamW
 from policies.ema import ema_decay
 
 
@@ -101,15 +101,14 @@ class GraphedStep:
         if ema is not None or shard:
             learned = [e for e, p in zip(ema.model.parameters(), model.parameters(), strict=True)
                        if p.requires_grad and p.numel()] if ema is not None else []
-            chunks = default_chunks(sum(p.numel() for p in self.params)) if shard else 1
-            pad = world * chunks if shard else 1
+            pad = world if shard else 1
             self.flat = flatten_into_one(self.params, pad), flatten_into_one(learned, pad) if learned else None
         self.sharded: ShardedAdamW | None = None
         # What computes the loss: the model, or (several GPUs, not sharded) its DistributedDataParallel wrapper,
         # whose gradient all-reduces are captured into the graph with the rest.
         self.module: torch.nn.Module = model
         if shard and self.flat is not None:
-            self.sharded = ShardedAdamW(self.params, self.flat[0], self.flat[1], opt, rank, world, grad_clip, chunks)
+            self.sharded = ShardedAdamW(self.params, self.flat[0], self.flat[1], opt, rank, world, grad_clip)
         elif world > 1:
             # Built on the stream that runs the warm-up steps and the capture (its gradient hooks must live on the
             # stream of the backward); after >= 11 eager iterations DDP has rebuilt its buckets and stopped

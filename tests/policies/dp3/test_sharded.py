@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 
 from policies.dp3.model import DP3, Dp3Config
 from policies.dp3.optim_step import Ema, flatten_into_one
-from policies.dp3.sharded import ShardedAdamW, default_chunks
+from policies.dp3.sharded import ShardedAdamW
 from policies.dp3.train import TrainSettings, cosine_with_warmup
 
 TINY = Dp3Config(state_dim=8, action_dim=8, num_points=32, down_dims=(16, 32, 64))
@@ -27,7 +27,7 @@ def _learned(model: torch.nn.Module, like: DP3) -> list[torch.nn.Parameter]:
     return [e for e, p in zip(model.parameters(), like.parameters(), strict=True) if p.requires_grad and p.numel()]
 
 
-def _worker(rank: int, world: int, store: str, backend: str, chunks: int) -> None:
+def _worker(rank: int, world: int, store: str, backend: str) -> None:
     dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world)
     dev = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
     if dev.type == "cuda":
@@ -43,10 +43,10 @@ def _worker(rank: int, world: int, store: str, backend: str, chunks: int) -> Non
     opt_ref, opt_sh = _adamw(ref), _adamw(sh)
     sched_ref, sched_sh = cosine_with_warmup(opt_ref, 1, 10), cosine_with_warmup(opt_sh, 1, 10)
     params = _learned(sh, sh)
-    flat = flatten_into_one(params, pad_to=world * chunks)
-    flat_ema = flatten_into_one(_learned(ema_sh.model, sh), pad_to=world * chunks)
-    assert flat.numel() % (world * chunks) == 0 and flat.numel() >= sum(p.numel() for p in params)
-    sharded = ShardedAdamW(params, flat, flat_ema, opt_sh, rank, world, CLIP, chunks)
+    flat = flatten_into_one(params, pad_to=world)
+    flat_ema = flatten_into_one(_learned(ema_sh.model, sh), pad_to=world)
+    assert flat.numel() % world == 0 and flat.numel() >= sum(p.numel() for p in params)
+    sharded = ShardedAdamW(params, flat, flat_ema, opt_sh, rank, world, CLIP)
     for step in range(4):
         bg = torch.Generator().manual_seed(100 * step + rank)  # each rank its own batch
         batch = tuple(t.to(dev) for t in (torch.randn(4, TINY.horizon, 32, 6, generator=bg),
@@ -83,24 +83,15 @@ def _worker(rank: int, world: int, store: str, backend: str, chunks: int) -> Non
         for k in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(sh_state[i][k], st[k], atol=1e-7, rtol=1e-4, msg=f"{i} {k}")
     # a resumed run (the exported per-parameter state, maybe from another GPU count) takes the shards over
-    again = ShardedAdamW(params, flat, flat_ema, opt_sh, rank, world, CLIP, chunks)
+    again = ShardedAdamW(params, flat, flat_ema, opt_sh, rank, world, CLIP)
     for k in ("exp_avg", "exp_avg_sq"):
-        for c in range(chunks):
-            assert torch.equal(again.inner[c].state[again.pieces[c]][k], sharded.inner[c].state[sharded.pieces[c]][k])
+        assert torch.equal(again.inner.state[again.shard][k], sharded.inner.state[sharded.shard][k])
     dist.destroy_process_group()
 
 
 two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 
 
-@pytest.mark.parametrize("chunks", [1, 3])
 @pytest.mark.parametrize("backend", ["gloo", pytest.param("nccl", marks=[pytest.mark.gpu, two_gpus])])
-def test_sharded_adamw_matches_ddp_clipping_adamw_and_ema(tmp_path: Path, backend: str, chunks: int) -> None:
-    """chunks=3 cuts the tiny model's weights so that parameters straddle chunk boundaries."""
-    mp.spawn(_worker, args=(2, str(tmp_path / "store"), backend, chunks), nprocs=2, join=True)
-
-
-def test_default_chunks() -> None:
-    assert default_chunks(1000) == 1
-    assert default_chunks(262_410_700) == 8
-    assert default_chunks(3 * (1 << 25)) == 3
+def test_sharded_adamw_matches_ddp_clipping_adamw_and_ema(tmp_path: Path, backend: str) -> None:
+    mp.spawn(_worker, args=(2, str(tmp_path / "store"), backend), nprocs=2, join=True)
