@@ -68,6 +68,9 @@ class Dp3Train(StepSpec):
                           "(2-4 minutes at start; without a C compiler it is skipped with a message)")
     shard_optimizer: bool = Field(default=False, description="several GPUs with cuda_graph: ZeRO-1, each GPU "
                                   "updates 1/N of the weights and EMA (reduce-scatter + all-gather) instead of DDP")
+    grad_reduce: Literal["fp32", "bf16"] = Field(
+        default="fp32", description="with shard_optimizer: the dtype gradients are summed across GPUs in; bf16 "
+        "halves the reduce-scatter (the matmul weight gradients are bf16 under autocast already)")
 
     def loader_shm_bytes(self) -> int:
         # Each worker keeps prefetch_factor (2) collated batches in shared memory.

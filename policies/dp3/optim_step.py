@@ -80,9 +80,9 @@ class GraphedStep:
     def __init__(self, model: DP3, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
                  ema: Ema | None, grad_clip: float, warmup: int = 3, compile: bool = False,
                  say: Callable[[str], None] | None = None, ranks: tuple[int, int] = (0, 1),
-                 shard: bool = False) -> None:
+                 shard: bool = False, reduce_dtype: torch.dtype | None = None) -> None:
         """ranks: (rank, world) of a multi-GPU run; shard: with world > 1, ZeRO-1 (policies.dp3.sharded)
-        instead of DistributedDataParallel."""
+        instead of DistributedDataParallel; reduce_dtype: ZeRO-1's gradient reduction dtype (the weights' if None)."""
         self.model, self.opt, self.sched, self.ema, self.grad_clip = model, opt, sched, ema, grad_clip
         self.warmup = warmup
         self.calls = 0
@@ -108,7 +108,8 @@ class GraphedStep:
         # whose gradient all-reduces are captured into the graph with the rest.
         self.module: torch.nn.Module = model
         if shard and self.flat is not None:
-            self.sharded = ShardedAdamW(self.params, self.flat[0], self.flat[1], opt, rank, world, grad_clip)
+            self.sharded = ShardedAdamW(self.params, self.flat[0], self.flat[1], opt, rank, world, grad_clip,
+                                        reduce_dtype)
         elif world > 1:
             # Built on the stream that runs the warm-up steps and the capture (its gradient hooks must live on the
             # stream of the backward); after >= 11 eager iterations DDP has rebuilt its buckets and stopped

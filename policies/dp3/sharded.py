@@ -8,6 +8,10 @@ with the clip factor and the 1/world of the mean folded into its gradient diviso
 an in-place all-gather gives every rank all the new weights. Same arithmetic as DDP + clipping + AdamW + EMA, a
 reduce-scatter plus an all-gather instead of an all-reduce (the same bytes), 1/world of the update's traffic.
 
+With `reduce_dtype=torch.bfloat16` the gradients travel and are summed in bf16 (half the reduce-scatter's bytes),
+as FSDP's mixed precision does: under bf16 autocast the linear and convolution weight gradients are bf16 values
+already, so this rounds only their sum (and the fp32 norm/bias gradients) to bf16; the update stays fp32.
+
 The optimizer state lives in shards; `export_state` gathers it into the usual torch AdamW per-parameter state
 (so checkpoints are the same as unsharded ones and resume on any GPU count) and `gather_ema` completes the EMA
 weights for validation and checkpoints. Both are collective: every rank calls them.
@@ -27,7 +31,8 @@ _all_gather = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
 
 class ShardedAdamW:
     def __init__(self, params: Sequence[torch.Tensor], flat: torch.Tensor, flat_ema: torch.Tensor | None,
-                 opt: torch.optim.Optimizer, rank: int, world: int, grad_clip: float) -> None:
+                 opt: torch.optim.Optimizer, rank: int, world: int, grad_clip: float,
+                 reduce_dtype: torch.dtype | None = None) -> None:
         """params: the trained weights, views of `flat` (flatten_into_one, padded to a multiple of world);
         flat_ema: their EMA laid out the same way; opt: the torch AdamW whose hyper-parameters, learning rate
         (read every step) and, when resuming, state this takes over."""
@@ -40,8 +45,11 @@ class ShardedAdamW:
         size = flat.numel() // world
         self.lo, self.hi = rank * size, (rank + 1) * size
         self.shard = flat[self.lo:self.hi]  # a leaf (the flat buffer does not require grad): AdamW's parameter
-        self.flat_grad = torch.zeros_like(flat)
+        self.flat_grad = torch.zeros_like(flat, dtype=reduce_dtype or flat.dtype)
         self.shard.grad = torch.zeros_like(self.shard)
+        # what the reduce-scatter writes: the shard's gradient itself, or a low-precision copy of it
+        self.shard_reduced = (self.shard.grad if self.flat_grad.dtype == flat.dtype
+                              else torch.zeros_like(self.shard, dtype=self.flat_grad.dtype))
         group = opt.param_groups[0]
         self.capturable = flat.is_cuda
         lr = group["lr"]
@@ -70,7 +78,9 @@ class ShardedAdamW:
         """Apply this step's gradients (in the parameters' .grad) on every rank; keep = 1 - EMA decay."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         torch.cat([g.reshape(-1) for g in grads], out=self.flat_grad[:self.n])
-        _reduce_scatter(self.shard.grad, self.flat_grad)  # summed over ranks
+        _reduce_scatter(self.shard_reduced, self.flat_grad)  # summed over ranks
+        if self.shard_reduced is not self.shard.grad:
+            self.shard.grad.copy_(self.shard_reduced)  # type: ignore[union-attr]
         sq = torch.linalg.vector_norm(self.shard.grad).square()
         dist.all_reduce(sq)
         # clip_grad_norm_ on the mean gradient: factor min(1, clip / (norm + 1e-6)); AdamW divides by world / factor

@@ -91,7 +91,8 @@ def step_train(ctx: StepContext) -> int:
                              checkpoint_every=o["checkpoint_every"], keep_checkpoints=o["keep_checkpoints"],
                              val_every=o["val_every"], val_ratio=o["val_ratio"], grad_clip=o["grad_clip"], ema=o["ema"],
                              seed=o["seed"], max_steps=o["max_steps"], logger=o["logger"], num_workers=o["num_workers"],
-                             cuda_graph=o["cuda_graph"], compile=o["compile"], shard_optimizer=o["shard_optimizer"])
+                             cuda_graph=o["cuda_graph"], compile=o["compile"], shard_optimizer=o["shard_optimizer"],
+                             grad_reduce=o["grad_reduce"])
     import zarr
 
     extra = {"dataset": str(data.path), "conversion": dict(zarr.open(str(data.path), "r").attrs.get("conversion", {})),

@@ -45,6 +45,7 @@ class TrainSettings:
     compile: bool = True  # torch.compile the captured step's loss (forward and backward) first
     num_workers: int = 0  # > 0: the buffer stays in host memory and DataLoader workers cut the batches
     shard_optimizer: bool = False  # several GPUs with cuda_graph: ZeRO-1 (policies.dp3.sharded) instead of DDP
+    grad_reduce: str = "fp32"  # ZeRO-1: the dtype gradients are summed across GPUs in (fp32 or bf16)
 
 
 @dataclass
@@ -181,7 +182,8 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
 
     if graphed:
         stepper = GraphedStep(model, opt, sched, ema, s.grad_clip, compile=s.compile, say=say,
-                              ranks=(ranks.rank, ranks.world), shard=s.shard_optimizer)
+                              ranks=(ranks.rank, ranks.world), shard=s.shard_optimizer,
+                              reduce_dtype=torch.bfloat16 if s.grad_reduce == "bf16" else None)
     t_log, n_log = time.perf_counter(), 0
     try:
         while epoch < s.epochs:
