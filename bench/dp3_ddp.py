@@ -3,8 +3,8 @@
     PYTHONPATH=. python bench/dp3_ddp.py                                             # 1 GPU
     PYTHONPATH=. BATCH=512 torchrun --standalone --nproc_per_node 2 bench/dp3_ddp.py # 2 GPUs, 256 each
 Batch BATCH (default 256) in total, split across GPUs; robot_dp3.yaml at Franka dims, synthetic buffer of
-100 x 200 frames; train()'s defaults (CUDA graph step, torch.compile) unless CUDA_GRAPH=0 / COMPILE=0; SHARD=1
-for ZeRO-1 (policies.dp3.sharded) instead of DDP, with GRAD_REDUCE=bf16 to sum its gradients in bf16.
+100 x 200 frames; train()'s defaults (CUDA graph step, torch.compile, on several GPUs ZeRO-1 summing gradients
+in bf16) unless CUDA_GRAPH=0 / COMPILE=0 / SHARD=0 (DDP instead of ZeRO-1) / GRAD_REDUCE=fp32.
 Prints the median samples/s of the logged windows after the first two (warm-up, compilation, capture).
 """
 
@@ -34,8 +34,8 @@ if __name__ == "__main__":
     s = TrainSettings(epochs=1000, batch_size=int(os.environ.get("BATCH", "256")), max_steps=steps, log_every=10,
                       checkpoint_every=10**6,
                       val_every=10**6, val_ratio=0.0, cuda_graph=os.environ.get("CUDA_GRAPH", "1") == "1",
-                      compile=os.environ.get("COMPILE", "1") == "1", shard_optimizer=os.environ.get("SHARD") == "1",
-                      grad_reduce=os.environ.get("GRAD_REDUCE", "fp32"))
+                      compile=os.environ.get("COMPILE", "1") == "1", shard_optimizer=os.environ.get("SHARD", "1") == "1",
+                      grad_reduce=os.environ.get("GRAD_REDUCE", "bf16"))
     result = train(cfg, synthetic(100, 200), s, ckpt_dir=tmp / "ckpt", run_dir=tmp, device=torch.device("cuda"),
                    resume=False, say=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
     if int(os.environ.get("RANK", "0")) == 0:

@@ -66,11 +66,11 @@ class Dp3Train(StepSpec):
                              "on several GPUs) as one CUDA graph")
     compile: bool = Field(default=True, description="GPUs: torch.compile the training step before capturing it "
                           "(2-4 minutes at start; without a C compiler it is skipped with a message)")
-    shard_optimizer: bool = Field(default=False, description="several GPUs with cuda_graph: ZeRO-1, each GPU "
-                                  "updates 1/N of the weights and EMA (reduce-scatter + all-gather) instead of DDP")
-    grad_reduce: Literal["fp32", "bf16"] = Field(
-        default="fp32", description="with shard_optimizer: the dtype gradients are summed across GPUs in; bf16 "
-        "halves the reduce-scatter (the matmul weight gradients are bf16 under autocast already)")
+    shard_optimizer: bool = Field(default=True, description="several GPUs with cuda_graph: ZeRO-1, each GPU "
+                                  "updates 1/N of the weights and EMA (reduce-scatter + all-gather); false: DDP")
+    grad_reduce: Literal["bf16", "fp32"] = Field(
+        default="bf16", description="with shard_optimizer: the dtype gradients are summed across GPUs in; bf16 "
+        "halves the reduce-scatter (the matmul weight gradients are bf16 under autocast already), fp32 is exact")
 
     def loader_shm_bytes(self) -> int:
         # Each worker keeps prefetch_factor (2) collated batches in shared memory.

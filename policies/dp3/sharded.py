@@ -4,13 +4,16 @@ With the batch split across GPUs the forward and backward shrink, but DDP leaves
 fp32 weights and their EMA (~5 ms of an ~18 ms step on an H100) and to all-reduce 1 GB of gradients. Here the
 gradients, copied into one flat buffer, are reduce-scattered (summed): each rank holds the summed gradient of its
 shard. The clipping norm comes from an all-reduce of each shard's sum of squares; fused AdamW updates the shard,
-with the clip factor and the 1/world of the mean folded into its gradient divisor; the shard's EMA is one lerp;
-an in-place all-gather gives every rank all the new weights. Same arithmetic as DDP + clipping + AdamW + EMA, a
-reduce-scatter plus an all-gather instead of an all-reduce (the same bytes), 1/world of the update's traffic.
+with the clip factor and the 1/world of the mean folded into its gradient divisor; an in-place all-gather gives
+every rank all the new weights while the shard's EMA (one lerp) is updated beside it. Same arithmetic as DDP +
+clipping + AdamW + EMA, a reduce-scatter plus an all-gather instead of an all-reduce (the same bytes), 1/world of
+the update's traffic. (Cutting the buffer into chunks to overlap each chunk's communication with the next one's
+copy and update was measured slower on two H100s: NCCL and the bandwidth-bound kernels slow each other down.)
 
 With `reduce_dtype=torch.bfloat16` the gradients travel and are summed in bf16 (half the reduce-scatter's bytes),
-as FSDP's mixed precision does: under bf16 autocast the linear and convolution weight gradients are bf16 values
-already, so this rounds only their sum (and the fp32 norm/bias gradients) to bf16; the update stays fp32.
+as DeepSpeed's bf16 mode and FSDP's mixed precision do: under bf16 autocast the linear and convolution weight
+gradients are bf16 values already, so this rounds only their sum (and the fp32 norm gradients) to bf16; the
+clipping norm, AdamW and the EMA stay fp32.
 
 The optimizer state lives in shards; `export_state` gathers it into the usual torch AdamW per-parameter state
 (so checkpoints are the same as unsharded ones and resume on any GPU count) and `gather_ema` completes the EMA
@@ -81,7 +84,7 @@ class ShardedAdamW:
         _reduce_scatter(self.shard_reduced, self.flat_grad)  # summed over ranks
         if self.shard_reduced is not self.shard.grad:
             self.shard.grad.copy_(self.shard_reduced)  # type: ignore[union-attr]
-        sq = torch.linalg.vector_norm(self.shard.grad).square()
+        sq = torch.linalg.vector_norm(self.shard_reduced, dtype=torch.float32).square()  # bf16: half the reads
         dist.all_reduce(sq)
         # clip_grad_norm_ on the mean gradient: factor min(1, clip / (norm + 1e-6)); AdamW divides by world / factor
         if self.grad_clip > 0:
@@ -99,9 +102,11 @@ class ShardedAdamW:
             self.inner.step()
         finally:
             del self.inner.grad_scale  # type: ignore[attr-defined]
+        # the all-gather (NCCL's stream) runs while this stream averages the shard into the EMA
+        work = _all_gather(self.flat, self.shard, async_op=True)
         if self.flat_ema is not None and keep is not None:
             self.flat_ema[self.lo:self.hi].lerp_(self.shard, keep)
-        _all_gather(self.flat, self.shard)
+        work.wait()
 
     @torch.no_grad()
     def gather_ema(self) -> None:

@@ -44,8 +44,8 @@ class TrainSettings:
     cuda_graph: bool = True  # capture the whole step on one GPU (see GraphedStep)
     compile: bool = True  # torch.compile the captured step's loss (forward and backward) first
     num_workers: int = 0  # > 0: the buffer stays in host memory and DataLoader workers cut the batches
-    shard_optimizer: bool = False  # several GPUs with cuda_graph: ZeRO-1 (policies.dp3.sharded) instead of DDP
-    grad_reduce: str = "fp32"  # ZeRO-1: the dtype gradients are summed across GPUs in (fp32 or bf16)
+    shard_optimizer: bool = True  # several GPUs with cuda_graph: ZeRO-1 (policies.dp3.sharded) instead of DDP
+    grad_reduce: str = "bf16"  # ZeRO-1: the dtype gradients are summed across GPUs in (bf16 or fp32)
 
 
 @dataclass
