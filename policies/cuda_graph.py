@@ -48,3 +48,9 @@ def compile_unavailable() -> str | None:
     if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
         return "no Python headers (install python3-dev)"
     return None
+
+
+def compile_failed(exc: BaseException, instead: str) -> str:
+    """The one-line message for a torch.compile failure we recover from by running `instead` (uncompiled)."""
+    first = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"torch.compile failed ({type(exc).__name__}: {first}); {instead}"

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from policies.data.pointcloud import CloudSpec, clouds
+from policies.data.transform import binarize
 
 #: Conversion fields that change what the policy sees; compared between the deploy job and the checkpoint.
 COMPARED = ("camera", "binarize_gripper", "gripper_threshold")
@@ -47,7 +48,7 @@ def state_as_trained(joints: np.ndarray, conversion: Mapping[str, Any]) -> np.nd
     """The robot's 8 values as the converter stored them: the gripper binarised when the data was."""
     out = np.asarray(joints, dtype=np.float32).copy()
     if conversion.get("binarize_gripper"):
-        out[-1] = float(out[-1] >= float(conversion.get("gripper_threshold", 0.5)))
+        out[-1] = binarize(out[-1], float(conversion.get("gripper_threshold", 0.5)))
     return out
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from policies.data.transform import binarize
 from robot.protocol import Camera, Robot
 from robot.recorder import Recorder
 from robot.safety import Limits, check_start, clamp
@@ -200,7 +201,7 @@ def run_loop(robot: Robot, camera: Camera, adapter: Any, cfg: LoopConfig, stop: 
         else:
             target = action.copy()
             if cfg.binarize_action_gripper:
-                target[-1] = float(target[-1] >= cfg.gripper_threshold)
+                target[-1] = binarize(target[-1], cfg.gripper_threshold)
             if not started:  # the first action of the run: is it near where the arm is?
                 try:
                     check_start(target, joints, cfg.limits)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from policies.cuda_graph import Graphed, compile_unavailable
+from policies.cuda_graph import Graphed, compile_failed, compile_unavailable
 from policies.dp3.model import DP3, Dp3Config
 
 
@@ -128,8 +128,7 @@ class GraphedPredictor:
                 self.graph = Graphed(self._run, self.example, warmup)
                 return
             except Exception as exc:  # noqa: BLE001  # a compiler failure must not stop inference
-                (say or print)(f"inference: torch.compile failed ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0][:200]}); running without it")
+                (say or print)("inference: " + compile_failed(exc, "running without it"))
                 self.step_fn = self._ddim_step
         self.graph = Graphed(self._run, self.example, warmup)
 

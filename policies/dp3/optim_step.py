@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from policies.cuda_graph import compile_unavailable
+from policies.cuda_graph import compile_failed, compile_unavailable
 from policies.dp3.model import DP3
 from policies.dp3.sharded import ShardedAdamW
 from policies.ema import ema_decay
@@ -196,8 +196,7 @@ class GraphedStep:
                 try:
                     self._eager(self.loss_fn, inputs)
                 except Exception as exc:  # noqa: BLE001  # a compiler failure must not end the training
-                    self.say(f"train: torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                             "training without it")
+                    self.say("train: " + compile_failed(exc, "training without it"))
                     self.loss_fn, self.compiled = self._eager_loss, False
                     self.opt.zero_grad(set_to_none=True)
                     self._eager(self.loss_fn, inputs)

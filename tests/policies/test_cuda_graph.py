@@ -24,3 +24,12 @@ def test_compile_unavailable_names_the_missing_compiler_or_headers(monkeypatch: 
 def test_compile_unavailable_without_triton(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "triton", None)  # import triton raises ImportError
     assert cuda_graph.compile_unavailable() == "triton is not installed"
+
+
+def test_compile_failed_keeps_the_first_line_short() -> None:
+    exc = RuntimeError("InductorError: " + "x" * 500 + "\nTraceback (most recent call last): ...")
+    msg = cuda_graph.compile_failed(exc, "training without it")
+    assert msg.startswith("torch.compile failed (RuntimeError: InductorError: xxx")
+    assert msg.endswith("); training without it") and "Traceback" not in msg and len(msg) < 260
+    assert cuda_graph.compile_failed(ValueError(), "running without it") == \
+        "torch.compile failed (ValueError: ); running without it"
