@@ -25,7 +25,7 @@ from policies.dp3.infer import load
 from policies.dp3.model import Dp3Config
 from policies.dp3.train import TrainSettings, train
 from policies.dp3.zarr_buffer import write_buffer
-from robot.adapters import Dp3Adapter, PreprocessingMismatch, check_preprocessing
+from robot.adapters import Dp3Adapter, PreprocessingMismatch, check_preprocessing, state_as_trained
 from robot.cameras import ReplayCamera
 from robot.loop import LoopConfig, run_loop
 from robot.recorder import Recorder
@@ -122,6 +122,39 @@ def test_safety_clamps_joint_limits_and_per_step_deltas(trained: dict[str, Any])
     assert report.limited == report.sent > 10
     assert (sent >= limits.lower - 1e-9).all() and (sent <= limits.upper + 1e-9).all()
     assert np.abs(np.diff(sent[:, :7], axis=0)).max() <= 0.02 + 1e-9
+
+
+@pytest.mark.parametrize("binarize", [False, True])
+def test_action_gripper_is_binarised_when_the_deploy_asks(trained: dict[str, Any], binarize: bool) -> None:
+    class Hover:  # holds the arm, the gripper hovering at 0.7 (open side of 0.5)
+        kind, window, chunk = "test", 1, 4
+
+        def observation(self, joints: np.ndarray, rgb: np.ndarray, depth: np.ndarray) -> dict[str, Any]:
+            return {"q": joints}
+
+        def act(self, window: list[dict[str, Any]]) -> np.ndarray:
+            held = window[-1]["q"].copy()
+            held[-1] = 0.7
+            return np.repeat(held[None], 4, axis=0)
+
+    sim = Sim()
+    try:
+        report = run_loop(sim.client, ReplayCamera(trained["episode"], "front"), Hover(),
+                          loop_cfg(duration_s=0.6, binarize_action_gripper=binarize), threading.Event())
+    finally:
+        sim.close()
+    wire = np.array(sim.arm.commands)[:, -1]  # the robot's convention: 1.0 = closed
+    assert report.sent > 3
+    np.testing.assert_allclose(wire, 0.0 if binarize else 0.3, atol=1e-6)
+
+
+def test_state_as_trained_binarises_the_gripper_as_the_conversion_did() -> None:
+    joints = np.array([0.1, 0.2, 0.3, -1.0, 0.0, 1.5, 0.4, 0.7])
+    on = state_as_trained(joints, {"binarize_gripper": True, "gripper_threshold": 0.8})
+    assert on[-1] == 0.0 and on.dtype == np.float32
+    np.testing.assert_allclose(on[:-1], joints[:-1], rtol=1e-6)
+    assert state_as_trained(joints, {"binarize_gripper": True})[-1] == 1.0  # the converter's default 0.5
+    assert state_as_trained(joints, {})[-1] == np.float32(0.7)
 
 
 def test_far_first_pose_is_refused_and_nothing_is_sent(trained: dict[str, Any]) -> None:
