@@ -162,12 +162,18 @@ class GraphedStep:
             self._body(loss_fn, *inputs)
         torch.cuda.current_stream().wait_stream(self.stream)
 
-    def gather(self) -> None:
-        """Before validation or a checkpoint, on every rank: with ZeRO-1, complete the EMA weights and put the
-        optimizer state, per parameter, into the torch optimizer (what checkpoints save). Otherwise nothing."""
+    def gather(self, optimizer: bool = True) -> None:
+        """Before validation or a checkpoint, on every rank: with ZeRO-1, complete the EMA weights and (optimizer)
+        put the optimizer state, per parameter, into the torch optimizer (what checkpoints save). Else nothing."""
         if self.sharded is not None:
             self.sharded.gather_ema()
-            self.sharded.export_state()
+            if optimizer:
+                self.sharded.export_state()
+
+    def release(self) -> None:
+        """After a checkpoint is written: ZeRO-1 drops the gathered optimizer state (it keeps its shards)."""
+        if self.sharded is not None:
+            self.sharded.drop_exported()
 
     def close(self) -> None:
         """Free the graph and the DDP wrapper. Before the process group is destroyed: NCCL cannot tear down a

@@ -134,3 +134,8 @@ class ShardedAdamW:
                 "exp_avg": full["exp_avg"][offset:offset + n].view_as(p).clone(),
                 "exp_avg_sq": full["exp_avg_sq"][offset:offset + n].view_as(p).clone()}
             offset += n
+
+    def drop_exported(self) -> None:
+        """Free what export_state wrote into `opt` (2 full fp32 copies of the weights) once it has been saved."""
+        for p in self.params:
+            self.opt.state.pop(p, None)

@@ -164,6 +164,8 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
         if stepper is not None:
             stepper.gather()  # every rank (ZeRO-1: the EMA and optimizer shards)
         if not ranks.main:  # rank 0 writes; the others wait for it
+            if stepper is not None:
+                stepper.release()
             distributed.barrier(ranks)
             return None
         payload = {
@@ -177,6 +179,8 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
         }
         path = checkpoints.save(ckpt_dir, global_step, payload, val_loss=val_loss, keep=s.keep_checkpoints)
         result.last_checkpoint = path
+        if stepper is not None:
+            stepper.release()
         distributed.barrier(ranks)
         return path
 
@@ -235,7 +239,7 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
             val_loss = None
             validating = len(val_sampler) > 0 and (epoch % s.val_every == 0 or epoch == s.epochs)
             if validating and stepper is not None:
-                stepper.gather()  # every rank (ZeRO-1: the EMA shards)
+                stepper.gather(optimizer=False)  # every rank (ZeRO-1: the EMA shards)
             if ranks.main and validating:
                 val_loss = validate(ema.model if ema else model, val_sampler, s.batch_size, device)  # type: ignore[arg-type]
                 metrics.log(global_step, {"val_loss": val_loss, "epoch": epoch})

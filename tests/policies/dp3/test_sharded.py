@@ -98,6 +98,8 @@ def _worker(rank: int, world: int, store: str, backend: str, low: bool) -> None:
     again = ShardedAdamW(params, flat, flat_ema, opt_sh, rank, world, CLIP, reduce_dtype)
     for k in ("exp_avg", "exp_avg_sq"):
         assert torch.equal(again.inner.state[again.shard][k], sharded.inner.state[sharded.shard][k])
+    sharded.drop_exported()  # once saved, the gathered copy goes; the shards stay
+    assert not opt_sh.state and sharded.inner.state[sharded.shard]
     dist.destroy_process_group()
 
 
