@@ -161,24 +161,23 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
     stepper: GraphedStep | None = None
 
     def save(val_loss: float | None, next_epoch: int, next_batch: int, p_state: torch.Tensor | None) -> Path | None:
+        """Rank 0 writes the checkpoint; every rank gathers first (ZeRO-1: the EMA and optimizer shards), frees the
+        gathered state after and waits for rank 0."""
         if stepper is not None:
-            stepper.gather()  # every rank (ZeRO-1: the EMA and optimizer shards)
-        if not ranks.main:  # rank 0 writes; the others wait for it
-            if stepper is not None:
-                stepper.release()
-            distributed.barrier(ranks)
-            return None
-        payload = {
-            "cfg": {"model": asdict(cfg), "train": asdict(s), **(extra or {})},
-            "state_dicts": {"model": model.state_dict(), "ema_model": ema.model.state_dict() if ema else None,
-                            "optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict()},
-            "pickles": {"global_step": global_step, "epoch": next_epoch},
-            "loop": {"epoch": next_epoch, "batch_in_epoch": next_batch, "global_step": global_step,
-                     "perm_state": p_state, "ema_steps": ema.step_count if ema else 0},
-            "rng": _rng_state(gens), "val_episodes": np.nonzero(mask)[0].tolist(), "epoch": next_epoch,
-        }
-        path = checkpoints.save(ckpt_dir, global_step, payload, val_loss=val_loss, keep=s.keep_checkpoints)
-        result.last_checkpoint = path
+            stepper.gather()
+        path = None
+        if ranks.main:
+            payload = {
+                "cfg": {"model": asdict(cfg), "train": asdict(s), **(extra or {})},
+                "state_dicts": {"model": model.state_dict(), "ema_model": ema.model.state_dict() if ema else None,
+                                "optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict()},
+                "pickles": {"global_step": global_step, "epoch": next_epoch},
+                "loop": {"epoch": next_epoch, "batch_in_epoch": next_batch, "global_step": global_step,
+                         "perm_state": p_state, "ema_steps": ema.step_count if ema else 0},
+                "rng": _rng_state(gens), "val_episodes": np.nonzero(mask)[0].tolist(), "epoch": next_epoch,
+            }
+            path = checkpoints.save(ckpt_dir, global_step, payload, val_loss=val_loss, keep=s.keep_checkpoints)
+            result.last_checkpoint = path
         if stepper is not None:
             stepper.release()
         distributed.barrier(ranks)
