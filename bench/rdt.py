@@ -1,15 +1,23 @@
-"""RDT-1B on GPUs, at real size with random weights (nothing is downloaded): fine-tuning samples/s and
-`RdtPolicy.act` latency, each against a baseline measured in the same run.
+"""RDT-1B on GPUs, at real size with random weights (nothing is downloaded): fine-tuning samples/s against upstream's
+own training path measured in the same run, and `RdtPolicy.act` latency against eager bf16.
 
-    PYTHONPATH=. python bench/rdt.py --steps 12 --batch 16            # 1 GPU: baseline, runner path, inference
-    PYTHONPATH=. torchrun --standalone --nproc_per_node 2 bench/rdt.py --only runner --steps 12 --batch 16
+    PYTHONPATH=. python bench/rdt.py --batch 16 32 --steps 12                # 1 GPU: every row, each in its process
+    PYTHONPATH=. python bench/rdt.py --only inference --calls 1000 --cameras 3
+    PYTHONPATH=. torchrun --standalone --nproc_per_node 2 bench/rdt.py --only accelerate --batch 16
 
-train baseline: a plain fp32 PyTorch loop (fp32 SigLIP, fp32 RDT, torch AdamW, clipping), as a script without
-    accelerate/DeepSpeed would run it.
-train runner:   the fine-tuning step of policies/rdt/train.py: accelerate + DeepSpeed ZeRO-2 in bf16 (config
-    rendered from the job options), bf16 SigLIP, the same loss function and EMA update.
-inference:      RdtPolicy.act (SigLIP on 3 camera slots x 2 frames + 5 DPM-Solver++ steps) in bf16, against
-    the same call in fp32. Batches: 3 cameras x 2 frames of 384 x 384, 32 language tokens of 4096.
+Rows (batch 16 = 96 SigLIP images of 384 x 384 a step; 32 language tokens of 4096; 64-step chunks):
+
+upstream    upstream's train/train.py step, item by item: Accelerator(mixed_precision bf16, DeepSpeedPlugin with
+            configs/zero2.json: bf16, ZeRO-2, overlap_comm, contiguous_gradients, sub_group_size 1e9; its "auto"
+            sizes filled as accelerate fills them), transformers' SiglipVisionModel (its default attention) in bf16
+            on every step's images, precomputed language embeddings, accelerator.backward, clip_grad_norm_(1.0)
+            (a no-op under DeepSpeed, as upstream's), torch AdamW (its defaults: lr 1e-4 here, betas 0.9/0.999,
+            wd 1e-2), LR scheduler step, then EMAModel.step over a bf16 copy of the model, parameter by parameter
+            with mul_/add_. The model is this repo's RdtRunner (upstream's architecture and parameter names).
+fused       the runner's default on one GPU (policies/rdt/engine.py FusedEngine, the same code `runner train` runs):
+            compiled SigLIP (policies/rdt/siglip.py), compiled RDT in bf16, fp32 masters, fused AdamW, clipping 1.0,
+            fp32 EMA by one multi-tensor lerp.
+accelerate  the runner's several-GPU engine (AccelerateEngine: accelerate + DeepSpeed ZeRO-2 bf16, our SigLIP).
 """
 
 from __future__ import annotations
@@ -17,8 +25,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +37,15 @@ import numpy as np
 import torch
 
 from policies.rdt.model import RdtConfig, RdtRunner, schedulers
-from policies.rdt.train import Ema, _loss, make_accelerator
 
 SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
           "image_size": 384, "patch_size": 14}
+
+#: upstream's configs/zero2.json
+UPSTREAM_ZERO2 = {"bf16": {"enabled": "auto"}, "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto",
+                  "gradient_accumulation_steps": "auto",
+                  "zero_optimization": {"stage": 2, "overlap_comm": True, "contiguous_gradients": True,
+                                        "sub_group_size": 1e9}}
 
 
 def save_siglip(path: Path) -> Path:
@@ -41,7 +57,8 @@ def save_siglip(path: Path) -> Path:
     return path
 
 
-def batch(n: int, device: torch.device, cfg: RdtConfig, rng: torch.Generator) -> dict[str, torch.Tensor]:
+def batch(n: int, device: torch.device, cfg: RdtConfig, seed: int) -> dict[str, torch.Tensor]:
+    rng = torch.Generator().manual_seed(seed)
     return {"images": torch.randn(n, 6, 3, 384, 384, generator=rng).to(device),
             "lang_embeds": torch.randn(n, 32, cfg.lang_token_dim, generator=rng).to(device),
             "lang_attn_mask": torch.ones(n, 32, dtype=torch.bool, device=device),
@@ -50,9 +67,9 @@ def batch(n: int, device: torch.device, cfg: RdtConfig, rng: torch.Generator) ->
             "state_elem_mask": torch.ones(n, 128, device=device), "ctrl_freqs": torch.full((n,), 25.0, device=device)}
 
 
-def timed_steps(step: Any, steps: int, n: int) -> float:
-    """samples/s over `steps` steps after 3 warm-up steps."""
-    for _ in range(3):
+def timed(step: Callable[[], Any], steps: int, n: int, warm: int = 3) -> float:
+    """samples/s over `steps` steps after `warm` warm-up steps (compilation happens there)."""
+    for _ in range(warm):
         step()
     torch.cuda.synchronize()
     t = time.perf_counter()
@@ -62,57 +79,103 @@ def timed_steps(step: Any, steps: int, n: int) -> float:
     return n * steps / (time.perf_counter() - t)
 
 
-def train_baseline(siglip: Path, n: int, steps: int) -> float:
-    from policies.rdt.vision import SiglipTower
+def options(n: int, **over: Any) -> dict[str, Any]:
+    from policies.rdt.config import RdtTrain
 
-    dev = torch.device("cuda")
+    return {**RdtTrain().model_dump(), "train_batch_size": n, **over}
+
+
+def dist_env() -> None:
+    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": "29561"}.items():
+        os.environ.setdefault(k, v)
+
+
+def train_upstream(siglip: Path, n: int, steps: int) -> float:
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin
+    from transformers import SiglipVisionModel
+
+    dist_env()
+    world = int(os.environ["WORLD_SIZE"])
+    ds = {**UPSTREAM_ZERO2, "bf16": {"enabled": True}, "train_micro_batch_size_per_gpu": n,
+          "train_batch_size": n * world, "gradient_accumulation_steps": 1}
+    acc = Accelerator(gradient_accumulation_steps=1, mixed_precision="bf16",
+                      deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=ds))
+    dev = acc.device
+    vision = SiglipVisionModel.from_pretrained(str(siglip)).to(dev, torch.bfloat16).eval().requires_grad_(False)
     cfg = RdtConfig(img_cond_len=6 * 729)
-    tower = SiglipTower(siglip, dev, torch.float32)
-    model = RdtRunner(cfg).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2)
+    with torch.device(dev):
+        rdt = RdtRunner(cfg)
+        ema = RdtRunner(cfg).to(torch.bfloat16)
+    ema.load_state_dict(rdt.state_dict())
+    opt = torch.optim.AdamW(rdt.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    rdt, opt, sched = acc.prepare(rdt, opt, sched)
     alphas = torch.as_tensor(schedulers(cfg)[0].alphas_cumprod, dtype=torch.float32).to(dev)  # type: ignore[attr-defined]
-    b = batch(n, dev, cfg, torch.Generator().manual_seed(0))
-    gen = torch.Generator(dev).manual_seed(0)
+    b = batch(n, dev, cfg, acc.process_index)
+    gen = torch.Generator(dev).manual_seed(acc.process_index)
+    updates = [0]
 
     def step() -> None:
-        loss = _loss(model, tower, b, alphas, cfg, torch.float32, gen)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        with acc.accumulate(rdt):
+            images = b["images"].to(torch.bfloat16)
+            with torch.no_grad():
+                img = vision(pixel_values=images.reshape(-1, 3, 384, 384)).last_hidden_state.detach()
+            img = img.reshape(n, -1, 1152)
+            actions = b["actions"].to(torch.bfloat16)
+            noise = torch.randn(actions.shape, generator=gen, device=dev, dtype=torch.bfloat16)
+            t = torch.randint(0, 1000, (n,), generator=gen, device=dev)
+            loss = rdt(b["lang_embeds"].to(torch.bfloat16), b["lang_attn_mask"], img, b["states"].to(torch.bfloat16),
+                       actions, b["state_elem_mask"][:, None].to(torch.bfloat16),
+                       b["ctrl_freqs"].to(torch.bfloat16), noise, t, alphas)
+            acc.backward(loss)
+            if acc.sync_gradients:
+                acc.clip_grad_norm_(rdt.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+        upstream_ema_step(ema, acc.unwrap_model(rdt), updates)
 
-    return timed_steps(step, steps, n)
+    return timed(step, steps, n) * acc.num_processes
 
 
-def train_runner(siglip: Path, n: int, steps: int) -> tuple[float, int]:
+@torch.no_grad()
+def upstream_ema_step(ema: torch.nn.Module, model: torch.nn.Module, updates: list[int]) -> None:
+    """EMAModel.step: module by module, each immediate parameter with mul_ and add_ (bf16 here, as upstream's copy)."""
+    from policies.ema import ema_decay
+
+    d = ema_decay(updates[0])
+    for theirs, mine in zip(model.modules(), ema.modules(), strict=True):
+        for p, e in zip(theirs.parameters(recurse=False), mine.parameters(recurse=False), strict=True):
+            e.mul_(d)
+            e.add_(p.data.to(e.dtype), alpha=1 - d)
+    updates[0] += 1
+
+
+def train_runner(siglip: Path, n: int, steps: int, engine: str) -> float:
+    from policies.rdt.engine import AccelerateEngine, FusedEngine, make_accelerator
+    from policies.rdt.train import _loss
     from policies.rdt.vision import SiglipTower
 
-    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29561"}.items():
-        os.environ.setdefault(k, v)
-    o = {"mixed_precision": "bf16", "zero_stage": 2, "gradient_accumulation_steps": 1, "train_batch_size": n}
-    acc, _, _ = make_accelerator(o)
+    dist_env()
+    fused = engine == "fused"
+    o = options(n, engine=engine)
+    acc, _, _ = make_accelerator(o, fused)
     dev = acc.device
+    tower = SiglipTower(siglip, dev, torch.bfloat16, compile=fused)
     cfg = RdtConfig(img_cond_len=6 * 729)
-    tower = SiglipTower(siglip, dev, torch.bfloat16)
-    model = RdtRunner(cfg)
-    ema = Ema(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2)
-    model, opt = acc.prepare(model, opt)
-    ema.params = {k: v.to(dev) for k, v in ema.params.items()}
+    with torch.device(dev):
+        model = RdtRunner(cfg)
+    eng = FusedEngine(acc, model, o, compile=True) if fused else AccelerateEngine(acc, model, o, deepspeed=True)
     alphas = torch.as_tensor(schedulers(cfg)[0].alphas_cumprod, dtype=torch.float32).to(dev)  # type: ignore[attr-defined]
-    b = batch(n, dev, cfg, torch.Generator().manual_seed(acc.process_index))
+    b = batch(n, dev, cfg, acc.process_index)
     gen = torch.Generator(dev).manual_seed(acc.process_index)
 
     def step() -> None:
-        with acc.accumulate(model):
-            loss = _loss(model, tower, b, alphas, cfg, torch.bfloat16, gen)
-            acc.backward(loss)
-            opt.step()
-            opt.zero_grad()
-        ema.update(acc.unwrap_model(model))
+        eng.step([(b, gen)], lambda m, bb, g: _loss(m, tower, bb, alphas, cfg, torch.bfloat16, g))
 
-    rate = timed_steps(step, steps, n) * acc.num_processes
-    return rate, acc.num_processes
+    return timed(step, steps, n, warm=4 if fused else 3) * acc.num_processes
 
 
 def inference(siglip: Path, calls: int, dtype: torch.dtype, graphs: bool = True, cameras: int = 3) -> list[float]:
@@ -120,24 +183,25 @@ def inference(siglip: Path, calls: int, dtype: torch.dtype, graphs: bool = True,
 
     dev = torch.device("cuda")
     cfg = RdtConfig(img_cond_len=6 * 729)
-    model = RdtRunner(cfg).to(dev, dtype).eval()
+    with torch.device(dev):
+        model = RdtRunner(cfg).to(dtype).eval()
     meta = {"state_map": {"name": "franka", "indices": [0, 1, 2, 3, 4, 5, 6, 10]}, "img_history_size": 2,
             "ctrl_freq": 25}
     policy = RdtPolicy(model, meta, dev, dtype, siglip)
     policy.use_graphs = graphs
     rng = np.random.default_rng(0)
     slots = ("cam_high", "cam_right_wrist", "cam_left_wrist")[:cameras]
-    # New frames from all three cameras at every call (as on a robot): only the previous frames are cached.
+    # New frames from every camera at every call (as on a robot): only the previous frames are cached.
     sets = [[rng.integers(0, 255, (480, 640, 3), dtype=np.uint8) for _ in slots] for _ in range(16)]
     emb = torch.randn(32, 4096)
     out = []
-    for i in range(calls + 5):
+    for i in range(calls + 10):
         torch.cuda.synchronize()
         t = time.perf_counter()
         obs = {"qpos": np.zeros(8, np.float32), "images": dict(zip(slots, sets[i % len(sets)], strict=True))}
         chunk = policy.act(obs, emb)
         torch.cuda.synchronize()
-        if i >= 5:
+        if i >= 10:
             out.append((time.perf_counter() - t) * 1000)
     assert chunk.shape == (64, 8)
     return out
@@ -147,40 +211,57 @@ def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.array(xs), q))
 
 
+def one(args: argparse.Namespace, siglip: Path) -> None:
+    """One row, in this process; prints `RESULT <what> <batch> <samples/s> <peak GiB>` for the driver."""
+    if args.only == "inference":
+        graph = inference(siglip, args.calls, torch.bfloat16, cameras=args.cameras)
+        eager = inference(siglip, max(20, args.calls // 10), torch.bfloat16, graphs=False, cameras=args.cameras)
+        print(f"RDT act, {args.cameras} camera(s) with a new frame every call ({args.calls} calls): CUDA graphs bf16 "
+              f"p50 {pct(graph, 50):.1f} ms p99 {pct(graph, 99):.1f} ms; eager bf16 p50 {pct(eager, 50):.1f} ms "
+              f"({statistics.median(eager) / statistics.median(graph):.2f}x)")
+        return
+    n = args.batch[0]
+    rate = train_upstream(siglip, n, args.steps) if args.only == "upstream" else train_runner(
+        siglip, n, args.steps, args.only)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"RESULT {args.only} {n} {rate:.2f} {torch.cuda.max_memory_allocated() / 2**30:.1f}", flush=True)
+
+
+def drive(args: argparse.Namespace) -> None:
+    """Every training row in its own process (DeepSpeed and compiled state do not leak between rows), then ratios."""
+    rows: dict[tuple[str, int], tuple[float, float]] = {}
+    for n in args.batch:
+        for what in ("upstream", "fused"):
+            cmd = [sys.executable, __file__, "--only", what, "--batch", str(n), "--steps", str(args.steps)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+            if out.returncode or not lines:
+                print(f"{what} batch {n} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+                continue
+            _, _, _, rate, peak = lines[-1].split()
+            rows[(what, n)] = (float(rate), float(peak))
+            print(f"RDT train {what:9s} batch {n}: {float(rate):6.1f} samples/s, peak {float(peak):.1f} GiB", flush=True)
+        if ("upstream", n) in rows and ("fused", n) in rows:
+            print(f"RDT train batch {n}: runner (fused) {rows[('fused', n)][0] / rows[('upstream', n)][0]:.2f}x "
+                  "upstream's training path", flush=True)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--calls", type=int, default=50)
-    ap.add_argument("--only", choices=["all", "runner", "inference"], default="all")
+    ap.add_argument("--batch", type=int, nargs="+", default=[16, 32])
+    ap.add_argument("--calls", type=int, default=1000)
+    ap.add_argument("--only", choices=["all", "upstream", "fused", "accelerate", "inference"], default="all")
     ap.add_argument("--cameras", type=int, choices=[1, 2, 3], default=3, help="cameras with a new frame every call")
-    args = ap.parse_args()
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    siglip = Path(os.environ.get("SIGLIP", tempfile.gettempdir())) / "rdt-bench-siglip"
-    if rank0:
-        save_siglip(siglip)
+    a = ap.parse_args()
+    path = Path(os.environ.get("SIGLIP", tempfile.gettempdir())) / "rdt-bench-siglip"
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_siglip(path)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         torch.distributed.init_process_group("nccl")
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         torch.distributed.barrier()
-    if args.only in ("all", "inference"):
-        bf = inference(siglip, args.calls, torch.bfloat16, cameras=args.cameras)
-        eager = inference(siglip, max(10, args.calls // 2), torch.bfloat16, graphs=False, cameras=args.cameras)
-        fp = inference(siglip, max(10, args.calls // 5), torch.float32, graphs=False, cameras=args.cameras)
-        print(f"RDT act ({args.cameras} camera(s) with a new frame a call, SigLIP on them, 5 DPM-Solver++ steps), "
-              f"CUDA graph bf16: p50 {pct(bf, 50):.1f} ms "
-              f"p99 {pct(bf, 99):.1f} ms; eager bf16 p50 {pct(eager, 50):.1f} ms; eager fp32 p50 {pct(fp, 50):.1f} ms; "
-              f"{statistics.median(fp) / statistics.median(bf):.2f}x faster than eager fp32")
-    base = None
-    if args.only == "all":
-        base = train_baseline(siglip, args.batch, args.steps)
-        torch.cuda.empty_cache()
-        print(f"RDT train baseline (plain fp32 loop), batch {args.batch}: {base:.1f} samples/s "
-              f"(peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB)")
-        torch.cuda.reset_peak_memory_stats()
-    if args.only in ("all", "runner"):
-        rate, world = train_runner(siglip, args.batch, args.steps)
-        if rank0:
-            ratio = f"; {rate / base:.2f}x the baseline" if base else ""
-            print(f"RDT train runner path (accelerate + DeepSpeed ZeRO-2 bf16), {world} GPU(s), batch {args.batch} a GPU: "
-                  f"{rate:.1f} samples/s (peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB on GPU 0){ratio}")
+    if a.only == "all":
+        drive(a)
+    else:
+        one(a, path)

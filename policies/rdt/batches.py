@@ -81,11 +81,19 @@ class TrainItems(torch.utils.data.Dataset[dict[str, Any]]):
                 "ctrl_freq": float(ctrl_freq), "lang_embed": lang.float()}
 
 
+#: Language embeddings are padded to a multiple of this many tokens.
+LANG_BUCKET = 32
+
+
 def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack the samples; pad the language embeddings to the longest with an attention mask."""
+    """Stack the samples; pad the language embeddings to the longest, rounded up to a multiple of LANG_BUCKET
+    (few distinct shapes for a compiled model; masked positions change nothing), with an attention mask."""
     lengths = [it["lang_embed"].shape[0] for it in items]
-    lang = torch.nn.utils.rnn.pad_sequence([it["lang_embed"] for it in items], batch_first=True)
-    mask = torch.arange(lang.shape[1])[None] < torch.tensor(lengths)[:, None]
+    width = -(-max(lengths) // LANG_BUCKET) * LANG_BUCKET
+    lang = torch.zeros(len(items), width, items[0]["lang_embed"].shape[-1], dtype=items[0]["lang_embed"].dtype)
+    for i, it in enumerate(items):
+        lang[i, : lengths[i]] = it["lang_embed"]
+    mask = torch.arange(width)[None] < torch.tensor(lengths)[:, None]
     return {"states": torch.stack([it["states"] for it in items]), "actions": torch.stack([it["actions"] for it in items]),
             "state_elem_mask": torch.stack([it["state_elem_mask"] for it in items]),
             "images": torch.stack([it["images"] for it in items]),

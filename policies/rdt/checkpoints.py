@@ -23,8 +23,10 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE = "COMPLETE"
 
 
-def render_deepspeed_config(*, zero_stage: int, mixed_precision: str, grad_accum: int, micro_batch: int) -> dict[str, Any]:
-    """configs/zero2.json as upstream writes it, with the batch sizes filled in from the job (not "auto")."""
+def render_deepspeed_config(*, zero_stage: int, mixed_precision: str, grad_accum: int, micro_batch: int,
+                            max_grad_norm: float = 1.0) -> dict[str, Any]:
+    """configs/zero2.json as upstream writes it, with the batch sizes filled in from the job (not "auto"), and the
+    job's gradient clipping (upstream's zero2.json has none, so its clip_grad_norm_ call does nothing under DeepSpeed)."""
     return {
         "bf16": {"enabled": mixed_precision == "bf16"},
         "fp16": {"enabled": mixed_precision == "fp16"},
@@ -32,7 +34,7 @@ def render_deepspeed_config(*, zero_stage: int, mixed_precision: str, grad_accum
         "gradient_accumulation_steps": grad_accum,
         "zero_optimization": {"stage": zero_stage, "overlap_comm": True, "contiguous_gradients": True,
                               "reduce_scatter": True, "allgather_partitions": True},
-        "gradient_clipping": 1.0,
+        "gradient_clipping": max_grad_norm,
         "steps_per_print": 10**9,
     }
 

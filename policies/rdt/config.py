@@ -47,6 +47,11 @@ class RdtTrain(StepSpec):
     image_aug: bool = True
     mixed_precision: Literal["no", "fp16", "bf16"] = "bf16"
     zero_stage: Literal[0, 1, 2, 3] = 2
+    engine: Literal["auto", "fused", "accelerate"] = Field(
+        default="auto", description="auto: the fused one-GPU engine on one GPU in bf16 (bf16 weights, fp32 masters, "
+        "fused AdamW, compiled model and SigLIP; docs/rdt.md), accelerate + DeepSpeed ZeRO (zero_stage) otherwise; "
+        "accelerate: always accelerate, as upstream trains")
+    compile: bool = Field(default=True, description="torch.compile RDT and SigLIP in the fused engine (GPU only)")
     precomp_lang_embed: bool = True
     img_history_size: int = Field(default=2, gt=0)
     image_side: int = Field(default=384, gt=0, description="SigLIP input side")

@@ -35,6 +35,17 @@ def processes_per_machine(gpus: Any, visible: int) -> int:
     return wanted
 
 
+def _fused(options: Mapping[str, Any], processes: int, visible: int) -> bool:
+    """Whether the step trains with the fused one-GPU engine (then accelerate starts it without DeepSpeed)."""
+    from policies.rdt.engine import fused_applies
+
+    try:
+        return fused_applies(options.get("engine", "auto"), processes, visible > 0,
+                             options["mixed_precision"] if visible else "no")
+    except ValueError as e:
+        raise LaunchError(str(e)) from e
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -60,7 +71,7 @@ def accelerate_argv(python: str, options: Mapping[str, Any], gpus: Any, visible:
         argv += ["--main_process_ip", env["MASTER_ADDR"], "--main_process_port", env["MASTER_PORT"]]
     else:
         argv += ["--main_process_port", str(port if port is not None else free_port())]
-    if options["zero_stage"] > 0:
+    if options["zero_stage"] > 0 and not _fused(options, per_machine * machines, visible):
         argv += ["--use_deepspeed", "--zero_stage", str(options["zero_stage"]),
                  "--gradient_accumulation_steps", str(options["gradient_accumulation_steps"])]
     elif per_machine * machines > 1:

@@ -92,9 +92,14 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def keys_values(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised keys and values of a condition: fixed across denoising steps, so sampling computes them once."""
+        """Normalised keys and values of a condition: fixed across denoising steps, so sampling computes them once.
+        Keys and values come from the two halves of `kv` as two products, so each is contiguous and the backward
+        pass writes no stacked (B, L, 2, H, D) gradient (4374 image tokens make that the largest copy of the step)."""
         b, length, _ = cond.shape
-        k, v = self.kv(cond).reshape(b, length, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        d = self.heads * self.head_dim
+        w, bias = self.kv.weight, self.kv.bias
+        k = F.linear(cond, w[:d], bias[:d]).view(b, length, self.heads, self.head_dim).transpose(1, 2)
+        v = F.linear(cond, w[d:], bias[d:]).view(b, length, self.heads, self.head_dim).transpose(1, 2)
         return self.k_norm(k), v
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
@@ -176,10 +181,10 @@ class Rdt(nn.Module):
         d = cfg.hidden_size
         self.horizon = cfg.horizon
         self.t_embedder, self.freq_embedder = TimestepEmbedder(d), TimestepEmbedder(d)
-        self.x_pos_embed = nn.Parameter(torch.from_numpy(token_pos_embed(d, cfg.horizon)).float()[None])
+        self.x_pos_embed = nn.Parameter(torch.tensor(token_pos_embed(d, cfg.horizon), dtype=torch.float32)[None])
         self.lang_cond_pos_embed = nn.Parameter(
-            torch.from_numpy(sincos_1d(d, np.arange(cfg.max_lang_cond_len))).float()[None])
-        self.img_cond_pos_embed = nn.Parameter(torch.from_numpy(sincos_1d(d, np.arange(cfg.img_cond_len))).float()[None])
+            torch.tensor(sincos_1d(d, np.arange(cfg.max_lang_cond_len)), dtype=torch.float32)[None])
+        self.img_cond_pos_embed = nn.Parameter(torch.tensor(sincos_1d(d, np.arange(cfg.img_cond_len)), dtype=torch.float32)[None])
         self.blocks = nn.ModuleList([RdtBlock(d, cfg.num_heads) for _ in range(cfg.depth)])
         self.final_layer = FinalLayer(d, cfg.action_dim)
 

@@ -76,7 +76,8 @@ def _rdt_data(ctx: StepContext) -> Path:
 def step_train(ctx: StepContext) -> int:
     if os.environ.get(LAUNCHED) != "1":
         return _launch(ctx)
-    from policies.rdt.train import Inputs, ResumeError, train
+    from policies.rdt.engine import ResumeError
+    from policies.rdt.train import Inputs, train
     from policies.rdt.weights import WeightsError
 
     weights = ctx.paths.get("weights", {})

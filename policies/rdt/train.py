@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from policies import checkpoint_io
 from policies.data.episodes import read_attrs
-from policies.ema import ema_decay
 from policies.metrics import Metrics, SmoothRate, progress
 from policies.rdt import checkpoints
 from policies.rdt.batches import ItemRules, StepIndices, TrainItems, collate
 from policies.rdt.dataset import EpisodeIndex, RdtSamples, dataset_stat, index_episodes
+from policies.rdt.engine import AccelerateEngine, FusedEngine, ResumeError, fused_applies, make_accelerator, world_size
 from policies.rdt.model import RdtConfig, RdtRunner, schedulers
 from policies.rdt.state_space import FRANKA, StateMap
 from policies.rdt.weights import WeightsError, load_strict, read_state_dict
@@ -37,10 +38,6 @@ from policies.signals import StopFlag, ignore_stop_signals
 
 TRAINER_STATE = "trainer_state.json"
 RDT_CONFIG = "rdt_config.json"
-
-
-class ResumeError(Exception):
-    """A checkpoint that cannot be restored in full: training stops instead of continuing from weights only."""
 
 
 @dataclass(frozen=True)
@@ -59,42 +56,6 @@ class TrainResult:
     stopped_by: str | None
     last_checkpoint: Path | None
     losses: list[float] = field(default_factory=list)
-
-
-class Ema:
-    """upstream's EMAModel (policies/ema.py's schedule) over fp32 copies of the weights."""
-
-    def __init__(self, model: torch.nn.Module, power: float = 0.75, inv_gamma: float = 1.0, max_value: float = 0.9999) -> None:
-        self.params = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
-        self.power, self.inv_gamma, self.max_value = power, inv_gamma, max_value
-        self.steps = 0
-
-    def decay(self) -> float:
-        return ema_decay(self.steps, self.power, self.inv_gamma, self.max_value)
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        d = self.decay()  # from the updates done so far, as upstream (the count goes up after the update)
-        for k, v in model.state_dict().items():
-            self.params[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
-        self.steps += 1
-
-    def save(self, folder: Path) -> None:
-        from safetensors.torch import save_file
-
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous().cpu() for k, v in self.params.items()}, str(folder / "model.safetensors"))
-
-    def load(self, folder: Path, steps: int) -> None:
-        from safetensors.torch import load_file
-
-        state = load_file(str(folder / "model.safetensors"))
-        if set(state) != set(self.params):
-            msg = f"{folder}: the EMA weights do not match the model"
-            raise ResumeError(msg)
-        for k, v in state.items():
-            self.params[k].copy_(v)
-        self.steps = steps
 
 
 def model_config(size: str, lang_dim: int, img_dim: int, patches: int, history: int, where: str) -> RdtConfig:
@@ -140,36 +101,18 @@ def _noise_seed(seed: int, micro: int, rank: int) -> int:
     return (seed * 1_000_003 + micro * 4099 + rank) % (2**63)
 
 
-def make_accelerator(o: dict[str, Any]) -> tuple[Any, str, dict[str, Any] | None]:
-    """(accelerator, precision, DeepSpeed config or None): bf16/fp16 only on GPUs; DeepSpeed when zero_stage > 0."""
-    from accelerate import Accelerator
-    from accelerate.utils import DeepSpeedPlugin
-
-    precision = o["mixed_precision"] if torch.cuda.is_available() else "no"
-    ds_config = None
-    if o["zero_stage"] > 0:
-        ds_config = checkpoints.render_deepspeed_config(zero_stage=o["zero_stage"], mixed_precision=precision,
-                                                        grad_accum=o["gradient_accumulation_steps"],
-                                                        micro_batch=o["train_batch_size"])
-    plugin = DeepSpeedPlugin(hf_ds_config=ds_config) if ds_config else None
-    acc = Accelerator(gradient_accumulation_steps=o["gradient_accumulation_steps"], mixed_precision=precision,
-                      deepspeed_plugin=plugin)
-    return acc, precision, ds_config
-
-
 def train(o: dict[str, Any], inputs: Inputs, *, resume: bool, stop: StopFlag, extra: dict[str, Any] | None = None,
           say: Callable[[str], None] = print, state_map: StateMap = FRANKA) -> TrainResult:
     """Fine-tune (or continue) as one process of `accelerate launch`; `o` holds the job's steps.train options."""
     from accelerate.utils import set_seed
 
     cuda = torch.cuda.is_available()
-    acc, precision, ds_config = make_accelerator(o)
-    deepspeed = ds_config is not None
+    fused = fused_applies(o["engine"], world_size(), cuda, o["mixed_precision"] if cuda else "no")
+    acc, precision, ds_config = make_accelerator(o, fused)
     main = acc.is_main_process
     if not main:
         say = _quiet
     set_seed(o["seed"])
-    device = acc.device
     train_eps, val_eps = split_episodes(inputs.data, o["val_episodes"])
     stat = dataset_stat(train_eps, state_map)
     if main:
@@ -178,11 +121,49 @@ def train(o: dict[str, Any], inputs: Inputs, *, resume: bool, stop: StopFlag, ex
             (folder / "dataset_stat.json").write_text(json.dumps(stat, indent=2))
         if ds_config is not None:
             (inputs.run_dir / "deepspeed_config.json").write_text(json.dumps(ds_config, indent=2))
+    tower, cfg, engine, empty_lang = _build(o, inputs, acc, precision, fused, resume, say)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(
+        engine.optimizer, lr_schedule(o["lr_scheduler"], o["lr_warmup_steps"], o["max_train_steps"]))
+    acc.register_for_checkpointing(lr_sched)  # saved and restored with the rest of the state
+    input_dtype = torch.bfloat16 if (fused or ds_config is not None) and precision == "bf16" else torch.float32
+    global_step = _resume(acc, engine, inputs, say, {"job": (extra or {}).get("job"), "model": asdict(cfg)}) if resume else 0
+    acc.wait_for_everyone()
+    meta = {"model": asdict(cfg), "train": o, "state_map": {"name": state_map.name, "indices": list(state_map.indices)},
+            "siglip": str(inputs.siglip), "img_history_size": o["img_history_size"], "ctrl_freq": o["ctrl_freq"],
+            "dataset": str(inputs.data), "val_episodes": [str(e.path) for e in val_eps],
+            "train_episodes": [str(e.path) for e in train_eps], "dataset_stat": stat, "engine": engine.name,
+            **_recorded(train_eps[0].path), **(extra or {})}
+    if main:
+        (inputs.output / RDT_CONFIG).write_text(json.dumps(meta, indent=2, default=str))
+    loader = _loader(o, inputs, cfg, state_map, stat, train_eps, empty_lang, global_step, acc, cuda)
+    say(f"train: RDT ({sum(p.numel() for p in engine.module.parameters()):,} parameters), "
+        f"{len(train_eps)} training episodes, {len(val_eps)} held out, {acc.num_processes} process(es) on {acc.device}, "
+        f"{_engine_words(engine.name, o, ds_config)}, precision {precision}, batch {o['train_batch_size']} x "
+        f"{o['gradient_accumulation_steps']} accumulation x {acc.num_processes} processes, step {global_step}/"
+        f"{o['max_train_steps']}")
 
+    def loss_fn(model: Any, b: dict[str, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
+        return _loss(model, tower, b, alphas, cfg, input_dtype, gen)
+
+    alphas = torch.as_tensor(schedulers(cfg)[0].alphas_cumprod, dtype=torch.float32).to(acc.device)  # type: ignore[attr-defined]
+    loop = _Loop(o, inputs, acc, engine, lr_sched, meta, say, stop)
+    return loop.run(global_step, iter(loader), loss_fn)
+
+
+def _engine_words(name: str, o: dict[str, Any], ds_config: dict[str, Any] | None) -> str:
+    if name == "fused":
+        return f"fused one-GPU engine (bf16 weights, fp32 masters, fused AdamW{', compiled' if o['compile'] else ''})"
+    return f"DeepSpeed ZeRO-{o['zero_stage']}" if ds_config is not None else "no DeepSpeed"
+
+
+def _build(o: dict[str, Any], inputs: Inputs, acc: Any, precision: str, fused: bool, resume: bool,
+           say: Callable[[str], None]) -> tuple[Any, RdtConfig, AccelerateEngine | FusedEngine, torch.Tensor]:
+    """SigLIP, the model (pretrained weights loaded unless resuming) and its engine."""
     from policies.rdt.vision import SiglipTower
 
+    cuda = acc.device.type == "cuda"
     vision_dtype = torch.bfloat16 if cuda and precision == "bf16" else torch.float32
-    tower = SiglipTower(inputs.siglip, device, vision_dtype)
+    tower = SiglipTower(inputs.siglip, acc.device, vision_dtype, compile=fused and o["compile"])
     empty_lang, lang_dim = _empty_language(inputs.data, o["model_size"])
     cfg = model_config(o["model_size"], lang_dim, tower.hidden_size, tower.num_patches, o["img_history_size"],
                        f"{inputs.siglip} and the embeddings in {inputs.data}")
@@ -190,106 +171,95 @@ def train(o: dict[str, Any], inputs: Inputs, *, resume: bool, stop: StopFlag, ex
     if inputs.pretrained is not None and not resume:
         load_strict(model, read_state_dict(inputs.pretrained), inputs.pretrained)
         say(f"train: loaded {inputs.pretrained}")
-    ema = Ema(model)
-    train_sched, _ = schedulers(cfg)
-    alphas = torch.as_tensor(train_sched.alphas_cumprod, dtype=torch.float32).to(device)  # type: ignore[attr-defined]
-    opt = torch.optim.AdamW(model.parameters(), lr=o["learning_rate"], betas=tuple(o["adam_betas"]),
-                            weight_decay=o["weight_decay"], eps=1e-8)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(o["lr_scheduler"], o["lr_warmup_steps"],
-                                                                  o["max_train_steps"]))
-    model, opt = acc.prepare(model, opt)
-    acc.register_for_checkpointing(lr_sched)  # saved and restored with the rest of the state
-    ema.params = {k: v.to(device) for k, v in ema.params.items()}
-    input_dtype = torch.bfloat16 if deepspeed and precision == "bf16" else torch.float32
+    if fused:
+        return tower, cfg, FusedEngine(acc, model, o, compile=o["compile"]), empty_lang
+    return tower, cfg, AccelerateEngine(acc, model, o, deepspeed=o["zero_stage"] > 0), empty_lang
 
-    global_step = 0
-    if resume:
-        global_step = _resume(acc, ema, inputs, say, {"job": (extra or {}).get("job"), "model": asdict(cfg)})
-    acc.wait_for_everyone()
-    meta = {"model": asdict(cfg), "train": o, "state_map": {"name": state_map.name, "indices": list(state_map.indices)},
-            "siglip": str(inputs.siglip), "img_history_size": o["img_history_size"], "ctrl_freq": o["ctrl_freq"],
-            "dataset": str(inputs.data), "val_episodes": [str(e.path) for e in val_eps],
-            "train_episodes": [str(e.path) for e in train_eps], "dataset_stat": stat, **_recorded(train_eps[0].path),
-            **(extra or {})}
-    if main:
-        (inputs.output / RDT_CONFIG).write_text(json.dumps(meta, indent=2, default=str))
 
+def _loader(o: dict[str, Any], inputs: Inputs, cfg: RdtConfig, state_map: StateMap, stat: dict[str, Any],
+            train_eps: list[EpisodeIndex], empty_lang: torch.Tensor, global_step: int, acc: Any,
+            cuda: bool) -> torch.utils.data.DataLoader[Any]:
     rules = ItemRules(seed=o["seed"], ctrl_freq=o["ctrl_freq"], cond_mask_prob=o["cond_mask_prob"],
                       state_noise_snr=o["state_noise_snr"], image_aug=o["image_aug"])
     samples = RdtSamples(inputs.data, state_map, cfg.horizon, o["img_history_size"], episodes=train_eps)
     items = TrainItems(samples, inputs.siglip, rules, np.asarray(stat["agilex"]["state_mean"], np.float32), empty_lang)
     accum, batch = o["gradient_accumulation_steps"], o["train_batch_size"]
-    loader = torch.utils.data.DataLoader(
+    return torch.utils.data.DataLoader(
         items, batch_size=batch, sampler=StepIndices(global_step * accum, batch, acc.process_index, acc.num_processes),
         num_workers=o["num_workers"], collate_fn=collate, worker_init_fn=ignore_stop_signals,
         prefetch_factor=2 if o["num_workers"] else None, pin_memory=cuda)
-    metrics = Metrics(inputs.run_dir, o["logger"] if main else "none", meta, enabled=main)
-    total = o["max_train_steps"]
-    say(f"train: RDT ({sum(p.numel() for p in acc.unwrap_model(model).parameters()):,} parameters), "
-        f"{len(train_eps)} training episodes, {len(val_eps)} held out, {acc.num_processes} process(es) on {device}, "
-        f"{'DeepSpeed ZeRO-' + str(o['zero_stage']) if deepspeed else 'no DeepSpeed'}, precision {precision}, "
-        f"batch {batch} x {accum} accumulation x {acc.num_processes} processes, step {global_step}/{total}")
-    result = TrainResult(global_step, None, None)
 
-    def save() -> Path:
-        folder = checkpoints.checkpoint_dir(inputs.output, global_step)
+
+class _Loop:
+    """The optimizer steps: logging, checkpoints (periodic, last, on request, on stop) and stopping together."""
+
+    def __init__(self, o: dict[str, Any], inputs: Inputs, acc: Any, engine: AccelerateEngine | FusedEngine,
+                 lr_sched: Any, meta: dict[str, Any], say: Callable[[str], None], stop: StopFlag) -> None:
+        self.o, self.inputs, self.acc, self.engine, self.lr_sched = o, inputs, acc, engine, lr_sched
+        self.meta, self.say, self.stop = meta, say, stop
+        self.metrics = Metrics(inputs.run_dir, o["logger"] if acc.is_main_process else "none", meta,
+                               enabled=acc.is_main_process)
+        self.result = TrainResult(0, None, None)
+
+    def save(self, step: int) -> Path:
+        acc, main = self.acc, self.acc.is_main_process
+        folder = checkpoints.checkpoint_dir(self.inputs.output, step)
         if main and folder.exists():  # an incomplete folder of the same step from an earlier, killed run
             shutil.rmtree(folder)
         acc.wait_for_everyone()
-        acc.save_state(str(folder))
+        self.engine.save(folder)
         if main:
-            ema.save(folder / "ema")
-            (folder / TRAINER_STATE).write_text(json.dumps({"step": global_step, "ema_steps": ema.steps}))
-            checkpoints.mark_complete(folder, {**meta, "step": global_step})
-            for old in checkpoints.enforce_limit(inputs.output, o["checkpoints_total_limit"]):
-                say(f"train: removed {old.name} (checkpoints_total_limit {o['checkpoints_total_limit']})")
+            self.engine.ema.save(folder / "ema")
+            (folder / TRAINER_STATE).write_text(json.dumps({"step": step, "ema_steps": self.engine.ema.steps}))
+            checkpoints.mark_complete(folder, {**self.meta, "step": step})
+            for old in checkpoints.enforce_limit(self.inputs.output, self.o["checkpoints_total_limit"]):
+                self.say(f"train: removed {old.name} (checkpoints_total_limit {self.o['checkpoints_total_limit']})")
         acc.wait_for_everyone()
-        result.last_checkpoint = folder
+        self.result.last_checkpoint = folder
         return folder
 
-    t_log, n_log = time.perf_counter(), 0
-    smooth = SmoothRate()
-    batches = iter(loader)
-    try:
-        while global_step < total:
-            for j in range(accum):
-                micro = global_step * accum + j
-                b = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-                with acc.accumulate(model):
-                    loss = _loss(model, tower, b, alphas, cfg, input_dtype,
-                                 torch.Generator(device).manual_seed(_noise_seed(o["seed"], micro, acc.process_index)))
-                    acc.backward(loss)
-                    if acc.sync_gradients and not deepspeed:
-                        acc.clip_grad_norm_(model.parameters(), o["max_grad_norm"])
-                    opt.step()
-                    opt.zero_grad()
-            lr_sched.step()
-            ema.update(acc.unwrap_model(model))
-            global_step += 1
-            n_log += batch * accum * acc.num_processes
-            if global_step % o["log_every"] == 0 or global_step in (1, total):
-                value = float(acc.reduce(loss.detach().float(), "mean"))
-                result.losses.append(value)
-                rate = n_log / max(1e-9, time.perf_counter() - t_log)
-                lr = float(lr_sched.get_last_lr()[0])
-                metrics.log(global_step, {"loss": value, "lr": lr, "samples_per_s": rate})
-                bar = progress(global_step, total, smooth.update(rate), batch * accum * acc.num_processes)
-                say(f"train: step {global_step}/{total} {bar} loss {value:.5f} lr {lr:.2e} {rate:.1f} samples/s")
-                t_log, n_log = time.perf_counter(), 0
-            flags = torch.tensor([stop.signal is not None, stop.save_now], dtype=torch.float32, device=device)
-            stopping, saving = (bool(x) for x in acc.reduce(flags, "max").tolist())
-            if global_step % o["checkpointing_period"] == 0 or global_step == total or stopping or saving:
-                say(f"train: checkpoint {save()}")
-                stop.save_now = False
-            if stopping:
-                result.stopped_by = stop.stopped_by
-                say(f"train: stopped ({result.stopped_by}) at step {global_step}; resume with `runner resume JOB`")
-                break
-    finally:
-        metrics.close()
-        acc.end_training()
-    result.global_step = global_step
-    return result
+    def run(self, global_step: int, batches: Any, loss_fn: Any) -> TrainResult:
+        o, acc = self.o, self.acc
+        accum, total = o["gradient_accumulation_steps"], o["max_train_steps"]
+        per_step = o["train_batch_size"] * accum * acc.num_processes
+        t_log, n_log, smooth = time.perf_counter(), 0, SmoothRate()
+        try:
+            while global_step < total:
+                micro = [({k: v.to(acc.device, non_blocking=True) for k, v in next(batches).items()},
+                          torch.Generator(acc.device).manual_seed(_noise_seed(o["seed"], global_step * accum + j,
+                                                                              acc.process_index)))
+                         for j in range(accum)]
+                loss = self.engine.step(micro, loss_fn)
+                self.lr_sched.step()
+                global_step += 1
+                n_log += per_step
+                if global_step % o["log_every"] == 0 or global_step in (1, total):
+                    rate = n_log / max(1e-9, time.perf_counter() - t_log)
+                    self._log(global_step, float(acc.reduce(loss.detach().float(), "mean")), rate, smooth, per_step)
+                    t_log, n_log = time.perf_counter(), 0
+                flags = torch.tensor([self.stop.signal is not None, self.stop.save_now], dtype=torch.float32,
+                                     device=acc.device)
+                stopping, saving = (bool(x) for x in acc.reduce(flags, "max").tolist())
+                if global_step % o["checkpointing_period"] == 0 or global_step == total or stopping or saving:
+                    self.say(f"train: checkpoint {self.save(global_step)}")
+                    self.stop.save_now = False
+                if stopping:
+                    self.result.stopped_by = self.stop.stopped_by
+                    self.say(f"train: stopped ({self.result.stopped_by}) at step {global_step}; resume with "
+                             "`runner resume JOB`")
+                    break
+        finally:
+            self.metrics.close()
+            acc.end_training()
+        self.result.global_step = global_step
+        return self.result
+
+    def _log(self, step: int, value: float, rate: float, smooth: SmoothRate, per_step: int) -> None:
+        self.result.losses.append(value)
+        lr = float(self.lr_sched.get_last_lr()[0])
+        self.metrics.log(step, {"loss": value, "lr": lr, "samples_per_s": rate})
+        bar = progress(step, self.o["max_train_steps"], smooth.update(rate), per_step)
+        self.say(f"train: step {step}/{self.o['max_train_steps']} {bar} loss {value:.5f} lr {lr:.2e} {rate:.1f} samples/s")
 
 
 def _loss(model: Any, tower: Any, b: dict[str, torch.Tensor], alphas: torch.Tensor, cfg: RdtConfig,
@@ -305,38 +275,28 @@ def _loss(model: Any, tower: Any, b: dict[str, torch.Tensor], alphas: torch.Tens
     return loss
 
 
-def _resume(acc: Any, ema: Ema, inputs: Inputs, say: Callable[[str], None], expect: dict[str, Any]) -> int:
+def _resume(acc: Any, engine: AccelerateEngine | FusedEngine, inputs: Inputs, say: Callable[[str], None],
+            expect: dict[str, Any]) -> int:
     """Restore model, optimizer, scheduler, RNG and EMA from the newest complete checkpoint (or `inputs.start`,
     which is refused rather than skipped when it does not verify), or raise."""
-    if inputs.start is not None:
-        why = checkpoints.verify(inputs.start, expect)
-        if why:
-            msg = f"cannot start from {inputs.start}: {why}"
-            raise ResumeError(msg)
-        m = re.match(r"^checkpoint-(\d+)$", inputs.start.name)
-        found: tuple[int, Path] | None = (int(m.group(1)), inputs.start) if m else None
-        if found is None:
-            msg = f"{inputs.start}: not a checkpoint-<step> folder"
-            raise ResumeError(msg)
-    else:
-        found = checkpoints.latest(inputs.output, expect)
+    found = _resume_point(inputs, expect)
     if found is None:
         say(f"train: nothing to resume in {inputs.output}; starting from the pretrained weights")
         return 0
     step, folder = found
     # ZeRO writes one optimizer shard a data-parallel rank: [bf16_]zero_pp_rank_<r>_mp_rank_00_optim_states.pt
     saved_by = len(list((folder / "pytorch_model").glob("*zero_pp_rank_*_optim_states.pt")))  # bf16_zero_pp_...
-    if saved_by and saved_by != acc.num_processes:
+    if saved_by and engine.name == "accelerate" and saved_by != acc.num_processes:
         msg = (f"{folder} was written by {saved_by} processes with DeepSpeed ZeRO, which cannot re-partition its "
                f"optimizer state for {acc.num_processes}: resume with resources.gpus={saved_by}, or start a new "
                f"lineage from its weights (weights.rdt={folder}/pytorch_model/mp_rank_00_model_states.pt with "
                "`runner train JOB`)")
         raise ResumeError(msg)
     try:
-        acc.load_state(str(folder))
+        engine.load(folder)
         state = json.loads((folder / TRAINER_STATE).read_text())
-        ema.load(folder / "ema", int(state["ema_steps"]))
-    except (OSError, RuntimeError, KeyError, ValueError, WeightsError) as e:
+        engine.ema.load(folder / "ema", int(state["ema_steps"]))
+    except (OSError, RuntimeError, KeyError, ValueError, WeightsError, checkpoint_io.CheckpointError) as e:
         msg = (f"cannot restore the full training state from {folder} ({type(e).__name__}: {e}). Training does not "
                "fall back to weights only: fix or move that folder away to resume from an earlier checkpoint, "
                "or train from scratch with `runner train JOB` (no --resume)")
@@ -346,6 +306,20 @@ def _resume(acc: Any, ema: Ema, inputs: Inputs, say: Callable[[str], None], expe
         raise ResumeError(msg)
     say(f"train: resumed from {folder} at step {step} (optimizer, LR scheduler, RNG and EMA restored)")
     return step
+
+
+def _resume_point(inputs: Inputs, expect: dict[str, Any]) -> tuple[int, Path] | None:
+    if inputs.start is None:
+        return checkpoints.latest(inputs.output, expect)
+    why = checkpoints.verify(inputs.start, expect)
+    if why:
+        msg = f"cannot start from {inputs.start}: {why}"
+        raise ResumeError(msg)
+    m = re.match(r"^checkpoint-(\d+)$", inputs.start.name)
+    if m is None:
+        msg = f"{inputs.start}: not a checkpoint-<step> folder"
+        raise ResumeError(msg)
+    return int(m.group(1)), inputs.start
 
 
 def _empty_language(data: Path, size: str) -> tuple[torch.Tensor, int]:

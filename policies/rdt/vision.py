@@ -12,27 +12,28 @@ from policies.rdt.images import ImagePrep
 
 
 class SiglipTower:
-    """Images -> patch tokens (B, patches, hidden): 729 x 1152 for so400m-patch14-384. Frozen, in eval mode."""
+    """Images -> patch tokens (B, patches, hidden): 729 x 1152 for so400m-patch14-384. Frozen, in eval mode.
+    The encoder is policies/rdt/siglip.py's (transformers' output to float tolerance); `compile` compiles it on GPUs."""
 
-    def __init__(self, path: Path, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
-        from transformers import SiglipVisionModel
+    def __init__(self, path: Path, device: torch.device, dtype: torch.dtype = torch.float32,
+                 compile: bool = False) -> None:
+        from policies.rdt import siglip
 
         if not (path / "config.json").is_file():
             msg = f"{path}: no SigLIP model here (config.json missing); set weights.siglip to a local folder"
             raise FileNotFoundError(msg)
-        self.model: Any = SiglipVisionModel.from_pretrained(str(path), torch_dtype=dtype).to(device).eval()
-        self.model.requires_grad_(False)
+        self.model = siglip.load(path, device, dtype)
+        self.encoder: Any = torch.compile(self.model) if compile and device.type == "cuda" else self.model
         self.prep = ImagePrep(path)
-        cfg = self.model.config
-        self.hidden_size: int = int(cfg.hidden_size)
-        self.num_patches: int = (int(cfg.image_size) // int(cfg.patch_size)) ** 2
+        self.hidden_size: int = self.model.hidden_size
+        self.num_patches: int = self.model.num_patches
         self.device, self.dtype = device, dtype
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) pixel values (ImagePrep.pixels) -> (N, patches, hidden)."""
-        out = self.model(pixel_values=pixels.to(self.device, self.dtype)).last_hidden_state
-        return out  # type: ignore[no-any-return]
+        out: torch.Tensor = self.encoder(pixels.to(self.device, self.dtype))
+        return out
 
     def __call__(self, frames: list[np.ndarray]) -> torch.Tensor:
         return self.encode(self.prep.pixels(frames))

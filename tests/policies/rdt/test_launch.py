@@ -45,3 +45,14 @@ def test_several_machines_take_the_rendezvous_from_the_environment() -> None:
         accelerate_argv("python3", OPTS, 4, 4, {"RUNNER_NUM_MACHINES": "2"})
     with pytest.raises(LaunchError, match=r"outside 0\.\.1"):
         accelerate_argv("python3", OPTS, 4, 4, {**env, "RUNNER_MACHINE_RANK": "2"})
+
+
+def test_one_gpu_in_bf16_runs_the_fused_engine_without_deepspeed() -> None:
+    one = accelerate_argv("python3", OPTS, 1, 1, {}, port=1)
+    assert "--use_deepspeed" not in one and "--multi_gpu" not in one and arg(one, "--num_processes") == "1"
+    upstream_way = accelerate_argv("python3", {**OPTS, "engine": "accelerate"}, 1, 1, {}, port=1)
+    assert "--use_deepspeed" in upstream_way and arg(upstream_way, "--zero_stage") == "2"
+    fp32 = accelerate_argv("python3", {**OPTS, "mixed_precision": "no"}, 1, 1, {}, port=1)
+    assert "--use_deepspeed" in fp32  # the fused engine is bf16 only
+    with pytest.raises(LaunchError, match=r"engine: fused runs one process on one GPU in bf16; this run has 2"):
+        accelerate_argv("python3", {**OPTS, "engine": "fused"}, 2, 2, {}, port=1)

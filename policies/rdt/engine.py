@@ -1,0 +1,210 @@
+"""How one RDT optimizer step runs: two engines with one interface, chosen by the job's `engine` option.
+
+* `fused` (the default on one GPU in bf16, `engine: auto`): the model in bf16 with fp32 master weights, a fused
+  AdamW and a multi-tensor EMA (policies/rdt/fused.py), the model and SigLIP compiled. DeepSpeed's bf16 arithmetic
+  without its single-GPU bookkeeping. Its checkpoint keeps the model where DeepSpeed writes it
+  (`pytorch_model/mp_rank_00_model_states.pt`, key `module`), so everything that reads weights reads both.
+* `accelerate`: accelerate with DeepSpeed ZeRO (`zero_stage` > 0) or DDP, as upstream trains; several GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from policies import checkpoint_io
+from policies.ema import ema_decay
+from policies.rdt import checkpoints
+from policies.rdt.fused import MasterWeights
+
+#: What the fused engine adds to accelerate's save_state in a checkpoint folder.
+MODEL_FILE = "pytorch_model/mp_rank_00_model_states.pt"
+FUSED_OPTIMIZER = "fused_optimizer.pt"
+
+LossFn = Callable[[Any, dict[str, torch.Tensor], torch.Generator], torch.Tensor]
+
+
+class ResumeError(Exception):
+    """A checkpoint that cannot be restored in full: training stops instead of continuing from weights only."""
+
+
+def fused_applies(engine: str, processes: int, cuda: bool, precision: str) -> bool:
+    """Whether the fused engine runs: `fused`, or `auto` on one CUDA process in bf16. Raises when `fused` cannot."""
+    fits = cuda and processes == 1 and precision == "bf16"
+    if engine == "fused" and not fits:
+        msg = (f"engine: fused runs one process on one GPU in bf16; this run has {processes} process(es), "
+               f"{'a GPU' if cuda else 'no GPU'} and mixed_precision {precision}: use engine: auto or accelerate")
+        raise ValueError(msg)
+    return engine != "accelerate" and fits
+
+
+class Ema:
+    """upstream's EMAModel schedule (power 0.75, max 0.9999) over fp32 copies of the weights, by parameter name."""
+
+    def __init__(self, model: torch.nn.Module, power: float = 0.75, inv_gamma: float = 1.0, max_value: float = 0.9999) -> None:
+        self.params = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+        self.power, self.inv_gamma, self.max_value = power, inv_gamma, max_value
+        self.steps = 0
+
+    def decay(self) -> float:
+        return ema_decay(self.steps, self.power, self.inv_gamma, self.max_value)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        """From a module's weights (any dtype), one tensor at a time (no second full-size copy)."""
+        d = self.decay()  # from the updates done so far, as upstream (the count goes up after the update)
+        for k, v in model.state_dict().items():
+            self.params[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+        self.steps += 1
+
+    @torch.no_grad()
+    def update_from(self, masters: list[torch.Tensor]) -> None:
+        """From fp32 tensors in state_dict order (the fused engine's masters): one multi-tensor lerp."""
+        d = self.decay()
+        torch._foreach_lerp_(list(self.params.values()), masters, 1.0 - d)
+        self.steps += 1
+
+    def to(self, device: torch.device) -> Ema:
+        self.params = {k: v.to(device) for k, v in self.params.items()}
+        return self
+
+    def save(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous().cpu() for k, v in self.params.items()}, str(folder / "model.safetensors"))
+
+    def load(self, folder: Path, steps: int) -> None:
+        from safetensors.torch import load_file
+
+        state = load_file(str(folder / "model.safetensors"))
+        if set(state) != set(self.params):
+            msg = f"{folder}: the EMA weights do not match the model"
+            raise ResumeError(msg)
+        for k, v in state.items():
+            self.params[k].copy_(v)
+        self.steps = steps
+
+
+def make_accelerator(o: dict[str, Any], fused: bool = False) -> tuple[Any, str, dict[str, Any] | None]:
+    """(accelerator, precision, DeepSpeed config or None): bf16/fp16 only on GPUs; DeepSpeed when zero_stage > 0
+    and the engine is accelerate's. The fused engine keeps accelerate for devices, RNG states and reductions only."""
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin
+
+    precision = o["mixed_precision"] if torch.cuda.is_available() else "no"
+    if fused:
+        return Accelerator(mixed_precision="no"), precision, None
+    ds_config = None
+    if o["zero_stage"] > 0:
+        ds_config = checkpoints.render_deepspeed_config(zero_stage=o["zero_stage"], mixed_precision=precision,
+                                                        grad_accum=o["gradient_accumulation_steps"],
+                                                        micro_batch=o["train_batch_size"],
+                                                        max_grad_norm=o["max_grad_norm"])
+    plugin = DeepSpeedPlugin(hf_ds_config=ds_config) if ds_config else None
+    acc = Accelerator(gradient_accumulation_steps=o["gradient_accumulation_steps"], mixed_precision=precision,
+                      deepspeed_plugin=plugin)
+    return acc, precision, ds_config
+
+
+def adamw_args(o: dict[str, Any]) -> dict[str, Any]:
+    return {"lr": o["learning_rate"], "betas": tuple(o["adam_betas"]), "weight_decay": o["weight_decay"], "eps": 1e-8}
+
+
+class AccelerateEngine:
+    """accelerate's prepare/accumulate/backward (DeepSpeed ZeRO when configured); the EMA from the unwrapped model."""
+
+    name = "accelerate"
+
+    def __init__(self, acc: Any, model: torch.nn.Module, o: dict[str, Any], deepspeed: bool) -> None:
+        self.acc, self.deepspeed, self.max_grad_norm = acc, deepspeed, o["max_grad_norm"]
+        self.ema = Ema(model)
+        opt = torch.optim.AdamW(model.parameters(), **adamw_args(o))
+        self.model, self.optimizer = acc.prepare(model, opt)
+        self.ema.to(acc.device)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.acc.unwrap_model(self.model)  # type: ignore[no-any-return]
+
+    def step(self, micro: Iterable[tuple[dict[str, torch.Tensor], torch.Generator]], loss_fn: LossFn) -> torch.Tensor:
+        for b, gen in micro:
+            with self.acc.accumulate(self.model):
+                loss = loss_fn(self.model, b, gen)
+                self.acc.backward(loss)
+                if self.acc.sync_gradients and not self.deepspeed:
+                    self.acc.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+        self.ema.update(self.module)
+        return loss
+
+    def save(self, folder: Path) -> None:
+        self.acc.save_state(str(folder))
+
+    def load(self, folder: Path) -> None:
+        if (folder / FUSED_OPTIMIZER).is_file():
+            msg = (f"{folder} was written by the fused one-GPU engine, whose optimizer state accelerate cannot read: "
+                   "resume it on one GPU (engine: auto or fused), or start a new lineage from its weights "
+                   f"(weights.rdt={folder / MODEL_FILE} with `runner train JOB`)")
+            raise ResumeError(msg)
+        self.acc.load_state(str(folder))
+
+
+class FusedEngine:
+    """bf16 model + fp32 masters + fused AdamW + multi-tensor EMA on one GPU; the model compiled when asked."""
+
+    name = "fused"
+
+    def __init__(self, acc: Any, model: torch.nn.Module, o: dict[str, Any], compile: bool) -> None:
+        self.acc, self.accum = acc, o["gradient_accumulation_steps"]
+        names = [n for n, _ in model.named_parameters()]
+        self.ema = Ema(model).to(acc.device)
+        if list(self.ema.params) != names:
+            msg = "the fused engine needs a model whose state is its parameters, in order (no buffers)"
+            raise ValueError(msg)
+        # The masters copy the fp32 weights before the model is rounded to bf16: pretrained weights keep their
+        # precision in the optimizer (DeepSpeed builds its masters from the rounded bf16 weights).
+        model.to(acc.device)
+        self.master = MasterWeights(model.parameters(), max_grad_norm=o["max_grad_norm"], **adamw_args(o))
+        self.model = model.to(torch.bfloat16)
+        self.optimizer = self.master.optimizer
+        self.forward: Any = torch.compile(self.model) if compile else self.model
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.model
+
+    def step(self, micro: Iterable[tuple[dict[str, torch.Tensor], torch.Generator]], loss_fn: LossFn) -> torch.Tensor:
+        for b, gen in micro:
+            loss = loss_fn(self.forward, b, gen)
+            (loss / self.accum).backward()
+        self.master.step()
+        self.master.zero_grad()
+        self.ema.update_from(self.master.master)
+        return loss
+
+    def save(self, folder: Path) -> None:
+        self.acc.save_state(str(folder))  # RNG states and the LR scheduler registered for checkpointing
+        (folder / MODEL_FILE).parent.mkdir(parents=True, exist_ok=True)
+        checkpoint_io.write({"module": self.model.state_dict()}, folder / MODEL_FILE)
+        checkpoint_io.write(self.master.state_dict(), folder / FUSED_OPTIMIZER)
+
+    def load(self, folder: Path) -> None:
+        if not (folder / FUSED_OPTIMIZER).is_file():
+            shards = list((folder / "pytorch_model").glob("*optim_states.pt"))
+            msg = (f"{folder} was written by {'DeepSpeed' if shards else 'accelerate'}, not the fused one-GPU engine: "
+                   "resume it with engine: accelerate (and the GPU count it was written with), or start a new lineage "
+                   f"from its weights (weights.rdt={folder / MODEL_FILE} with `runner train JOB`)")
+            raise ResumeError(msg)
+        self.acc.load_state(str(folder))
+        self.model.load_state_dict(checkpoint_io.load(folder / MODEL_FILE, self.acc.device)["module"], strict=True)
+        self.master.load_state_dict(checkpoint_io.load(folder / FUSED_OPTIMIZER, self.acc.device))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))

@@ -1,0 +1,116 @@
+"""SigLIP's vision encoder as RDT uses it: patch tokens after the final LayerNorm (transformers'
+`SiglipVisionModel(...).last_hidden_state`, which upstream's SiglipVisionTower selects), read from the same local
+folder (config.json + safetensors) and equal to transformers' output to float tolerance (tested).
+
+What it leaves out and does differently, for speed: the attention-pooling head (its output is never used), the
+query/key/value projections fused into one matrix product, attention through `scaled_dot_product_attention` on
+the projection's strided views (no layout copies), no masks or output dictionaries, so `torch.compile` fuses each
+LayerNorm, GELU and residual into its neighbours.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_ACTS = {"gelu_pytorch_tanh": "tanh", "gelu": "none"}
+
+
+class _Layer(nn.Module):
+    def __init__(self, d: int, heads: int, inter: int, eps: float, approximate: str) -> None:
+        super().__init__()
+        self.heads, self.eps, self.approximate = heads, eps, approximate
+        self.ln1, self.ln2 = nn.LayerNorm(d, eps=eps), nn.LayerNorm(d, eps=eps)
+        self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc1, self.fc2 = nn.Linear(d, inter), nn.Linear(inter, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        a = F.scaled_dot_product_attention(q, k, v)
+        x = x + self.out(a.transpose(1, 2).reshape(b, n, d))
+        out: torch.Tensor = x + self.fc2(F.gelu(self.fc1(self.ln2(x)), approximate=self.approximate))
+        return out
+
+
+class SiglipEncoder(nn.Module):
+    """(N, 3, S, S) normalised pixels -> (N, (S/patch)^2, hidden) patch tokens."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        d, p = int(cfg["hidden_size"]), int(cfg["patch_size"])
+        self.hidden_size = d
+        self.num_patches = (int(cfg["image_size"]) // p) ** 2
+        eps = float(cfg.get("layer_norm_eps", 1e-6))
+        act = str(cfg.get("hidden_act", "gelu_pytorch_tanh"))
+        if act not in _ACTS:
+            msg = f"SigLIP hidden_act {act!r} is not supported (known: {', '.join(_ACTS)})"
+            raise ValueError(msg)
+        self.patch = nn.Conv2d(int(cfg.get("num_channels", 3)), d, p, stride=p)
+        self.pos = nn.Parameter(torch.zeros(self.num_patches, d))
+        self.layers = nn.ModuleList([_Layer(d, int(cfg["num_attention_heads"]), int(cfg["intermediate_size"]), eps,
+                                            _ACTS[act]) for _ in range(int(cfg["num_hidden_layers"]))])
+        self.post = nn.LayerNorm(d, eps=eps)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.patch(pixels).flatten(2).transpose(1, 2) + self.pos
+        for layer in self.layers:
+            x = layer(x)
+        return self.post(x)  # type: ignore[no-any-return]
+
+    def load_hf(self, state: dict[str, torch.Tensor]) -> None:
+        """Load transformers' SigLIP weights: a SiglipVisionModel's, or the `vision_model.*` part of a SiglipModel's."""
+        prefixed = any(k.startswith("vision_model.") for k in state)  # a SiglipModel (text + vision) checkpoint
+        src = {k.removeprefix("vision_model."): v for k, v in state.items()
+               if k.startswith("vision_model.") or not prefixed}
+        mine: dict[str, torch.Tensor] = {
+            "patch.weight": src["embeddings.patch_embedding.weight"], "patch.bias": src["embeddings.patch_embedding.bias"],
+            "pos": src["embeddings.position_embedding.weight"],
+            "post.weight": src["post_layernorm.weight"], "post.bias": src["post_layernorm.bias"]}
+        for i in range(len(self.layers)):
+            h = f"encoder.layers.{i}."
+            for part in ("weight", "bias"):
+                mine[f"layers.{i}.qkv.{part}"] = torch.cat([src[f"{h}self_attn.{n}_proj.{part}"] for n in "qkv"])
+                for theirs, ours in (("self_attn.out_proj", "out"), ("layer_norm1", "ln1"), ("layer_norm2", "ln2"),
+                                     ("mlp.fc1", "fc1"), ("mlp.fc2", "fc2")):
+                    mine[f"layers.{i}.{ours}.{part}"] = src[f"{h}{theirs}.{part}"]
+        self.load_state_dict(mine, strict=True)
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """The vision part of a SigLIP config.json (a SiglipModel's `vision_config`, or a SiglipVisionModel's own)."""
+    cfg = json.loads((folder / "config.json").read_text())
+    vision: dict[str, Any] = cfg.get("vision_config", cfg)
+    defaults = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+                "image_size": 224, "patch_size": 16}  # transformers' SiglipVisionConfig defaults
+    return {**defaults, **vision}
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor in the folder's safetensors files (one file or the shards an index names)."""
+    from safetensors.torch import load_file
+
+    index = folder / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    state: dict[str, torch.Tensor] = {}
+    if not index.is_file() and not (folder / files[0]).is_file() and (folder / "pytorch_model.bin").is_file():
+        from policies import checkpoint_io
+
+        return dict(checkpoint_io.load(folder / "pytorch_model.bin"))
+    for name in files:
+        if not (folder / name).is_file():
+            msg = f"{folder}: {name} missing (SigLIP weights: model.safetensors, its shards, or pytorch_model.bin)"
+            raise FileNotFoundError(msg)
+        state.update(load_file(str(folder / name)))
+    return state
+
+
+def load(folder: Path, device: torch.device, dtype: torch.dtype) -> SiglipEncoder:
+    enc = SiglipEncoder(read_config(folder))
+    enc.load_hf(read_weights(folder))
+    return enc.to(device, dtype).eval().requires_grad_(False)
