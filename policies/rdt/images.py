@@ -56,14 +56,26 @@ class ImagePrep:
         The same torch code in training (CPU workers) and at inference (on the GPU, no PIL round trip)."""
         out = torch.empty((len(frames), 3, self.side, self.side), dtype=torch.float32, device=device)
         for i, frame in enumerate(frames):
-            img = torch.from_numpy(np.ascontiguousarray(self.square(frame))).to(device)
-            x = img.permute(2, 0, 1)[None].float()
-            if x.shape[-1] != self.side:
-                x = F.interpolate(x, size=(self.side, self.side), mode="bicubic", antialias=True, align_corners=False)
-                x = x.clamp(0, 255).round()
-            out[i] = x[0]
-        mean, std = self.mean.to(out.device), self.std.to(out.device)
-        return (out * self.scale - mean) / std
+            out[i] = self.pixels_batch(torch.from_numpy(np.ascontiguousarray(frame))[None].to(device))[0]
+        return out
+
+    def pixels_batch(self, frames: torch.Tensor) -> torch.Tensor:
+        """pixels() for a (N, H, W, 3) uint8 tensor of same-sized frames, where it lies (a GPU at inference): one
+        padding, one resize and one normalisation for the batch, so a CUDA graph can hold them with SigLIP."""
+        n, h, w, _ = frames.shape
+        side = max(h, w)
+        x = frames.permute(0, 3, 1, 2).float()
+        if h != w:
+            canvas = torch.tensor(self.background, dtype=torch.float32, device=frames.device).reshape(1, 3, 1, 1)
+            canvas = canvas.expand(n, 3, side, side).clone()
+            top, left = (side - h) // 2, (side - w) // 2
+            canvas[:, :, top:top + h, left:left + w] = x
+            x = canvas
+        if side != self.side:
+            x = F.interpolate(x, size=(self.side, self.side), mode="bicubic", antialias=True, align_corners=False)
+            x = x.clamp(0, 255).round()
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        return (x * self.scale - mean) / std
 
 
 def color_jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

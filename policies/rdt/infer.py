@@ -8,7 +8,6 @@ maps the robot state into the unified vector, samples a chunk with DPM-Solver++ 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import deque
 from pathlib import Path
@@ -62,13 +61,16 @@ class RdtPolicy:
         self.action_mask = torch.from_numpy(self.map.indicator())[None, None].to(device, dtype)
         self.freq = torch.full((1,), self.ctrl_freq, device=device, dtype=dtype)
         self.graphs: dict[int, Graphed] = {}  # by instruction length
-        self.encoders: dict[int, Graphed] = {}  # by the number of new frames
-        self.token_cache: dict[bytes, torch.Tensor] = {}
+        self.encoders: dict[tuple[int, tuple[int, ...]], Graphed] = {}  # by the new frames' count and size
+        self.token_cache: dict[object, torch.Tensor] = {}
+        self.seen: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}  # id -> (frame, its content, key)
+        self.frames_seen = 0
         self.use_graphs = device.type == "cuda"
 
     def reset(self, seed: int = 0) -> None:
         self.frames.clear()
         self.token_cache.clear()
+        self.seen.clear()
         self.generator.manual_seed(seed)
 
     def act(self, obs: dict[str, Any], instruction_embedding: torch.Tensor) -> np.ndarray:
@@ -98,28 +100,57 @@ class RdtPolicy:
         return self.map.from_unified(out[0].float().cpu().numpy())
 
     def _frame_tokens(self, frames: list[np.ndarray | None]) -> list[torch.Tensor]:
-        """SigLIP tokens of each frame, cached by content: a frame stays in the history for img_history_size calls and
-        the background of an absent camera never changes, so a call encodes only its new frames, in one batch."""
-        keys = [b"background" if f is None else hashlib.blake2b(np.ascontiguousarray(f).data, digest_size=16).digest()
-                for f in frames]
+        """SigLIP tokens of each frame, cached: a frame stays in the history for img_history_size calls and the
+        background of an absent camera never changes, so a call encodes only its new frames, in one batch."""
+        keys = [self._key(f) for f in frames]
         new = {k: f for k, f in zip(keys, frames, strict=True) if k not in self.token_cache}
         if new:
-            prep = self.tower.prep
-            pixels = prep.pixels([f if f is not None else prep.blank() for f in new.values()], self.device)
-            if self.use_graphs:
-                graph = self.encoders.get(len(new))
-                if graph is None:
-                    graph = self.encoders[len(new)] = Graphed(self.tower.encode, {"pixels": pixels})
-                tokens = graph({"pixels": pixels}).to(self.dtype).clone()
-            else:
-                tokens = self.tower.encode(pixels).to(self.dtype)
-            self.token_cache.update({k: tokens[i:i + 1] for i, k in enumerate(new)})
+            self.token_cache.update(self._encode(new))
         out = [self.token_cache[k] for k in keys]
         for k in keys:  # most recently used last; drop the oldest beyond two calls' worth
             self.token_cache[k] = self.token_cache.pop(k)
         while len(self.token_cache) > 2 * len(SLOTS) * self.history + 1:
             self.token_cache.pop(next(iter(self.token_cache)))
+        self.seen = {i: s for i, s in self.seen.items() if s[2] in self.token_cache}
         return out
+
+    def _key(self, frame: np.ndarray | None) -> object:
+        """A frame's cache key: the same array object with the same content as when first seen (compared in full,
+        so a camera that refills one buffer is never served stale tokens), else a new key. No hashing: comparing
+        a 640 x 480 frame costs ~0.1 ms, hashing it ~1 ms."""
+        if frame is None:
+            return "background"
+        seen = self.seen.get(id(frame))
+        if seen is not None and seen[0] is frame and seen[1].shape == frame.shape and np.array_equal(seen[1], frame):
+            return seen[2]
+        self.frames_seen += 1
+        self.seen[id(frame)] = (frame, frame.copy(), self.frames_seen)
+        return self.frames_seen
+
+    def _encode(self, new: dict[object, np.ndarray | None]) -> dict[object, torch.Tensor]:
+        """Tokens of the new frames: the same-sized ones uploaded as one uint8 batch, then padding, resizing,
+        normalisation and SigLIP on the GPU (one CUDA graph a batch size and frame size)."""
+        like = next((f for f in new.values() if f is not None), None)
+        prep = self.tower.prep
+        frames = {k: f if f is not None else prep.blank(like) for k, f in new.items()}
+        out: dict[object, torch.Tensor] = {}
+        for shape in dict.fromkeys(f.shape for f in frames.values()):
+            group = [k for k, f in frames.items() if f.shape == shape]
+            batch = torch.from_numpy(np.stack([frames[k] for k in group]))
+            if self.device.type == "cuda":
+                batch = batch.pin_memory().to(self.device, non_blocking=True)
+            if self.use_graphs:
+                graph = self.encoders.get((len(group), shape))
+                if graph is None:
+                    graph = self.encoders[(len(group), shape)] = Graphed(self._tokens, {"frames": batch})
+                tokens = graph({"frames": batch}).clone()
+            else:
+                tokens = self._tokens(batch)
+            out.update({k: tokens[i:i + 1] for i, k in enumerate(group)})
+        return out
+
+    def _tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.tower.encode(self.tower.prep.pixels_batch(frames)).to(self.dtype)
 
     def _sample(self, img: torch.Tensor, lang: torch.Tensor, state: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         lang_mask = torch.ones(lang.shape[:2], dtype=torch.bool, device=self.device)
