@@ -137,7 +137,7 @@ def train_upstream(siglip: Path, n: int, steps: int) -> float:
             opt.zero_grad()
         upstream_ema_step(ema, acc.unwrap_model(rdt), updates)
 
-    return timed(step, steps, n) * acc.num_processes
+    return float(timed(step, steps, n) * acc.num_processes)
 
 
 @torch.no_grad()
@@ -175,10 +175,11 @@ def train_runner(siglip: Path, n: int, steps: int, engine: str) -> float:
     def step() -> None:
         eng.step([(b, gen)], lambda m, bb, g: _loss(m, tower, bb, alphas, cfg, torch.bfloat16, g))
 
-    return timed(step, steps, n, warm=4 if fused else 3) * acc.num_processes
+    return float(timed(step, steps, n, warm=4 if fused else 3) * acc.num_processes)
 
 
-def inference(siglip: Path, calls: int, dtype: torch.dtype, graphs: bool = True, cameras: int = 3) -> list[float]:
+def inference(siglip: Path, calls: int, dtype: torch.dtype, graphs: bool = True, cameras: int = 3,
+              breakdown: bool = False) -> list[float]:
     from policies.rdt.infer import RdtPolicy
 
     dev = torch.device("cuda")
@@ -204,7 +205,28 @@ def inference(siglip: Path, calls: int, dtype: torch.dtype, graphs: bool = True,
         if i >= 10:
             out.append((time.perf_counter() - t) * 1000)
     assert chunk.shape == (64, 8)
+    if graphs and breakdown:
+        enc = next(iter(policy.encoders.values()))
+        sample = next(iter(policy.graphs.values()))
+        frames = {"frames": enc.inputs["frames"].clone()}
+        parts = {"encode graph": lambda: enc(frames), "sample graph": lambda: sample(dict(sample.inputs))}
+        for name, fn in parts.items():
+            print(f"  {name}: {cuda_ms(fn):.2f} ms")
     return out
+
+
+def cuda_ms(fn: Callable[[], Any], reps: int = 20) -> float:
+    """Median milliseconds by CUDA events."""
+    times = []
+    for _ in range(reps):
+        a = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        b = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(float(a.elapsed_time(b)))
+    return sorted(times)[reps // 2]
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -214,7 +236,7 @@ def pct(xs: list[float], q: float) -> float:
 def one(args: argparse.Namespace, siglip: Path) -> None:
     """One row, in this process; prints `RESULT <what> <batch> <samples/s> <peak GiB>` for the driver."""
     if args.only == "inference":
-        graph = inference(siglip, args.calls, torch.bfloat16, cameras=args.cameras)
+        graph = inference(siglip, args.calls, torch.bfloat16, cameras=args.cameras, breakdown=True)
         eager = inference(siglip, max(20, args.calls // 10), torch.bfloat16, graphs=False, cameras=args.cameras)
         print(f"RDT act, {args.cameras} camera(s) with a new frame every call ({args.calls} calls): CUDA graphs bf16 "
               f"p50 {pct(graph, 50):.1f} ms p99 {pct(graph, 99):.1f} ms; eager bf16 p50 {pct(eager, 50):.1f} ms "

@@ -35,6 +35,7 @@ class ImagePrep:
         self.scale = float(self.processor.rescale_factor)
         self.mean = torch.tensor(self.processor.image_mean, dtype=torch.float32).reshape(1, 3, 1, 1)
         self.std = torch.tensor(self.processor.image_std, dtype=torch.float32).reshape(1, 3, 1, 1)
+        self._on: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def blank(self, like: np.ndarray | None = None) -> np.ndarray:
         h, w = (like.shape[:2] if like is not None else (self.side, self.side))
@@ -65,17 +66,25 @@ class ImagePrep:
         n, h, w, _ = frames.shape
         side = max(h, w)
         x = frames.permute(0, 3, 1, 2).float()
+        background, mean, std = self._constants(frames.device)
         if h != w:
-            canvas = torch.tensor(self.background, dtype=torch.float32, device=frames.device).reshape(1, 3, 1, 1)
-            canvas = canvas.expand(n, 3, side, side).clone()
+            canvas = background.expand(n, 3, side, side).clone()
             top, left = (side - h) // 2, (side - w) // 2
             canvas[:, :, top:top + h, left:left + w] = x
             x = canvas
         if side != self.side:
             x = F.interpolate(x, size=(self.side, self.side), mode="bicubic", antialias=True, align_corners=False)
             x = x.clamp(0, 255).round()
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
         return (x * self.scale - mean) / std
+
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The background colour, mean and std where the frames are, copied there once (a CUDA graph capture
+        cannot copy from the CPU)."""
+        key = str(device)
+        if key not in self._on:
+            bg = torch.tensor(self.background, dtype=torch.float32).reshape(1, 3, 1, 1)
+            self._on[key] = (bg.to(device), self.mean.to(device), self.std.to(device))
+        return self._on[key]
 
 
 def color_jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
