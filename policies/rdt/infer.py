@@ -9,6 +9,7 @@ maps the robot state into the unified vector, samples a chunk with DPM-Solver++ 
 from __future__ import annotations
 
 import json
+import sys
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from policies import checkpoint_io
-from policies.cuda_graph import Graphed
+from policies.cuda_graph import Graphed, compile_unavailable
 from policies.rdt import checkpoints
 from policies.rdt.convert import SLOTS
 from policies.rdt.model import RdtConfig, RdtRunner, dpm_solver_coefficients, sample_chunk
@@ -45,7 +46,9 @@ def resolve(path: Path, name: str = "latest") -> Path:
 
 class RdtPolicy:
     def __init__(self, model: RdtRunner, meta: dict[str, Any], device: torch.device, dtype: torch.dtype,
-                 siglip: Path | None = None) -> None:
+                 siglip: Path | None = None, compile: bool = True) -> None:
+        """On a GPU with `compile` (and a compiler), one denoising step and SigLIP are compiled before their CUDA
+        graphs are captured: both are bound by their kernel count at batch 1, which compiling cuts."""
         from policies.rdt.vision import SiglipTower
 
         self.model, self.meta, self.device, self.dtype = model, meta, device, dtype
@@ -53,7 +56,12 @@ class RdtPolicy:
         self.map = StateMap(meta["state_map"]["name"], tuple(meta["state_map"]["indices"]))
         self.history = int(meta["img_history_size"])
         self.ctrl_freq = float(meta["ctrl_freq"])
-        self.tower = SiglipTower(siglip or Path(meta["siglip"]), device, dtype)
+        reason = compile_unavailable() if compile and device.type == "cuda" else "not asked for"
+        if compile and device.type == "cuda" and reason:
+            sys.stderr.write(f"inference: not compiling: {reason}\n")
+        self.compiled = reason is None
+        self.tower = SiglipTower(siglip or Path(meta["siglip"]), device, dtype, compile=self.compiled)
+        self.denoise: Any = torch.compile(model.model, dynamic=False) if self.compiled else model.model
         self.coef = dpm_solver_coefficients(self.cfg)
         self.steps = [torch.full((1,), t, dtype=torch.long, device=device) for t, *_ in self.coef]
         self.frames: deque[dict[str, np.ndarray]] = deque(maxlen=self.history)
@@ -167,7 +175,7 @@ class RdtPolicy:
     def _sample(self, img: torch.Tensor, lang: torch.Tensor, state: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         lang_mask = torch.ones(lang.shape[:2], dtype=torch.bool, device=self.device)
         return sample_chunk(self.model, self.coef, lang, lang_mask, img, state, self.action_mask, self.freq, noise,
-                            self.steps)
+                            self.steps, self.denoise)
 
 
 def load(checkpoint: Path | str, device: str | torch.device | None = None, weights: str = "ema",
