@@ -188,7 +188,7 @@ def inference(siglip: Path, calls: int, dtype: torch.dtype, graphs: bool = True,
         model = RdtRunner(cfg).to(dtype).eval()
     meta = {"state_map": {"name": "franka", "indices": [0, 1, 2, 3, 4, 5, 6, 10]}, "img_history_size": 2,
             "ctrl_freq": 25}
-    policy = RdtPolicy(model, meta, dev, dtype, siglip, compile=graphs)
+    policy = RdtPolicy(model, meta, dev, dtype, siglip, compile=graphs and os.environ.get("RDT_COMPILE") == "1")
     policy.use_graphs = graphs
     rng = np.random.default_rng(0)
     slots = ("cam_high", "cam_right_wrist", "cam_left_wrist")[:cameras]
