@@ -9,7 +9,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from policies.data.episodes import decode_jpeg
+from robot.formats import decode_jpeg
 
 
 class ReplayCamera:

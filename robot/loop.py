@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from policies.data.transform import binarize
-from robot.protocol import Camera, Robot
+from robot.formats import binarize
+from robot.protocol import Camera, PolicyAdapter, Robot
 from robot.recorder import Recorder
 from robot.safety import Limits, check_observation, check_reading, decide
 from robot.zmq_link import LinkTimeout, RobotServerError
@@ -135,7 +135,7 @@ class _Planner:
         return out
 
 
-def run_loop(robot: Robot, camera: Camera, adapter: Any, cfg: LoopConfig, stop: threading.Event,
+def run_loop(robot: Robot, camera: Camera, adapter: PolicyAdapter, cfg: LoopConfig, stop: threading.Event,
              recorder: Recorder | None = None) -> LoopReport:
     """Drive `robot` with `adapter`'s policy until `stop` is set or something goes wrong; returns the report."""
     period = 1.0 / cfg.hz

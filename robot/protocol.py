@@ -35,3 +35,19 @@ class Camera(Protocol):
 #: Franka Panda joint limits (rad), from Franka's datasheet; the gripper is [0, 1] in GELLO's convention.
 PANDA_LOWER = np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973, 0.0])
 PANDA_UPPER = np.array([2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973, 1.0])
+
+
+class PolicyAdapter(Protocol):
+    """What the control loop needs from a policy (policies/<name>/adapter.py implement it; robot/ knows none)."""
+
+    kind: str  #: the policy's name, for messages
+    window: int  #: observations the policy sees per call (the newest last)
+    chunk: int  #: actions a call returns
+
+    def observation(self, joints: np.ndarray, rgb: np.ndarray, depth: np.ndarray) -> dict[str, Any]:
+        """One observation as the policy was trained on, from the robot's joints and a camera frame."""
+        ...
+
+    def act(self, window: list[dict[str, Any]]) -> np.ndarray:
+        """(chunk, 8) joint + gripper targets from the last `window` observations."""
+        ...

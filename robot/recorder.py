@@ -13,7 +13,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from policies.data.episodes import encode_jpeg, write_attrs
+from robot.formats import encode_jpeg, write_attrs
 
 
 class Recorder:

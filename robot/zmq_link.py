@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from policies.data import safe_pickle
+from robot import safe_pickle
 from robot.protocol import Robot
 
 

@@ -27,9 +27,10 @@ from policies.data.demos import (
     find_episodes,
     read_episode,
 )
-from policies.data.episodes import EpisodeData, encode_jpeg, episode_path, is_complete, write_episode
+from policies.data.episodes import EpisodeData, episode_path, is_complete, write_episode
 from policies.data.pointcloud import CloudSpec, TooFewPointsError, clouds
-from policies.data.transform import TimeOptions, binarize, select_frames
+from policies.data.transform import TimeOptions, select_frames
+from robot.formats import binarize, encode_jpeg
 from runner.atomic import free_bytes, remove_stale_temps, replace_dir, write_text_atomic
 
 STAGING = ".staging"

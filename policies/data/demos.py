@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from policies.data.safe_pickle import UnsafePickleError, load_file
+from robot.safe_pickle import UnsafePickleError, load_file
 
 REQUIRED = ("joint_positions", "control")
 

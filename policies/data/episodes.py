@@ -10,7 +10,6 @@ Attributes: the conversion options, `source`, and `complete` (set last, so a hal
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import sys
@@ -20,20 +19,8 @@ from typing import Any
 
 import h5py
 import numpy as np
-from PIL import Image
 
-
-def encode_jpeg(rgb: np.ndarray, quality: int = 90, size: tuple[int, int] | None = None) -> bytes:
-    img = Image.fromarray(rgb)
-    if size is not None and img.size != size:
-        img = img.resize(size, Image.Resampling.BILINEAR)
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def decode_jpeg(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+from robot.formats import write_attrs
 
 
 @dataclass
@@ -101,12 +88,6 @@ def _write_hdf5(tmp: Path, ep: EpisodeData) -> None:
             f.create_dataset("pointcloud", data=ep.pointcloud.astype(np.float32))
         write_attrs(f, ep.attrs)
         f.attrs["complete"] = True
-
-
-def write_attrs(f: h5py.File, attrs: dict[str, Any]) -> None:
-    """HDF5 attributes as read_attrs reads them back: containers and None as JSON, scalars and strings as they are."""
-    for k, v in attrs.items():
-        f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list, tuple)) or v is None else v
 
 
 def is_complete(path: Path, fingerprint: str | None = None) -> bool:

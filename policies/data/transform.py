@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from robot.formats import binarize
+
 
 @dataclass(frozen=True)
 class TimeOptions:
@@ -20,11 +22,6 @@ class TimeOptions:
 
     def attrs(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def binarize(gripper: np.ndarray, threshold: float) -> np.ndarray:
-    """1.0 (open) where >= threshold, else 0.0: the trained policy commits instead of hovering at ~0.7."""
-    return (np.asarray(gripper) >= threshold).astype(np.float64)
 
 
 def select_frames(qpos: np.ndarray, gripper: np.ndarray, opts: TimeOptions) -> np.ndarray:

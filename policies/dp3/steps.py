@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,6 +25,7 @@ from policies.dp3.zarr_buffer import buffer_name, write_buffer
 from policies.entry import convert_options as common_convert_options
 from policies.entry import main, report_check
 from policies.signals import exit_code, stop_flag
+from robot.protocol import PolicyAdapter
 
 
 def convert_options(ctx: StepContext) -> ConvertOptions:
@@ -156,10 +158,10 @@ def step_eval(ctx: StepContext) -> int:
     return 0
 
 
-def _deploy_adapter(ctx: StepContext) -> tuple[object, dict[str, object]]:
+def _deploy_adapter(ctx: StepContext) -> tuple[PolicyAdapter, dict[str, Any]]:
+    from policies.deployment import check_preprocessing, deploy_preprocessing
+    from policies.dp3.adapter import Dp3Adapter
     from policies.dp3.infer import load
-    from robot.adapters import Dp3Adapter, check_preprocessing
-    from robot.deploy import deploy_preprocessing
 
     ckpt = _checkpoint(ctx, ctx.options["checkpoint"])
     policy = load(ckpt, _device(ctx))
@@ -169,7 +171,7 @@ def _deploy_adapter(ctx: StepContext) -> tuple[object, dict[str, object]]:
 
 
 def step_deploy(ctx: StepContext) -> int:
-    from robot.deploy import deploy
+    from policies.deployment import deploy
 
     return deploy(ctx, _deploy_adapter)
 

@@ -25,8 +25,9 @@ import h5py
 import numpy as np
 
 from policies.data.demos import Problem, ProblemsError
-from policies.data.episodes import decode_jpeg, encode_jpeg, is_complete, read_attrs
+from policies.data.episodes import is_complete, read_attrs
 from policies.data.transform import shift_actions
+from robot.formats import decode_jpeg, encode_jpeg
 from runner.atomic import replace_dir
 
 SLOTS = ("cam_high", "cam_right_wrist", "cam_left_wrist")

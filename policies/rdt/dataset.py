@@ -14,9 +14,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from policies.data.episodes import decode_jpeg
 from policies.rdt.convert import MOVE_EPS, SLOTS
 from policies.rdt.state_space import StateMap
+from robot.formats import decode_jpeg
 
 
 @dataclass

@@ -11,10 +11,10 @@ import h5py
 import numpy as np
 import torch
 
-from policies.data.episodes import decode_jpeg
 from policies.evaluation import EpisodeResult, score_episode, summarize
 from policies.rdt.convert import SLOTS
 from policies.rdt.infer import RdtPolicy
+from robot.formats import decode_jpeg
 
 
 def episode_embedding(episode_file: Path, width: int) -> torch.Tensor:

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from policies import lineage
 from policies.context import StepContext
@@ -17,6 +18,7 @@ from policies.rdt.convert import write_rdt
 from policies.rdt.infer import resolve
 from policies.rdt.launch import LAUNCHED
 from policies.signals import exit_code, stop_flag
+from robot.protocol import PolicyAdapter
 
 
 def convert_options(ctx: StepContext) -> ConvertOptions:
@@ -163,12 +165,12 @@ def step_eval(ctx: StepContext) -> int:
     return 0
 
 
-def _deploy_adapter(ctx: StepContext) -> tuple[object, dict[str, object]]:
+def _deploy_adapter(ctx: StepContext) -> tuple[PolicyAdapter, dict[str, Any]]:
     import torch
 
+    from policies.deployment import check_preprocessing, deploy_preprocessing
+    from policies.rdt.adapter import RdtAdapter
     from policies.rdt.infer import load
-    from robot.adapters import RdtAdapter, check_preprocessing
-    from robot.deploy import deploy_preprocessing
 
     o = ctx.options
     folder = _checkpoint_folder(ctx, o["checkpoint"])
@@ -189,7 +191,7 @@ def _deploy_adapter(ctx: StepContext) -> tuple[object, dict[str, object]]:
 
 
 def step_deploy(ctx: StepContext) -> int:
-    from robot.deploy import deploy
+    from policies.deployment import deploy
 
     return deploy(ctx, _deploy_adapter)
 

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from policies.data.convert import ConversionError, ConvertOptions, check, convert
-from policies.data.episodes import decode_jpeg, read_attrs
+from policies.data.episodes import read_attrs
 from policies.data.pointcloud import CloudSpec
 from policies.data.sample import CX, CY, FX, FY, episode_arrays, generate
 from policies.data.transform import TimeOptions
 from policies.dp3.zarr_buffer import BufferError, write_buffer
+from robot.formats import decode_jpeg
 
 REPO = Path(__file__).resolve().parents[3]
 OPTS = ConvertOptions(task="pick", cloud=CloudSpec(FX, FY, CX, CY, num_points=64), workers=1,

@@ -1,6 +1,7 @@
 import numpy as np
 
-from policies.data.transform import TimeOptions, binarize, select_frames, shift_actions
+from policies.data.transform import TimeOptions, select_frames, shift_actions
+from robot.formats import binarize
 
 
 def test_binarize() -> None:

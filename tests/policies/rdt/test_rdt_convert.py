@@ -7,10 +7,10 @@ import torch
 
 from policies.data.convert import ConvertOptions, convert
 from policies.data.demos import GelloOptions
-from policies.data.episodes import decode_jpeg
 from policies.data.sample import generate
 from policies.rdt.convert import RdtDataError, write_rdt
 from policies.rdt.embed import encode_instructions, save_tiny_t5
+from robot.formats import decode_jpeg
 
 TEXTS = ("Pick up the red cube.", "Move the cube to the right.")
 

@@ -1,5 +1,8 @@
-"""`runner deploy JOB`: the deploy step of a policy image, wiring the job's options to the robot, the camera, the
-policy adapter, the recorder and the control loop (robot/loop.py)."""
+"""`runner deploy JOB`, the policy side: a policy's adapter (observations exactly as training saw them, from what
+the checkpoint recorded about its data: camera, point-cloud pipeline and intrinsics, crop, points, gripper
+binarisation), the refusal of a deploy job whose own preprocessing differs from the checkpoint's (both values
+named), and the wiring of the job's options to the robot, the camera, the recorder and the control loop
+(robot/loop.py, which knows no policy: it drives any robot.protocol.PolicyAdapter)."""
 
 from __future__ import annotations
 
@@ -10,15 +13,57 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from policies.context import StepContext
-from robot.adapters import COMPARED, PreprocessingMismatch
 from robot.cameras import RealSenseCamera, ReplayCamera
+from robot.formats import binarize
 from robot.loop import LoopConfig, run_loop
-from robot.protocol import Camera
+from robot.protocol import Camera, PolicyAdapter
 from robot.recorder import Recorder
 from robot.safety import Limits
 from robot.sim import SimFranka
 from robot.zmq_link import LinkTimeout, RobotServerError, ZmqCameraClient, ZmqRobotClient, ZmqRobotServer
+
+#: Conversion fields that change what the policy sees; compared between the deploy job and the checkpoint.
+COMPARED = ("camera", "binarize_gripper", "gripper_threshold")
+CLOUD_COMPARED = ("fx", "fy", "cx", "cy", "depth_scale", "num_points", "crop_min", "crop_max", "extrinsics")
+
+
+class PreprocessingMismatch(ValueError):
+    """The deploy job would build observations differently from the data the policy was trained on."""
+
+
+def _norm(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return [_norm(x) for x in v]
+    return round(float(v), 9) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
+def check_preprocessing(trained: Mapping[str, Any], deploy: Mapping[str, Any], where: str) -> None:
+    """Every field the deploy job sets must equal the training record's value."""
+    diffs = []
+    for key in COMPARED:
+        if key in deploy and key in trained and _norm(deploy[key]) != _norm(trained[key]):
+            diffs.append(f"{key}: deploy job {deploy[key]!r}, checkpoint {trained[key]!r}")
+    t_cloud, d_cloud = trained.get("pointcloud") or {}, deploy.get("pointcloud") or {}
+    for key in CLOUD_COMPARED:
+        if key in d_cloud and key in t_cloud and _norm(d_cloud[key]) != _norm(t_cloud[key]):
+            diffs.append(f"pointcloud.{key}: deploy job {d_cloud[key]!r}, checkpoint {t_cloud[key]!r}")
+    if diffs:
+        msg = (f"{where}: the deploy preprocessing differs from the checkpoint's training data:\n  " + "\n  ".join(diffs)
+               + "\nuse the job the checkpoint was trained with, or retrain on data converted with these settings")
+        raise PreprocessingMismatch(msg)
+
+
+def state_as_trained(joints: np.ndarray, conversion: Mapping[str, Any]) -> np.ndarray:
+    """The robot's 8 values as the converter stored them: the gripper binarised when the data was."""
+    out = np.asarray(joints, dtype=np.float32).copy()
+    if conversion.get("binarize_gripper"):
+        out[-1] = binarize(out[-1], float(conversion.get("gripper_threshold", 0.5)))
+    return out
+
+
 
 #: Stop reasons that end a deploy normally (exit 0); anything else is a failure (exit 1).
 CLEAN = ("stop requested", "duration")
@@ -53,7 +98,7 @@ def _camera(o: Mapping[str, Any], ctx: StepContext, camera_name: str) -> Camera:
     return ReplayCamera(episode, camera_name)
 
 
-def deploy(ctx: StepContext, make_adapter: Callable[[StepContext], tuple[Any, dict[str, Any]]]) -> int:
+def deploy(ctx: StepContext, make_adapter: Callable[[StepContext], tuple[PolicyAdapter, dict[str, Any]]]) -> int:
     o = ctx.options
     try:
         adapter, conversion = make_adapter(ctx)

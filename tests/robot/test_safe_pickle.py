@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from policies.data.safe_pickle import UnsafePickleError, load_file, loads
+from robot.safe_pickle import UnsafePickleError, load_file, loads
 
 
 class Payload:
