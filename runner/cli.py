@@ -14,7 +14,6 @@ if TYPE_CHECKING:
     from runner.orchestrate import RunRequest
     from runner.spec.load import LoadedJob
 
-EXECUTORS = ("docker", "local", "slurm")
 
 
 def _err(msg: str) -> None:
@@ -515,6 +514,8 @@ def cmd_completion(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from runner.executors import names as executor_names
+
     p = argparse.ArgumentParser(prog="runner", description="Run robot-learning jobs (DP3, RDT) in containers.")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -526,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     def executor(sp: argparse.ArgumentParser, detach: bool = True) -> None:
         sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="set a job value for this run, checked like the file: steps.train.epochs=10")
-        sp.add_argument("--executor", choices=EXECUTORS, help="override the job's executor")
+        sp.add_argument("--executor", choices=executor_names(), help="override the job's executor")
         if detach:
             sp.add_argument("--detach", "-d", action="store_true",
                             help="run in the background, free of this terminal; follow with `runner logs -f JOB`")

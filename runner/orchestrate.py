@@ -8,7 +8,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -17,7 +17,6 @@ from policies import PIPELINE
 from runner import preflight, records
 from runner.atomic import free_bytes, write_text_atomic
 from runner.diagnose import FailureFacts, classify, tail_text
-from runner.dockerargs import render_cli
 from runner.errors import PreflightError, RunnerError, SpecError, SpecProblem
 from runner.executors.base import Executor, StepHandle
 from runner.images import ImagePlan
@@ -112,11 +111,13 @@ class Orchestrator:
         executor = self._make_executor(executor_name)
         image: dict[str, Any] = {}
         image_plan, image_id = None, None
-        # The image is built here for docker, and for Slurm's container runtimes (the nodes run this image).
-        builder = executor if executor_name == "docker" else (
-            self._make_executor("docker") if executor_name == "slurm" and job.spec.slurm.runtime != "local" else None)
+        # The image is built here by the engine the executor names (docker for docker, and for Slurm's container
+        # runtimes: the nodes run this image).
+        builder_name = executor.image_builder(job)
+        builder = None if builder_name is None else (
+            executor if builder_name == executor.name else self._make_executor(builder_name))
         if builder is not None:
-            image_plan, image_id, engine_reasons = self._engine_checks(job, builder, gpus=executor_name == "docker")
+            image_plan, image_id, engine_reasons = self._engine_checks(job, builder, gpus=executor.checks_gpu_runtime)
             reasons += engine_reasons
         if reasons:
             raise PreflightError(reasons)
@@ -127,8 +128,7 @@ class Orchestrator:
             record = self._new_record(job, run_id, executor_name, req.resume, steps)
             if image_plan is not None and builder is not None and any(is_implemented(job, s) for s in steps):
                 image = self._ensure_image(job, builder, record, image_plan, image_id, req.rebuild)
-                if executor_name == "slurm" and job.spec.slurm.image_cache is not None:
-                    self._ship_image(builder, image["tag"], job.spec.slurm.image_cache)
+                executor.image_ready(job, builder, image["tag"], self.say)
             self._run_steps(job, steps, executor, record, image.get("tag", ""), req)
         finally:
             lock.release()
@@ -149,24 +149,6 @@ class Orchestrator:
         free = free_bytes(Path(root)) if Path(root).exists() else None
         facts = preflight.EngineFacts(runtimes if gpus else ("nvidia",), cdi, free, image_id is not None)
         return plan, image_id, preflight.check_engine(job, facts)
-
-    def _ship_image(self, builder: Executor, tag: str, cache: Path) -> None:
-        """`docker save` the image into the shared cache once per content tag; nodes `docker load` it from there."""
-        from runner.executors.docker import DockerExecutor
-        from runner.slurm import image_archive
-
-        assert isinstance(builder, DockerExecutor)
-        target = image_archive(cache, tag)
-        if target.is_file():
-            self.say(f"image {tag} already in {cache}")
-            return
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        self.say(f"saving image {tag} to {target} for the Slurm nodes")
-        with open(tmp, "wb") as f:
-            for chunk in builder.client.images.get(tag).save(named=True):
-                f.write(chunk)
-        os.replace(tmp, target)
 
     def _ensure_image(self, job: LoadedJob, executor: Executor, record: RunRecord, plan: ImagePlan,
                       image_id: str | None, rebuild: bool) -> dict[str, Any]:
@@ -226,14 +208,10 @@ class Orchestrator:
             plan = build_plan(job, name, self.machine, run_id=record.run_id, image=image,
                               resume=req.resume and name == "train", executor=executor.name, mode=req.mode,
                               resume_from=req.resume_from if name == "train" else None)
-            if executor.name == "slurm":
-                from runner.slurm import render_sbatch
-
-                plan = replace(plan, sbatch=render_sbatch(job, plan, self.machine.python),
-                               context_key="local" if job.spec.slurm.runtime == "local" else "docker")
+            plan = executor.prepare(job, plan, self.machine.python)
             for w in plan.warnings:
                 self.say(f"[yellow]warning: {w}[/]")
-            self._start_step(plan, step, executor.name)
+            self._start_step(plan, step, executor)
             records.save(record, runs)
             self.say(f"[bold]{name}[/] started ({executor.name}); log: {plan.log_file}")
 
@@ -266,20 +244,17 @@ class Orchestrator:
         record.ended = self.now().isoformat(timespec="seconds")
         records.save(record, runs)
 
-    def _start_step(self, plan: StepPlan, step: StepRecord, executor: str) -> None:
+    def _start_step(self, plan: StepPlan, step: StepRecord, executor: Executor) -> None:
         plan.run_dir.mkdir(parents=True, exist_ok=True)
         for m in plan.docker.mounts:
             if not m.read_only:
                 Path(m.source).mkdir(parents=True, exist_ok=True)  # outputs: a missing folder is created, as yours
-        records.write_json_atomic(plan.run_dir / f"{plan.step}.context.json", plan.contexts[plan.context_key or executor])
-        step.status, step.executor, step.stop_grace_s = "running", executor, plan.stop_grace_s
+        context = plan.contexts[plan.context_key or executor.context_key]
+        records.write_json_atomic(plan.run_dir / f"{plan.step}.context.json", context)
+        step.status, step.executor, step.stop_grace_s = "running", executor.name, plan.stop_grace_s
         step.started = self.now().isoformat(timespec="seconds")
         step.log = str(plan.log_file)
-        step.command = render_cli(plan.docker) if executor == "docker" else list(plan.local.argv)
-        if plan.sbatch is not None:  # the Slurm executor writes the script there and submits it
-            from runner.slurm import script_path
-
-            step.command = ["sbatch", "--parsable", str(script_path(plan))]
+        step.command = executor.recorded_command(plan)
 
     def _diagnose(self, job: LoadedJob, plan: StepPlan, step: StepRecord, oom: bool, interrupted: bool = False) -> None:
         try:

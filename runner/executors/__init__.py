@@ -1,24 +1,57 @@
-"""Executors by name. Imports stay inside make_executor: the Docker SDK loads only when docker is used."""
+"""Executors by name: a registry. The built-ins are registered by import path, so the Docker SDK loads only when
+docker is used. A lab adds its own executor from its own package, touching nothing here or in the orchestrator:
+`runner.executors.register("mine", MyExecutor)`, or an entry point in the group `robo_runner.executors`
+(`mine = "my_pkg.module:MyExecutor"`). An executor implements runner.executors.base.Executor (ExecutorBase has
+the defaults); its factory is called with the keyword arguments `environ` and `out`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, BinaryIO
+import difflib
+import importlib
+from collections.abc import Callable, Mapping
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from runner.errors import RunnerError
 
 if TYPE_CHECKING:
     from runner.executors.base import Executor
 
+GROUP = "robo_runner.executors"
+_BUILTIN: dict[str, str] = {"docker": "runner.executors.docker:DockerExecutor",
+                            "local": "runner.executors.local:LocalExecutor",
+                            "slurm": "runner.executors.slurm:SlurmExecutor"}
+_REGISTERED: dict[str, Callable[..., Any] | str] = {}
+
+
+class UnknownExecutor(RunnerError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        super().__init__(f"unknown executor {name!r}: {hint}known executors are {', '.join(known)} (a package adds "
+                         f"one with runner.executors.register or the entry-point group {GROUP})")
+
+
+def register(name: str, factory: Callable[..., Any] | str) -> None:
+    """Make `name` an executor: `factory(environ=..., out=...)` returns it (or "module:attribute" naming it)."""
+    _REGISTERED[name] = factory
+
+
+def _plugins() -> dict[str, str]:
+    return {ep.name: ep.value for ep in entry_points(group=GROUP)}
+
+
+def names() -> list[str]:
+    return sorted({**_BUILTIN, **_plugins(), **_REGISTERED})
+
 
 def make_executor(name: str, environ: Mapping[str, str] | None = None, out: BinaryIO | None = None) -> Executor:
-    """The executor called `name` ("docker", "local" or "slurm")."""
-    if name == "slurm":
-        from runner.executors.slurm import SlurmExecutor
-
-        return SlurmExecutor(out=out)
-    if name == "docker":
-        from runner.executors.docker import DockerExecutor
-
-        return DockerExecutor(environ=environ, out=out)
-    from runner.executors.local import LocalExecutor
-
-    return LocalExecutor(environ=environ, out=out)
+    """The executor called `name`; UnknownExecutor (naming the known ones) otherwise."""
+    target = _REGISTERED.get(name) or _plugins().get(name) or _BUILTIN.get(name)
+    if target is None:
+        raise UnknownExecutor(name, names())
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+        target = getattr(importlib.import_module(module), attr)
+    executor: Executor = target(environ=environ, out=out)
+    return executor

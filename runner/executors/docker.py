@@ -14,7 +14,7 @@ from docker.models.containers import Container
 
 from runner.dockerargs import to_sdk_kwargs
 from runner.errors import ExecutorError, ImageError
-from runner.executors.base import StepHandle, StepOutcome
+from runner.executors.base import ExecutorBase, StepHandle, StepOutcome
 from runner.plan import StepPlan
 from runner.records import StepRecord
 
@@ -43,8 +43,18 @@ def _short(e: Exception) -> str:
     return text if len(text) < 200 else text[:200] + "..."
 
 
-class DockerExecutor:
+class DockerExecutor(ExecutorBase):
     name = "docker"
+    checks_gpu_runtime = True
+    context_key = "docker"
+
+    def image_builder(self, job: Any) -> str | None:
+        return self.name
+
+    def recorded_command(self, plan: StepPlan) -> list[str]:
+        from runner.dockerargs import render_cli
+
+        return render_cli(plan.docker)
 
     def __init__(self, client: Any = None, environ: Mapping[str, str] | None = None,
                  out: BinaryIO | None = None, grace_s: float | None = None) -> None:

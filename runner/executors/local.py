@@ -12,12 +12,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
-from runner.executors.base import StepHandle, StepOutcome
+from runner.executors.base import ExecutorBase, StepHandle, StepOutcome
 from runner.plan import StepPlan
 from runner.records import StepRecord
 
 
-class LocalExecutor:
+class LocalExecutor(ExecutorBase):
     name = "local"
 
     def __init__(self, environ: Mapping[str, str] | None = None, out: BinaryIO | None = None,

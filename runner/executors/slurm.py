@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from runner.errors import RunnerError
-from runner.executors.base import StepHandle, StepOutcome
+from runner.executors.base import ExecutorBase, StepHandle, StepOutcome
 from runner.plan import StepPlan
 from runner.records import StepRecord
 from runner.runs import follow
@@ -79,12 +79,50 @@ def job_state(job_id: str, fields: dict[str, str] | None = None) -> tuple[str, i
     return fields.get("JobState", "UNKNOWN"), exit_code, int(fields.get("Restarts", "0") or 0)
 
 
-class SlurmExecutor:
+class SlurmExecutor(ExecutorBase):
+    """Submits each step as a batch job; the nodes run it in the job's container runtime (docker by default)."""
+
     name = "slurm"
 
-    def __init__(self, out: BinaryIO | None = None, poll_s: float = 1.0) -> None:
+    def __init__(self, out: BinaryIO | None = None, poll_s: float = 1.0, environ: Any = None) -> None:
         self.out = out or sys.stdout.buffer
         self.poll_s = poll_s
+
+    def image_builder(self, job: Any) -> str | None:
+        """The container runtimes run the image built here (shipped through slurm.image_cache); local runs none."""
+        return None if job.spec.slurm.runtime == "local" else "docker"
+
+    def prepare(self, job: Any, plan: StepPlan, python: str) -> StepPlan:
+        from dataclasses import replace
+
+        from runner.slurm import render_sbatch
+
+        return replace(plan, sbatch=render_sbatch(job, plan, python),
+                       context_key="local" if job.spec.slurm.runtime == "local" else "docker")
+
+    def recorded_command(self, plan: StepPlan) -> list[str]:
+        return ["sbatch", "--parsable", str(script_path(plan))]
+
+    def image_ready(self, job: Any, builder: Any, tag: str, say: Callable[[str], None]) -> None:
+        """`docker save` the image into the shared cache once per content tag; nodes `docker load` it from there."""
+        import os
+
+        from runner.slurm import image_archive
+
+        cache = job.spec.slurm.image_cache
+        if cache is None:
+            return
+        target = image_archive(cache, tag)
+        if target.is_file():
+            say(f"image {tag} already in {cache}")
+            return
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        say(f"saving image {tag} to {target} for the Slurm nodes")
+        with open(tmp, "wb") as f:
+            for chunk in builder.client.images.get(tag).save(named=True):
+                f.write(chunk)
+        os.replace(tmp, target)
 
     def run_step(self, plan: StepPlan, on_start: Callable[[StepHandle], None]) -> StepOutcome:
         if plan.sbatch is None:

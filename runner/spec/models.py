@@ -152,7 +152,7 @@ class JobCommon(Model):
     name: JobName
     description: str = ""
     task: str | None = None
-    executor: Literal["docker", "local", "slurm"] = "docker"
+    executor: str = Field(default="docker", description="docker, local, slurm, or one a package registered")
     data: DataPaths = Field(default_factory=DataPaths)
     weights: dict[str, Path] = Field(default_factory=dict)
     third_party: dict[str, Path] = Field(default_factory=dict)
@@ -166,3 +166,12 @@ class JobCommon(Model):
     mounts: list[Mount] = Field(default_factory=list)
     outputs: Outputs = Field(default_factory=Outputs)
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
+
+    @field_validator("executor")
+    @classmethod
+    def _known_executor(cls, v: str) -> str:
+        from runner.executors import UnknownExecutor, names
+
+        if v not in names():
+            raise ValueError(str(UnknownExecutor(v, names())))
+        return v
