@@ -138,114 +138,157 @@ class _Planner:
 def run_loop(robot: Robot, camera: Camera, adapter: PolicyAdapter, cfg: LoopConfig, stop: threading.Event,
              recorder: Recorder | None = None) -> LoopReport:
     """Drive `robot` with `adapter`'s policy until `stop` is set or something goes wrong; returns the report."""
-    period = 1.0 / cfg.hz
-    latest = _Latest(camera, max(cfg.hz, 1.0), stop)
-    planner = _Planner(adapter.act, stop)
-    latest.thread.start()
-    planner.thread.start()
-    report = LoopReport(stopped_by="")
-    window: deque[dict[str, Any]] = deque(maxlen=adapter.window)
-    chunks: list[tuple[int, np.ndarray]] = []  # (tick of the observation, chunk)
-    last_sent: np.ndarray | None = None
-    t_start = time.monotonic()
-    prev_tick_t: float | None = None
-    started = False
-
-    def finish(reason: str) -> LoopReport:
-        report.stopped_by = reason
-        stop.set()
-        if recorder is not None:
-            recorder.event(time.monotonic() - t_start, "stop", reason)
-        report.inference_ms = list(planner.latencies)
-        return report
-
+    run = _Run(robot, camera, adapter, cfg, stop, recorder)
     # Wait for the first frame and the first chunk before the clock starts: nothing moves until both exist.
     deadline = time.monotonic() + max(5.0, 10 * cfg.stale_s)
-    while latest.frame is None and not stop.is_set():
-        if latest.error is not None or time.monotonic() > deadline:
-            return finish(f"camera: no first frame ({latest.error or 'timeout'})")
+    while run.latest.frame is None and not stop.is_set():
+        if run.latest.error is not None or time.monotonic() > deadline:
+            return run.finish(f"camera: no first frame ({run.latest.error or 'timeout'})")
         time.sleep(0.005)
-    tick = 0
+    period = 1.0 / cfg.hz
     next_t = time.monotonic()
     while True:
         now = time.monotonic()
-        if stop.is_set():
-            return finish("stop requested (Ctrl-C / SIGTERM)")
-        if cfg.duration_s is not None and now - t_start >= cfg.duration_s:
-            return finish(f"duration {cfg.duration_s:g} s reached")
-        if planner.error is not None:
-            return finish(f"inference failed: {type(planner.error).__name__}: {planner.error}")
-        if latest.error is not None:
-            return finish(f"camera failed: {type(latest.error).__name__}: {latest.error}")
-        if now - latest.t > cfg.stale_s:
-            return finish(f"camera: no new frame for {now - latest.t:.2f} s (stale_s {cfg.stale_s})")
-        try:
-            joints = read_joints(robot)
-        except LinkTimeout as e:
-            return finish(f"robot: stale observation ({e})")
-        except RobotServerError as e:
-            return finish(f"robot: bad reply, holding ({e})")
-        why = check_reading(joints, cfg.limits)
+        why = run.tick(now)
         if why:
-            return finish(why)
-        frame = latest.frame
-        assert frame is not None
-        rgb, depth = frame
-        obs = adapter.observation(joints, rgb, depth)
-        why = check_observation(obs)
-        if why:
-            return finish(why)
-        window.append(obs)
-        if last_sent is None:
-            last_sent = joints.copy()
-        chunks += planner.take()
-        chunks = [(t0, c) for t0, c in chunks if t0 + len(c) > tick][-8:]
-        remaining = (chunks[-1][0] + len(chunks[-1][1]) - tick) if chunks else 0
-        lead = 2 + int(np.ceil((np.median(planner.latencies[-5:]) / 1000 if planner.latencies else period) / period))
-        if not planner.busy and remaining <= lead:
-            planner.ask(tick, list(window))
-        action = _action(chunks, tick, cfg.ensemble)
-        command = None
-        if action is None:
-            report.starved += 1
-        else:
-            target = action.copy()
-            if cfg.binarize_action_gripper and np.isfinite(target[-1]):
-                target[-1] = binarize(target[-1], cfg.gripper_threshold)
-            decision = decide(target, joints, last_sent, cfg.limits, started)
-            if decision.stop:
-                return finish(decision.stop)
-            started = True
-            report.limited += int(decision.limited)
-            for w in decision.which:
-                report.limited_by[w] = report.limited_by.get(w, 0) + 1
-            command = decision.command
-            assert command is not None
-            wire = command.copy()
-            if cfg.command_gripper == "closed_is_one":
-                wire[-1] = 1.0 - wire[-1]
-            if not cfg.dry_run:
-                try:
-                    robot.command_joint_state(wire)
-                except (LinkTimeout, RobotServerError) as e:
-                    return finish(f"robot: command not acknowledged ({e})")
-                report.sent += 1
-            last_sent = command
-        if prev_tick_t is not None:
-            report.period_ms.append((now - prev_tick_t) * 1000)
-        prev_tick_t = now
-        if recorder is not None:
-            recorder.add(now - t_start, joints, command if command is not None else last_sent, rgb, depth,
-                         obs.get("point_cloud"), planner.latencies[-1] if planner.latencies else float("nan"),
-                         report.period_ms[-1] if report.period_ms else float("nan"))
-        report.steps += 1
-        tick += 1
+            return run.finish(why)
         next_t += period
         delay = next_t - time.monotonic()
         if delay > 0:
             stop.wait(delay)
         else:
             next_t = time.monotonic()  # behind: start the next period now rather than bursting to catch up
+
+
+class _Run:
+    """One deploy's state between ticks: the observation window, the chunks in hand, the last command."""
+
+    def __init__(self, robot: Robot, camera: Camera, adapter: PolicyAdapter, cfg: LoopConfig, stop: threading.Event,
+                 recorder: Recorder | None) -> None:
+        self.robot, self.adapter, self.cfg, self.stop, self.recorder = robot, adapter, cfg, stop, recorder
+        self.latest = _Latest(camera, max(cfg.hz, 1.0), stop)
+        self.planner = _Planner(adapter.act, stop)
+        self.latest.thread.start()
+        self.planner.thread.start()
+        self.report = LoopReport(stopped_by="")
+        self.window: deque[dict[str, Any]] = deque(maxlen=adapter.window)
+        self.chunks: list[tuple[int, np.ndarray]] = []  # (tick of the observation, chunk)
+        self.last_sent: np.ndarray | None = None
+        self.t_start = time.monotonic()
+        self.prev_tick_t: float | None = None
+        self.started = False
+        self.tick_no = 0
+
+    def finish(self, reason: str) -> LoopReport:
+        self.report.stopped_by = reason
+        self.stop.set()
+        if self.recorder is not None:
+            self.recorder.event(time.monotonic() - self.t_start, "stop", reason)
+        self.report.inference_ms = list(self.planner.latencies)
+        return self.report
+
+    def health(self, now: float) -> str | None:
+        """Why the loop must stop before reading anything this tick, or None."""
+        cfg, planner, latest = self.cfg, self.planner, self.latest
+        if self.stop.is_set():
+            return "stop requested (Ctrl-C / SIGTERM)"
+        if cfg.duration_s is not None and now - self.t_start >= cfg.duration_s:
+            return f"duration {cfg.duration_s:g} s reached"
+        if planner.error is not None:
+            return f"inference failed: {type(planner.error).__name__}: {planner.error}"
+        if latest.error is not None:
+            return f"camera failed: {type(latest.error).__name__}: {latest.error}"
+        if now - latest.t > cfg.stale_s:
+            return f"camera: no new frame for {now - latest.t:.2f} s (stale_s {cfg.stale_s})"
+        return None
+
+    def tick(self, now: float) -> str | None:
+        """One control period: read, observe, plan, command, record. Returns why to stop, or None."""
+        why = self.health(now)
+        if why:
+            return why
+        try:
+            joints = read_joints(self.robot)
+        except LinkTimeout as e:
+            return f"robot: stale observation ({e})"
+        except RobotServerError as e:
+            return f"robot: bad reply, holding ({e})"
+        why = check_reading(joints, self.cfg.limits)
+        frame = self.latest.frame
+        assert frame is not None
+        rgb, depth = frame
+        obs = self.adapter.observation(joints, rgb, depth) if not why else {}
+        why = why or check_observation(obs)
+        if why:
+            return why
+        self.window.append(obs)
+        if self.last_sent is None:
+            self.last_sent = joints.copy()
+        self._plan()
+        action = _action(self.chunks, self.tick_no, self.cfg.ensemble)
+        command = None
+        if action is None:
+            self.report.starved += 1
+        else:
+            why, command = self._command(action, joints)
+            if why:
+                return why
+        self._account(now, joints, command, rgb, depth, obs)
+        return None
+
+    def _plan(self) -> None:
+        """Take finished chunks; ask for the next one early enough that it arrives before this one runs out."""
+        planner, tick = self.planner, self.tick_no
+        self.chunks += planner.take()
+        self.chunks = [(t0, c) for t0, c in self.chunks if t0 + len(c) > tick][-8:]
+        remaining = (self.chunks[-1][0] + len(self.chunks[-1][1]) - tick) if self.chunks else 0
+        period = 1.0 / self.cfg.hz
+        lead = 2 + int(np.ceil((np.median(planner.latencies[-5:]) / 1000 if planner.latencies else period) / period))
+        if not planner.busy and remaining <= lead:
+            planner.ask(tick, list(self.window))
+
+    def _command(self, action: np.ndarray, joints: np.ndarray) -> tuple[str | None, np.ndarray | None]:
+        """(why to stop, or None; the command sent) for this tick's action, through the safety decision."""
+        cfg, report = self.cfg, self.report
+        target = action.copy()
+        if cfg.binarize_action_gripper and np.isfinite(target[-1]):
+            target[-1] = binarize(target[-1], cfg.gripper_threshold)
+        assert self.last_sent is not None
+        decision = decide(target, joints, self.last_sent, cfg.limits, self.started)
+        if decision.stop:
+            return decision.stop, None
+        self.started = True
+        report.limited += int(decision.limited)
+        for w in decision.which:
+            report.limited_by[w] = report.limited_by.get(w, 0) + 1
+        command = decision.command
+        assert command is not None
+        wire = command.copy()
+        if cfg.command_gripper == "closed_is_one":
+            wire[-1] = 1.0 - wire[-1]
+        if not cfg.dry_run:
+            try:
+                self.robot.command_joint_state(wire)
+            except (LinkTimeout, RobotServerError) as e:
+                return f"robot: command not acknowledged ({e})", None
+            report.sent += 1
+        self.last_sent = command
+        return None, command
+
+    def _account(self, now: float, joints: np.ndarray, command: np.ndarray | None, rgb: np.ndarray,
+                 depth: np.ndarray, obs: dict[str, Any]) -> None:
+        report = self.report
+        if self.prev_tick_t is not None:
+            report.period_ms.append((now - self.prev_tick_t) * 1000)
+        self.prev_tick_t = now
+        if self.recorder is not None:
+            latency = self.planner.latencies[-1] if self.planner.latencies else float("nan")
+            sent = command if command is not None else self.last_sent
+            assert sent is not None  # set at the first tick
+            self.recorder.add(now - self.t_start, joints, sent, rgb, depth, obs.get("point_cloud"), latency,
+                              report.period_ms[-1] if report.period_ms else float("nan"))
+        report.steps += 1
+        self.tick_no += 1
 
 
 def read_joints(robot: Robot) -> np.ndarray:
