@@ -88,20 +88,9 @@ def build_plan(job: LoadedJob, step: str, machine: Machine, *, run_id: str, imag
     mounts, c_paths, h_paths = _mounts(job, step, machine, why)
     shm = _shm(job, step, opts, why, warnings)
     gpus = _gpus(spec.resources.gpus)
-    multi_node = spec.resources.nodes > 1
-    network = opts.network or ("host" if multi_node and step == "train" else "bridge")
-    if network == "host":
-        why.append(("--network host", f"step {step} asks for the host network (robot/camera links)" if opts.network
-                    else "several nodes: ranks on other machines must reach this one's NCCL sockets"))
-    if opts.privileged:
-        warnings.append(f"step {step} runs --privileged: it can reach every device of the host")
-    nccl = choose_nccl_ifname(list(machine.interfaces), explicit=spec.resources.nccl_socket_ifname,
-                              multi_node=multi_node, network=network)
-    if nccl.problem:
-        warnings.append(nccl.problem)
-    why.append((f"NCCL_SOCKET_IFNAME={nccl.ifname}", nccl.why))
+    network, nccl_ifname = _network(job, step, opts, machine, why, warnings)
 
-    base_env = _env(job, step, opts, run_id, nccl.ifname, gpus is not None)
+    base_env = _env(job, step, opts, run_id, nccl_ifname, gpus is not None)
     secret_names = {e.name for e in base_env if e.secret}
     pass_env = tuple(sorted(n for n in machine.environ
                             if n.startswith(layout.PASSTHROUGH_PREFIXES) and n not in {e.name for e in base_env}))
@@ -115,12 +104,46 @@ def build_plan(job: LoadedJob, step: str, machine: Machine, *, run_id: str, imag
     c_context = {**_context(job, step, opts, run_id, start, mode, c_paths, str(c_run)),
                  "host_paths": host_path_map(mounts)}
     h_context = _context(job, step, opts, run_id, start, mode, h_paths, str(host_run))
-    inner_c = _inner_command(job, step, opts, "python3")
-    inner_h = _inner_command(job, step, opts, machine.python)
+    docker = _docker_args(job, step, opts, machine, run_id, image, (base_env, pass_env, mounts, c_paths),
+                          (gpus, shm, network), why)
+    local = _local_args(job, step, opts, machine, run_id, base_env, h_paths, frozenset(secret_names))
+    return StepPlan(job=job.name, step=step, run_id=run_id, executor=executor or spec.executor,
+                    docker=docker, local=local, why=tuple(why), warnings=tuple(warnings),
+                    contexts={"docker": c_context, "local": h_context}, stop_grace_s=opts.stop_grace_s,
+                    log_file=host_run / log_name, run_dir=host_run)
+
+
+def _network(job: LoadedJob, step: str, opts: StepSpec, machine: Machine, why: list[tuple[str, str]],
+             warnings: list[str]) -> tuple[str, str]:
+    """(docker network, NCCL_SOCKET_IFNAME): the host network for several nodes' training or when the step asks."""
+    spec = job.spec
+    multi_node = spec.resources.nodes > 1
+    network = opts.network or ("host" if multi_node and step == "train" else "bridge")
+    if network == "host":
+        why.append(("--network host", f"step {step} asks for the host network (robot/camera links)" if opts.network
+                    else "several nodes: ranks on other machines must reach this one's NCCL sockets"))
+    if opts.privileged:
+        warnings.append(f"step {step} runs --privileged: it can reach every device of the host")
+    nccl = choose_nccl_ifname(list(machine.interfaces), explicit=spec.resources.nccl_socket_ifname,
+                              multi_node=multi_node, network=network)
+    if nccl.problem:
+        warnings.append(nccl.problem)
+    why.append((f"NCCL_SOCKET_IFNAME={nccl.ifname}", nccl.why))
+    return network, nccl.ifname
+
+
+def _docker_args(job: LoadedJob, step: str, opts: StepSpec, machine: Machine, run_id: str, image: str,
+                 env_mounts: tuple[list[EnvVar], tuple[str, ...], list[BindMount], dict[str, str]],
+                 devices: tuple[GpuRequest | None, int | None, str], why: list[tuple[str, str]]) -> DockerRunArgs:
+    """The step's `docker run`: the one DockerRunArgs value that feeds the printed command and the SDK call."""
+    base_env, pass_env, mounts, c_paths = env_mounts
+    gpus, shm, network = devices
+    spec, c_run, host_run, log_name = job.spec, layout.JOB / run_id, job_dir(job) / run_id, f"{step}.log"
     labels = (("runner.managed", "1"), ("runner.job", job.name), ("runner.step", step), ("runner.run_id", run_id))
     docker = DockerRunArgs(
         image=image,
-        command=("python3", "-m", "runner.inside", "--log", f"{c_run}/{log_name}", "--", *inner_c),
+        command=("python3", "-m", "runner.inside", "--log", f"{c_run}/{log_name}", "--",
+                 *_inner_command(job, step, opts, "python3")),
         name=container_name(job.name, step, run_id),
         user=f"{machine.uid}:{machine.gid}",
         workdir=str(c_run),
@@ -150,19 +173,23 @@ def build_plan(job: LoadedJob, step: str, machine: Machine, *, run_id: str, imag
     if gpus is not None:
         note = " (the quotes are the docker CLI's syntax for a device list)" if gpus.device_ids else ""
         why.append(("--gpus", f"resources.gpus: {spec.resources.gpus}{note}"))
+    return docker
+
+
+def _local_args(job: LoadedJob, step: str, opts: StepSpec, machine: Machine, run_id: str, base_env: list[EnvVar],
+                h_paths: dict[str, str], secrets: frozenset[str]) -> LocalArgs:
+    """The step as a process on this machine (the local executor, Slurm's local runtime)."""
+    host_run, log_name = job_dir(job) / run_id, f"{step}.log"
     local_env = [(e.name, e.value) for e in base_env]
     # The local executor keeps the caller's PYTHONPATH after the code (site folders a lab adds stay visible).
     inherited = machine.environ.get("PYTHONPATH", "")
     local_env += [("PYTHONPATH", ":".join(p for p in (_pythonpath(str(machine.code_dir), h_paths, opts), inherited) if p)),
                   ("RUNNER_CONTEXT", str(host_run / f"{step}.context.json")), ("RUNNER_RUN_DIR", str(host_run))]
-    local_env += _cuda_visible(spec.resources.gpus)
-    local = LocalArgs(
-        argv=(machine.python, "-m", "runner.inside", "--log", str(host_run / log_name), "--", *inner_h),
-        env=tuple(local_env), cwd=str(host_run), secrets=frozenset(secret_names))
-    return StepPlan(job=job.name, step=step, run_id=run_id, executor=executor or spec.executor,
-                    docker=docker, local=local, why=tuple(why), warnings=tuple(warnings),
-                    contexts={"docker": c_context, "local": h_context}, stop_grace_s=opts.stop_grace_s,
-                    log_file=host_run / log_name, run_dir=host_run)
+    local_env += _cuda_visible(job.spec.resources.gpus)
+    return LocalArgs(
+        argv=(machine.python, "-m", "runner.inside", "--log", str(host_run / log_name), "--",
+              *_inner_command(job, step, opts, machine.python)),
+        env=tuple(local_env), cwd=str(host_run), secrets=secrets)
 
 
 def _mounts(job: LoadedJob, step: str, machine: Machine, why: list[tuple[str, str]]
