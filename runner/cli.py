@@ -551,6 +551,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("steps", nargs="*")
     sp.add_argument("--rebuild", action="store_true", help="rebuild the image even when its content tag is unchanged")
     executor(sp)
+    _add_step_verbs(add, executor)
+    _add_run_verbs(add)
+    return p
+
+
+AddVerb = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
+
+
+def _add_step_verbs(add: AddVerb, executor: Callable[..., None]) -> None:
+    """convert/train/eval/deploy, submit, resume and shell."""
     for step in ("convert", "train", "eval", "deploy"):
         sp = add(step, _cmd_step(step), f"run the {step} step")
         sp.add_argument("job")
@@ -576,6 +586,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("shell", cmd_shell, "interactive shell in the policy image with the job's mounts and env")
     sp.add_argument("job", help="job file, job name, or policy name (dp3, rdt, command)")
     executor(sp, detach=False)
+
+
+def _add_run_verbs(add: AddVerb) -> None:
+    """What acts on recorded runs: rm, gc, ps, history, logs, stop."""
     sp = add("rm", cmd_rm, "remove a run's folder (not while it runs); --checkpoints also its lineage")
     sp.add_argument("run", help="a run id (runner history JOB)")
     sp.add_argument("--checkpoints", action="store_true", help="also remove the checkpoints lineage this run started")
@@ -602,7 +616,6 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "stop":
             sp.add_argument("--grace", type=float,
                             help="seconds between SIGTERM and SIGKILL (default: the step's stop_grace_s, 30)")
-    return p
 
 
 def _detach(a: argparse.Namespace, argv: list[str]) -> int:
