@@ -1,4 +1,7 @@
-"""Explicit registry of policies the runner knows. Importing this module must stay cheap (no torch)."""
+"""The policies the runner knows: the built-ins below, those a package declares in the entry-point group
+`robo_runner.policies` (`mine = "my_pkg.policy:POLICY"`, a PolicyInfo), and those registered at run time with
+`register(PolicyInfo(...))`. A policy is one module of step functions plus its job model: see PolicyInfo.
+Importing this module must stay cheap (no torch)."""
 
 from __future__ import annotations
 
@@ -22,8 +25,7 @@ class PolicyInfo:
     model_path: str  # "module:Class" of the job model, imported only for the policy a job uses
     image: str  # images/<image>/ build context and templates/Dockerfile.<image>.j2
     steps: tuple[str, ...]  # the steps a job of this policy may list
-    implemented: frozenset[str]  # steps whose code has landed
-    entry: str  # module run inside the image as `python -m <entry> <step>`
+    entry: str  # module run inside the image as `python -m <entry> <step>`; its STEPS maps step -> function
     fixed_steps: bool = True  # False: the job names its own steps (command policy)
     # Steps that run one process a GPU when the job asks for several GPUs, and the launcher that starts them.
     multi_gpu: tuple[tuple[str, str], ...] = ()
@@ -37,13 +39,12 @@ class PolicyInfo:
         return model
 
 
-POLICIES: dict[str, PolicyInfo] = {
+BUILTIN: dict[str, PolicyInfo] = {
     "dp3": PolicyInfo(
         name="dp3",
         model_path="policies.dp3.config:Dp3Job",
         image="dp3",
         steps=("convert", "train", "eval", "deploy"),
-        implemented=frozenset({"convert", "train", "eval", "deploy"}),
         entry="policies.dp3.steps",
         multi_gpu=(("train", "torchrun"),),
     ),
@@ -52,7 +53,6 @@ POLICIES: dict[str, PolicyInfo] = {
         model_path="policies.rdt.config:RdtJob",
         image="rdt",
         steps=("convert", "train", "eval", "deploy"),
-        implemented=frozenset({"convert", "train", "eval", "deploy"}),
         entry="policies.rdt.steps",
         sample_weights="policies.rdt.tiny:make_missing",
     ),
@@ -61,13 +61,39 @@ POLICIES: dict[str, PolicyInfo] = {
         model_path="policies.command:CommandJob",
         image="base",
         steps=(),
-        implemented=frozenset(),
         entry="",
         fixed_steps=False,
     ),
 }
 
 
+GROUP = "robo_runner.policies"
+_REGISTERED: dict[str, PolicyInfo] = {}
+
+
+def register(info: PolicyInfo) -> None:
+    """Make a policy known to this process (tests, notebooks); packages use the entry-point group instead."""
+    _REGISTERED[info.name] = info
+
+
+def _plugins() -> dict[str, PolicyInfo]:
+    from importlib.metadata import entry_points
+
+    found = {}
+    for ep in entry_points(group=GROUP):
+        info = ep.load()
+        if not isinstance(info, PolicyInfo) or info.name != ep.name:
+            msg = f"entry point {ep.name} = {ep.value} in {GROUP} must name a PolicyInfo called {ep.name!r}"
+            raise TypeError(msg)
+        found[ep.name] = info
+    return found
+
+
+def policies() -> dict[str, PolicyInfo]:
+    """Every known policy by name: built-ins, then entry points, then those registered here (later ones win)."""
+    return {**BUILTIN, **_plugins(), **_REGISTERED}
+
+
 def get_policy(name: str) -> PolicyInfo:
-    """The registered policy called `name` (KeyError when unknown; callers validate names first)."""
-    return POLICIES[name]
+    """The policy called `name` (KeyError when unknown; callers validate names first)."""
+    return policies()[name]

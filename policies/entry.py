@@ -12,9 +12,6 @@ from policies.data.demos import GelloOptions
 from policies.data.pointcloud import CloudSpec
 from policies.data.transform import TimeOptions
 
-#: Exit code of a step whose code has not landed yet (the runner skips those before starting them).
-NOT_IMPLEMENTED = 3
-
 
 def convert_options(ctx: StepContext, gello: GelloOptions, cloud: CloudSpec | None) -> ConvertOptions:
     """The conversion options every policy shares (policies/convert_options.py), from the step's context."""
@@ -38,8 +35,8 @@ def report_check(raw: Path, opts: ConvertOptions) -> int:
 def main(policy: str, steps: Mapping[str, Callable[[StepContext], int]], argv: list[str]) -> int:
     step = argv[0] if argv else ""
     if step not in steps:
-        print(f"{policy} {step}: not implemented yet", file=sys.stderr)
-        return NOT_IMPLEMENTED
+        print(f"{policy}: no step {step!r} (its steps: {', '.join(steps)})", file=sys.stderr)
+        return 2
     ctx = load_context()
     show_host_paths(ctx)
     return steps[step](ctx)

@@ -162,12 +162,12 @@ def _build_log(job: LoadedJob, tag: str) -> Path:
 
 def _job_or_policy(ref: str) -> LoadedJob:
     """A job, or for a bare policy name a minimal job of that policy (for `build dp3`, `shell dp3`)."""
-    from policies import POLICIES
+    from policies import policies
     from runner.spec.load import parse_job_text
 
-    if ref in POLICIES and not (Path.cwd() / "jobs" / f"{ref}.yaml").exists():
+    if ref in policies() and not (Path.cwd() / "jobs" / f"{ref}.yaml").exists():
         text = f"name: {ref}-shell\npolicy: {ref}\n"
-        if not POLICIES[ref].fixed_steps:
+        if not policies()[ref].fixed_steps:
             text += "steps:\n  shell:\n    command: bash\n"
         return parse_job_text(text, Path.cwd() / "jobs" / f"<{ref}>.yaml", os.environ)
     return _job(ref)

@@ -72,12 +72,6 @@ def check_steps(job: LoadedJob, steps: list[str]) -> None:
         raise SpecError(problems)
 
 
-def is_implemented(job: LoadedJob, step: str) -> bool:
-    if not job.policy.fixed_steps or job.step(step).command is not None:
-        return True
-    return step in job.policy.implemented
-
-
 class Orchestrator:
     """Owns one run. Executors and clocks are injected so tests can drive it without docker."""
 
@@ -126,7 +120,7 @@ class Orchestrator:
         lock.acquire({"run": run_id, "pid": os.getpid(), "host": self.machine.hostname})
         try:
             record = self._new_record(job, run_id, executor_name, req.resume, steps)
-            if image_plan is not None and builder is not None and any(is_implemented(job, s) for s in steps):
+            if image_plan is not None and builder is not None:
                 image = self._ensure_image(job, builder, record, image_plan, image_id, req.rebuild)
                 executor.image_ready(job, builder, image["tag"], self.say)
             self._run_steps(job, steps, executor, record, image.get("tag", ""), req)
@@ -200,11 +194,6 @@ class Orchestrator:
         runs = job.spec.outputs.runs_dir
         for name in steps:
             step = record.step(name)
-            if not is_implemented(job, name):
-                step.status = "not_implemented"
-                self.say(f"[yellow]{name}: the {job.policy.name} {name} step is not implemented yet; skipped[/]")
-                records.save(record, runs)
-                continue
             plan = build_plan(job, name, self.machine, run_id=record.run_id, image=image,
                               resume=req.resume and name == "train", executor=executor.name, mode=req.mode,
                               resume_from=req.resume_from if name == "train" else None)

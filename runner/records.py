@@ -20,6 +20,7 @@ RECORD = "run.json"
 #: "incomplete": the runner died before every step ran (the pipeline's later steps are still "pending");
 #: "lost": a step whose runner died and left no exit code.
 #: "not_run": a step the pipeline never got to (an earlier step failed, or the runner died).
+# "not_implemented": written by runners before every step had landed; still read.
 STATES = ("pending", "running", "succeeded", "failed", "interrupted", "not_implemented", "lost", "incomplete", "not_run")
 
 

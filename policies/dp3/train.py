@@ -117,155 +117,206 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
           stop: StopFlag | None = None, start: Path | None = None) -> TrainResult:
     """Train (or continue training) and return where it stopped. Under torchrun, one process a GPU."""
     ranks, device = distributed.init(device)
-    if not ranks.main:
-        say = _quiet
-    random.seed(s.seed)
-    np.random.seed(s.seed)
-    torch.manual_seed(s.seed)
-    data = data.to(device if s.num_workers == 0 else torch.device("cpu"))
-    mask = val_mask(data.n_episodes, s.val_ratio, s.seed)
-    pad = (cfg.n_obs_steps - 1, cfg.n_action_steps - 1)
-    train_rows = window_table(data.episode_ends, ~mask, cfg.horizon, *pad)
-    val_rows = window_table(data.episode_ends, mask, cfg.horizon, *pad)
-    sampler, val_sampler = WindowSampler(data, train_rows), WindowSampler(data, val_rows)
-    model = build_model(cfg, data, train_rows, device)
-    ema = Ema(model) if s.ema else None
-    graphed = s.cuda_graph and device.type == "cuda"
-    opt = make_optimizer(model, s, device, graphed)
-    per_epoch = math.ceil(len(sampler) / s.batch_size)
-    total = per_epoch * s.epochs if s.max_steps is None else min(per_epoch * s.epochs, s.max_steps)
-    sched = cosine_with_warmup(opt, s.lr_warmup_steps, per_epoch * s.epochs)
-    gens = {"sample": torch.Generator().manual_seed(s.seed), "noise": torch.Generator(device).manual_seed(s.seed + 1)}
-    loss_fn: torch.nn.Module = model
-    if ranks.world > 1 and not graphed:
-        loss_fn = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    epoch, batch0, global_step, perm_state = 0, 0, 0, None
-    if resume:
-        found = _starting_point(ckpt_dir, start, {"job": (extra or {}).get("job"), "model": asdict(cfg)}, device)
-        if found is not None:
-            path, payload = found
-            model.load_state_dict(payload["state_dicts"]["model"], strict=True)
-            if ema is not None and payload["state_dicts"].get("ema_model") is not None:
-                ema.model.load_state_dict(payload["state_dicts"]["ema_model"], strict=True)
-                ema.step_count = payload["loop"]["ema_steps"]
-            opt.load_state_dict(payload["state_dicts"]["optimizer"])
-            sched.load_state_dict(payload["state_dicts"]["lr_scheduler"])
-            _set_rng(payload["rng"], gens)
-            loop = payload["loop"]
-            epoch, batch0, global_step = loop["epoch"], loop["batch_in_epoch"], loop["global_step"]
-            perm_state = loop["perm_state"]
-            if ranks.rank:  # each rank draws its own noise; rank 0's stream continues as in a one-GPU run
-                gens["noise"].manual_seed(s.seed + 1 + 1000 * ranks.rank + global_step)
-            say(f"train: resumed from {path} at step {global_step} (epoch {epoch}, batch {batch0})")
-        else:
-            say(f"train: nothing to resume in {ckpt_dir}; starting from scratch")
-    if ranks.rank and not resume:
-        gens["noise"].manual_seed(s.seed + 1 + 1000 * ranks.rank)
-    stop = stop or StopFlag()
-    metrics = Metrics(run_dir, s.logger if ranks.main else "none", {"model": asdict(cfg), "train": asdict(s), **(extra or {})},
-                      enabled=ranks.main)
-    say(f"train: {sum(p.numel() for p in model.parameters()):,} parameters, {len(sampler)} training windows "
-        f"({int((~mask).sum())} episodes), {len(val_sampler)} validation windows, {per_epoch} batches an epoch, "
-        f"device {device}" + (f", {ranks.world} processes (batch {s.batch_size} split across them)" if ranks.world > 1 else ""))
-    result = TrainResult(global_step, epoch, None, None)
-    stepper: GraphedStep | None = None
+    run = _Run(cfg, data, s, ranks, device, ckpt_dir, extra, say if ranks.main else _quiet, stop or StopFlag())
+    restored = run.restore(start) if resume else False
+    if ranks.rank and not restored:  # each rank draws its own noise
+        run.gens["noise"].manual_seed(s.seed + 1 + 1000 * ranks.rank)
+    run.metrics = Metrics(run_dir, s.logger if ranks.main else "none",
+                          {"model": asdict(cfg), "train": asdict(s), **(extra or {})}, enabled=ranks.main)
+    run.announce()
+    try:
+        return run.loop()
+    finally:
+        run.metrics.close()
+        if run.stepper is not None:
+            run.stepper.close()
+        distributed.finish(ranks)
 
-    def save(val_loss: float | None, next_epoch: int, next_batch: int, p_state: torch.Tensor | None) -> Path | None:
+
+class _Run:
+    """One training process's state: data, model, optimizer, generators and where the loop is."""
+
+    def __init__(self, cfg: Dp3Config, data: ReplayData, s: TrainSettings, ranks: Any, device: torch.device,
+                 ckpt_dir: Path, extra: dict[str, Any] | None, say: Callable[[str], None], stop: StopFlag) -> None:
+        self.cfg, self.s, self.ranks, self.device, self.ckpt_dir = cfg, s, ranks, device, ckpt_dir
+        self.extra, self.say, self.stop = extra or {}, say, stop
+        random.seed(s.seed)
+        np.random.seed(s.seed)
+        torch.manual_seed(s.seed)
+        self.data = data.to(device if s.num_workers == 0 else torch.device("cpu"))
+        self.mask = val_mask(self.data.n_episodes, s.val_ratio, s.seed)
+        pad = (cfg.n_obs_steps - 1, cfg.n_action_steps - 1)
+        train_rows = window_table(self.data.episode_ends, ~self.mask, cfg.horizon, *pad)
+        val_rows = window_table(self.data.episode_ends, self.mask, cfg.horizon, *pad)
+        self.sampler, self.val_sampler = WindowSampler(self.data, train_rows), WindowSampler(self.data, val_rows)
+        self.model = build_model(cfg, self.data, train_rows, device)
+        self.ema = Ema(self.model) if s.ema else None
+        self.graphed = s.cuda_graph and device.type == "cuda"
+        self.opt = make_optimizer(self.model, s, device, self.graphed)
+        self.per_epoch = math.ceil(len(self.sampler) / s.batch_size)
+        self.total = self.per_epoch * s.epochs if s.max_steps is None else min(self.per_epoch * s.epochs, s.max_steps)
+        self.sched = cosine_with_warmup(self.opt, s.lr_warmup_steps, self.per_epoch * s.epochs)
+        self.gens = {"sample": torch.Generator().manual_seed(s.seed),
+                     "noise": torch.Generator(device).manual_seed(s.seed + 1)}
+        self.loss_fn: torch.nn.Module = self.model
+        if ranks.world > 1 and not self.graphed:
+            self.loss_fn = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.epoch, self.batch0, self.global_step = 0, 0, 0
+        self.perm_state: torch.Tensor | None = None
+        self.stepper: GraphedStep | None = None
+        self.metrics: Metrics | None = None
+        self.result = TrainResult(0, 0, None, None)
+        self.t_log, self.n_log, self.smooth = time.perf_counter(), 0, SmoothRate()
+
+    def restore(self, start: Path | None) -> bool:
+        """Load the newest complete checkpoint (or `start`); False when there is none."""
+        expect = {"job": self.extra.get("job"), "model": asdict(self.cfg)}
+        found = _starting_point(self.ckpt_dir, start, expect, self.device)
+        if found is None:
+            self.say(f"train: nothing to resume in {self.ckpt_dir}; starting from scratch")
+            return False
+        path, payload = found
+        self.model.load_state_dict(payload["state_dicts"]["model"], strict=True)
+        if self.ema is not None and payload["state_dicts"].get("ema_model") is not None:
+            self.ema.model.load_state_dict(payload["state_dicts"]["ema_model"], strict=True)
+            self.ema.step_count = payload["loop"]["ema_steps"]
+        self.opt.load_state_dict(payload["state_dicts"]["optimizer"])
+        self.sched.load_state_dict(payload["state_dicts"]["lr_scheduler"])
+        _set_rng(payload["rng"], self.gens)
+        loop = payload["loop"]
+        self.epoch, self.batch0, self.global_step = loop["epoch"], loop["batch_in_epoch"], loop["global_step"]
+        self.perm_state = loop["perm_state"]
+        if self.ranks.rank:  # each rank draws its own noise; rank 0's stream continues as in a one-GPU run
+            self.gens["noise"].manual_seed(self.s.seed + 1 + 1000 * self.ranks.rank + self.global_step)
+        self.say(f"train: resumed from {path} at step {self.global_step} (epoch {self.epoch}, batch {self.batch0})")
+        return True
+
+    def announce(self) -> None:
+        s, ranks = self.s, self.ranks
+        self.say(f"train: {sum(p.numel() for p in self.model.parameters()):,} parameters, {len(self.sampler)} training "
+                 f"windows ({int((~self.mask).sum())} episodes), {len(self.val_sampler)} validation windows, "
+                 f"{self.per_epoch} batches an epoch, device {self.device}"
+                 + (f", {ranks.world} processes (batch {s.batch_size} split across them)" if ranks.world > 1 else ""))
+
+    def save(self, val_loss: float | None, next_epoch: int, next_batch: int, p_state: torch.Tensor | None) -> Path | None:
         """Rank 0 writes the checkpoint; every rank gathers first (ZeRO-1: the EMA and optimizer shards), frees the
         gathered state after and waits for rank 0."""
-        if stepper is not None:
-            stepper.gather()
+        if self.stepper is not None:
+            self.stepper.gather()
         path = None
-        if ranks.main:
+        if self.ranks.main:
+            ema, cfg, s = self.ema, self.cfg, self.s
             payload = {
-                "cfg": {"model": asdict(cfg), "train": asdict(s), **(extra or {})},
-                "state_dicts": {"model": model.state_dict(), "ema_model": ema.model.state_dict() if ema else None,
-                                "optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict()},
-                "pickles": {"global_step": global_step, "epoch": next_epoch},
-                "loop": {"epoch": next_epoch, "batch_in_epoch": next_batch, "global_step": global_step,
+                "cfg": {"model": asdict(cfg), "train": asdict(s), **self.extra},
+                "state_dicts": {"model": self.model.state_dict(), "ema_model": ema.model.state_dict() if ema else None,
+                                "optimizer": self.opt.state_dict(), "lr_scheduler": self.sched.state_dict()},
+                "pickles": {"global_step": self.global_step, "epoch": next_epoch},
+                "loop": {"epoch": next_epoch, "batch_in_epoch": next_batch, "global_step": self.global_step,
                          "perm_state": p_state, "ema_steps": ema.step_count if ema else 0},
-                "rng": _rng_state(gens), "val_episodes": np.nonzero(mask)[0].tolist(), "epoch": next_epoch,
+                "rng": _rng_state(self.gens), "val_episodes": np.nonzero(self.mask)[0].tolist(), "epoch": next_epoch,
             }
-            path = checkpoints.save(ckpt_dir, global_step, payload, val_loss=val_loss, keep=s.keep_checkpoints)
-            result.last_checkpoint = path
-        if stepper is not None:
-            stepper.release()
-        distributed.barrier(ranks)
+            path = checkpoints.save(self.ckpt_dir, self.global_step, payload, val_loss=val_loss, keep=s.keep_checkpoints)
+            self.result.last_checkpoint = path
+        if self.stepper is not None:
+            self.stepper.release()
+        distributed.barrier(self.ranks)
         return path
 
-    if graphed:
-        stepper = GraphedStep(model, opt, sched, ema, s.grad_clip, compile=s.compile, say=say,
-                              ranks=(ranks.rank, ranks.world), shard=s.shard_optimizer,
-                              reduce_dtype=torch.bfloat16 if s.grad_reduce == "bf16" else None)
-    t_log, n_log = time.perf_counter(), 0
-    smooth = SmoothRate()
-    try:
-        while epoch < s.epochs:
-            if perm_state is None or batch0 == 0:
-                perm_state = gens["sample"].get_state()
+    def loop(self) -> TrainResult:
+        s = self.s
+        if self.graphed:
+            self.stepper = GraphedStep(self.model, self.opt, self.sched, self.ema, s.grad_clip, compile=s.compile,
+                                       say=self.say, ranks=(self.ranks.rank, self.ranks.world), shard=s.shard_optimizer,
+                                       reduce_dtype=torch.bfloat16 if s.grad_reduce == "bf16" else None)
+        self.t_log = time.perf_counter()
+        while self.epoch < s.epochs:
+            if self._epoch():
+                break
+            self.batch0, self.epoch = 0, self.epoch + 1
+            self._end_of_epoch()
+        self.result.global_step, self.result.epoch = self.global_step, self.epoch
+        return self.result
+
+    def _epoch(self) -> bool:
+        """The rest of this epoch's batches; True when training stops inside it (signal, save-and-stop, max_steps)."""
+        s, ranks, gens = self.s, self.ranks, self.gens
+        if self.perm_state is None or self.batch0 == 0:
+            self.perm_state = gens["sample"].get_state()
+        else:
+            gens["sample"].set_state(self.perm_state)
+        # Drawn on the CPU generator (reproducible anywhere), moved to the device once an epoch: slicing a
+        # device tensor each step never makes the host wait for the GPU.
+        perm = torch.randperm(len(self.sampler), generator=gens["sample"]).to(self.data.state.device)
+        chunks = [perm[bi * s.batch_size:(bi + 1) * s.batch_size][ranks.rank::ranks.world]
+                  for bi in range(self.batch0, self.per_epoch)]
+        batches = (worker_batches(self.sampler, chunks, s.num_workers, self.device) if s.num_workers
+                   else (self.sampler.batch(rows) for rows in chunks))
+        for bi, rows, batch in zip(range(self.batch0, self.per_epoch), chunks, batches, strict=True):
+            if self.stepper is not None:
+                # the same choice on every rank: full batches replay the graph (whose collectives all join)
+                loss = self.stepper(batch, gens["noise"], full=(bi + 1) * s.batch_size <= len(perm))
             else:
-                gens["sample"].set_state(perm_state)
-            # Drawn on the CPU generator (reproducible anywhere), moved to the device once an epoch: slicing a
-            # device tensor each step never makes the host wait for the GPU.
-            perm = torch.randperm(len(sampler), generator=gens["sample"]).to(data.state.device)
-            chunks = [perm[bi * s.batch_size:(bi + 1) * s.batch_size][ranks.rank::ranks.world]
-                      for bi in range(batch0, per_epoch)]
-            batches = (worker_batches(sampler, chunks, s.num_workers, device) if s.num_workers
-                       else (sampler.batch(rows) for rows in chunks))
-            for bi, rows, batch in zip(range(batch0, per_epoch), chunks, batches, strict=True):
-                if stepper is not None:
-                    # the same choice on every rank: full batches replay the graph (whose collectives all join)
-                    loss = stepper(batch, gens["noise"], full=(bi + 1) * s.batch_size <= len(perm))
-                else:
-                    loss = train_step(loss_fn, model, opt, sched, ema, batch, gens["noise"], s.grad_clip)
-                global_step += 1
-                n_log += len(rows) * ranks.world
-                if global_step % s.log_every == 0 or global_step == 1:
-                    value = float(loss.detach())
-                    result.losses.append(value)
-                    rate = n_log / max(1e-9, time.perf_counter() - t_log)
-                    lr = float(sched.get_last_lr()[0])
-                    metrics.log(global_step, {"loss": value, "lr": lr, "samples_per_s": rate, "epoch": epoch})
-                    eta_rate = smooth.update(rate)
-                    say(f"train: step {global_step}/{total} {progress(global_step, total, eta_rate, s.batch_size)} "
-                        f"epoch {epoch} loss {value:.5f} lr {lr:.2e} {rate:.0f} samples/s")
-                    t_log, n_log = time.perf_counter(), 0
-                done = s.max_steps is not None and global_step >= s.max_steps
-                # Ranks agree on stopping at log steps only: a per-step all-reduce would make every process wait
-                # for its GPU before launching the next step.
-                check = ranks.world == 1 or global_step % s.log_every == 0
-                stopping = check and distributed.any_rank(stop.signal is not None, ranks, device)
-                saving = check and distributed.any_rank(stop.save_now, ranks, device)
-                if stopping or saving or done:
-                    at_end = bi + 1 == per_epoch
-                    saved = save(None, epoch + 1 if at_end else epoch, 0 if at_end else bi + 1, None if at_end else perm_state)
-                    stop.save_now = False
-                    if stopping or done:
-                        # a rank that got no signal stops with the others
-                        result.stopped_by = "max_steps" if done else stop.stopped_by
-                        say(f"train: stopped ({result.stopped_by}) at step {global_step}; checkpoint {saved}")
-                        result.global_step, result.epoch = global_step, epoch
-                        return result
-            batch0, epoch = 0, epoch + 1
-            val_loss = None
-            # Also at every checkpoint: best.ckpt is chosen by validation loss, so each checkpoint needs one.
-            validating = len(val_sampler) > 0 and (epoch % s.val_every == 0 or epoch == s.epochs
-                                                   or epoch % s.checkpoint_every == 0)
-            if validating and stepper is not None:
-                stepper.gather(optimizer=False)  # every rank (ZeRO-1: the EMA shards)
-            if ranks.main and validating:
-                val_loss = validate(ema.model if ema else model, val_sampler, s.batch_size, device)  # type: ignore[arg-type]
-                metrics.log(global_step, {"val_loss": val_loss, "epoch": epoch})
-                say(f"train: epoch {epoch} validation loss {val_loss:.5f}")
-            if epoch % s.checkpoint_every == 0 or epoch == s.epochs:
-                say(f"train: checkpoint {save(val_loss, epoch, 0, None)}")
-    finally:
-        metrics.close()
-        if stepper is not None:
-            stepper.close()
-        distributed.finish(ranks)
-    result.global_step, result.epoch = global_step, epoch
-    return result
+                loss = train_step(self.loss_fn, self.model, self.opt, self.sched, self.ema, batch, gens["noise"],
+                                  s.grad_clip)
+            self.global_step += 1
+            self.n_log += len(rows) * ranks.world
+            if self.global_step % s.log_every == 0 or self.global_step == 1:
+                self._log(loss)
+            if self._stop_or_save(bi):
+                return True
+        return False
+
+    def _log(self, loss: torch.Tensor) -> None:
+        value = float(loss.detach())
+        self.result.losses.append(value)
+        rate = self.n_log / max(1e-9, time.perf_counter() - self.t_log)
+        lr = float(self.sched.get_last_lr()[0])
+        assert self.metrics is not None
+        self.metrics.log(self.global_step, {"loss": value, "lr": lr, "samples_per_s": rate, "epoch": self.epoch})
+        bar = progress(self.global_step, self.total, self.smooth.update(rate), self.s.batch_size)
+        self.say(f"train: step {self.global_step}/{self.total} {bar} epoch {self.epoch} loss {value:.5f} lr {lr:.2e} "
+                 f"{rate:.0f} samples/s")
+        self.t_log, self.n_log = time.perf_counter(), 0
+
+    def _stop_or_save(self, bi: int) -> bool:
+        """Checkpoint on request, on a stop signal or at max_steps; True when training stops here."""
+        s, ranks = self.s, self.ranks
+        done = s.max_steps is not None and self.global_step >= s.max_steps
+        # Ranks agree on stopping at log steps only: a per-step all-reduce would make every process wait for its
+        # GPU before launching the next step.
+        check = ranks.world == 1 or self.global_step % s.log_every == 0
+        stopping = check and distributed.any_rank(self.stop.signal is not None, ranks, self.device)
+        saving = check and distributed.any_rank(self.stop.save_now, ranks, self.device)
+        if not (stopping or saving or done):
+            return False
+        at_end = bi + 1 == self.per_epoch
+        saved = self.save(None, self.epoch + 1 if at_end else self.epoch, 0 if at_end else bi + 1,
+                          None if at_end else self.perm_state)
+        self.stop.save_now = False
+        if not (stopping or done):
+            return False
+        # a rank that got no signal stops with the others
+        self.result.stopped_by = "max_steps" if done else self.stop.stopped_by
+        self.say(f"train: stopped ({self.result.stopped_by}) at step {self.global_step}; checkpoint {saved}")
+        return True
+
+    def _end_of_epoch(self) -> None:
+        """Validation (also at every checkpoint: best.ckpt is chosen by validation loss) and the epoch's checkpoint."""
+        s, epoch = self.s, self.epoch
+        val_loss = None
+        validating = len(self.val_sampler) > 0 and (epoch % s.val_every == 0 or epoch == s.epochs
+                                                    or epoch % s.checkpoint_every == 0)
+        if validating and self.stepper is not None:
+            self.stepper.gather(optimizer=False)  # every rank (ZeRO-1: the EMA shards)
+        if self.ranks.main and validating:
+            model = self.ema.model if self.ema else self.model
+            val_loss = validate(model, self.val_sampler, s.batch_size, self.device)  # type: ignore[arg-type]
+            assert self.metrics is not None
+            self.metrics.log(self.global_step, {"val_loss": val_loss, "epoch": epoch})
+            self.say(f"train: epoch {epoch} validation loss {val_loss:.5f}")
+        if epoch % s.checkpoint_every == 0 or epoch == s.epochs:
+            self.say(f"train: checkpoint {self.save(val_loss, epoch, 0, None)}")
 
 
 def _starting_point(ckpt_dir: Path, start: Path | None, expect: dict[str, Any], device: torch.device

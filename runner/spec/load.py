@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from policies import POLICIES, PolicyInfo
+from policies import PolicyInfo, policies
 from runner.errors import SpecError, SpecProblem
 from runner.spec.errors_fmt import problems_from_validation, suggest
 from runner.spec.interpolate import interpolate
@@ -74,12 +74,13 @@ def _validate(located: Located, text: str, environ: Mapping[str, str], overrides
         raise SpecError([SpecProblem(file, 1, 1, "", f"a job file is a YAML mapping of keys, this one is {kind}")])
     data, problems = interpolate(located, environ)
     policy_name = data.get("policy")
-    if policy_name not in POLICIES:
-        msg = ("is required: one of " + ", ".join(POLICIES) if policy_name is None
-               else f"unknown policy {policy_name!r}{suggest(str(policy_name), POLICIES)} (known: {', '.join(POLICIES)})")
+    known = policies()
+    if policy_name not in known:
+        msg = ("is required: one of " + ", ".join(known) if policy_name is None
+               else f"unknown policy {policy_name!r}{suggest(str(policy_name), known)} (known: {', '.join(known)})")
         problems.append(located.problem(("policy",), msg))
         raise SpecError(problems)
-    policy = POLICIES[policy_name]
+    policy = known[policy_name]
     spec: JobCommon | None = None
     try:
         spec = policy.job_model.model_validate(data)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from policies import POLICIES
+from policies import BUILTIN as POLICIES
 from runner.images import build_inputs, context_files, plan_image, render_dockerfile
 from runner.spec.models import ImageSpec
 
