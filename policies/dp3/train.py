@@ -8,7 +8,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from policies.dp3.model import DP3, Dp3Config
 from policies.dp3.optim_step import Ema, GraphedStep, train_step
 from policies.metrics import Metrics, SmoothRate, progress
 from policies.signals import StopFlag
+from policies.training import TrainResult, lr_scheduler
 
 
 @dataclass(frozen=True)
@@ -49,15 +50,6 @@ class TrainSettings:
     grad_reduce: str = "bf16"  # ZeRO-1: the dtype gradients are summed across GPUs in (bf16 or fp32)
 
 
-@dataclass
-class TrainResult:
-    global_step: int
-    epoch: int
-    stopped_by: str | None
-    last_checkpoint: Path | None
-    losses: list[float] = field(default_factory=list)
-
-
 def build_model(cfg: Dp3Config, data: ReplayData, train_rows: torch.Tensor, device: torch.device) -> DP3:
     model = DP3(cfg)
     # The min-max normaliser is fitted on the frames of the training episodes (upstream: the training split).
@@ -74,17 +66,6 @@ def make_optimizer(model: DP3, s: TrainSettings, device: torch.device, graphed: 
                                  weight_decay=s.weight_decay, fused=True, capturable=True)
     return torch.optim.AdamW(params, lr=s.lr, betas=s.betas, eps=1e-8, weight_decay=s.weight_decay,
                              fused=device.type == "cuda")
-
-
-def cosine_with_warmup(opt: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """diffusers' 'cosine' schedule: linear warm-up, then half a cosine to zero (stepped per batch)."""
-    def factor(step: int) -> float:
-        if step < warmup:
-            return step / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def _rng_state(gens: dict[str, torch.Generator]) -> dict[str, Any]:
@@ -155,7 +136,7 @@ class _Run:
         self.opt = make_optimizer(self.model, s, device, self.graphed)
         self.per_epoch = math.ceil(len(self.sampler) / s.batch_size)
         self.total = self.per_epoch * s.epochs if s.max_steps is None else min(self.per_epoch * s.epochs, s.max_steps)
-        self.sched = cosine_with_warmup(self.opt, s.lr_warmup_steps, self.per_epoch * s.epochs)
+        self.sched = lr_scheduler(self.opt, "cosine", s.lr_warmup_steps, self.per_epoch * s.epochs)
         self.gens = {"sample": torch.Generator().manual_seed(s.seed),
                      "noise": torch.Generator(device).manual_seed(s.seed + 1)}
         self.loss_fn: torch.nn.Module = self.model
@@ -166,7 +147,7 @@ class _Run:
         self.perm_state: torch.Tensor | None = None
         self.stepper: GraphedStep | None = None
         self.metrics: Metrics | None = None
-        self.result = TrainResult(0, 0, None, None)
+        self.result = TrainResult(0, epoch=0)
         self.t_log, self.n_log, self.smooth = time.perf_counter(), 0, SmoothRate()
 
     def restore(self, start: Path | None) -> bool:

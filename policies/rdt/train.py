@@ -12,12 +12,11 @@ drawn from generators seeded by the step, so a resumed run continues exactly whe
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from policies.rdt.model import RdtConfig, RdtRunner, schedulers
 from policies.rdt.state_space import FRANKA, StateMap
 from policies.rdt.weights import WeightsError, load_strict, read_state_dict
 from policies.signals import StopFlag, ignore_stop_signals
+from policies.training import TrainResult, lr_scheduler
 
 TRAINER_STATE = "trainer_state.json"
 RDT_CONFIG = "rdt_config.json"
@@ -48,14 +48,6 @@ class Inputs:
     run_dir: Path
     pretrained: Path | None = None  # a local rdt-1b folder or file; None: random init (tiny models, tests)
     start: Path | None = None  # resume from this checkpoint-<step>/ (a branch), not the newest in `output`
-
-
-@dataclass
-class TrainResult:
-    global_step: int
-    stopped_by: str | None
-    last_checkpoint: Path | None
-    losses: list[float] = field(default_factory=list)
 
 
 def model_config(size: str, lang_dim: int, img_dim: int, patches: int, history: int, where: str) -> RdtConfig:
@@ -78,23 +70,6 @@ def split_episodes(root: Path, held_out: int) -> tuple[list[EpisodeIndex], list[
     if held_out <= 0 or len(episodes) <= held_out:
         return episodes, []
     return episodes[:-held_out], episodes[-held_out:]
-
-
-def lr_schedule(name: str, warmup: int, total: int) -> Callable[[int], float]:
-    """diffusers' get_scheduler factors (constant, constant_with_warmup, linear, cosine), per optimizer step."""
-    def factor(step: int) -> float:
-        if name == "constant":
-            return 1.0
-        if step < warmup:
-            return step / max(1, warmup)
-        if name == "constant_with_warmup":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        if name == "linear":
-            return max(0.0, 1.0 - progress)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-    return factor
 
 
 def _noise_seed(seed: int, micro: int, rank: int) -> int:
@@ -122,8 +97,7 @@ def train(o: dict[str, Any], inputs: Inputs, *, resume: bool, stop: StopFlag, ex
         if ds_config is not None:
             (inputs.run_dir / "deepspeed_config.json").write_text(json.dumps(ds_config, indent=2))
     tower, cfg, engine, empty_lang = _build(o, inputs, acc, precision, fused, resume, say)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(
-        engine.optimizer, lr_schedule(o["lr_scheduler"], o["lr_warmup_steps"], o["max_train_steps"]))
+    lr_sched = lr_scheduler(engine.optimizer, o["lr_scheduler"], o["lr_warmup_steps"], o["max_train_steps"])
     acc.register_for_checkpointing(lr_sched)  # saved and restored with the rest of the state
     input_dtype = torch.bfloat16 if (fused or ds_config is not None) and precision == "bf16" else torch.float32
     global_step = _resume(acc, engine, inputs, say, {"job": (extra or {}).get("job"), "model": asdict(cfg)}) if resume else 0
@@ -199,7 +173,7 @@ class _Loop:
         self.meta, self.say, self.stop = meta, say, stop
         self.metrics = Metrics(inputs.run_dir, o["logger"] if acc.is_main_process else "none", meta,
                                enabled=acc.is_main_process)
-        self.result = TrainResult(0, None, None)
+        self.result = TrainResult(0)
 
     def save(self, step: int) -> Path:
         acc, main = self.acc, self.acc.is_main_process

@@ -11,7 +11,8 @@ import torch.multiprocessing as mp
 from policies.dp3.model import DP3, Dp3Config
 from policies.dp3.optim_step import Ema, flatten_into_one
 from policies.dp3.sharded import ShardedAdamW
-from policies.dp3.train import TrainSettings, cosine_with_warmup
+from policies.dp3.train import TrainSettings
+from policies.training import lr_scheduler
 
 TINY = Dp3Config(state_dim=8, action_dim=8, num_points=32, down_dims=(16, 32, 64))
 CLIP = 0.05  # small enough that every step clips
@@ -41,7 +42,7 @@ def _worker(rank: int, world: int, store: str, backend: str, low: bool) -> None:
     sh = copy.deepcopy(ref)
     ema_ref, ema_sh = Ema(ref), Ema(sh)
     opt_ref, opt_sh = _adamw(ref), _adamw(sh)
-    sched_ref, sched_sh = cosine_with_warmup(opt_ref, 1, 10), cosine_with_warmup(opt_sh, 1, 10)
+    sched_ref, sched_sh = lr_scheduler(opt_ref, "cosine", 1, 10), lr_scheduler(opt_sh, "cosine", 1, 10)
     params = _learned(sh, sh)
     flat = flatten_into_one(params, pad_to=world)
     flat_ema = flatten_into_one(_learned(ema_sh.model, sh), pad_to=world)

@@ -1,0 +1,51 @@
+"""What both policies' training loops share: diffusers' learning-rate schedules and the result of a run."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+#: diffusers' get_scheduler names this runner supports.
+SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
+
+
+def lr_factor(name: str, warmup: int, total: int) -> Callable[[int], float]:
+    """diffusers' get_scheduler factors, per optimizer step: `constant`; `constant_with_warmup`; `linear` and
+    `cosine` (half a cosine to zero), both after a linear warm-up."""
+    if name not in SCHEDULES:
+        msg = f"unknown learning-rate schedule {name!r} (known: {', '.join(SCHEDULES)})"
+        raise ValueError(msg)
+
+    def factor(step: int) -> float:
+        if name == "constant":
+            return 1.0
+        if step < warmup:
+            return step / max(1, warmup)
+        if name == "constant_with_warmup":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if name == "linear":
+            return max(0.0, 1.0 - progress)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    return factor
+
+
+def lr_scheduler(opt: torch.optim.Optimizer, name: str, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(name, warmup, total))
+
+
+@dataclass
+class TrainResult:
+    """Where a training run stopped: its step (and epoch, for epoch-based training), why it stopped early (a signal,
+    max_steps) or None, the last checkpoint written, and the losses it logged."""
+
+    global_step: int
+    stopped_by: str | None = None
+    last_checkpoint: Path | None = None
+    losses: list[float] = field(default_factory=list)
+    epoch: int | None = None
