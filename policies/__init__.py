@@ -31,6 +31,9 @@ class PolicyInfo:
     multi_gpu: tuple[tuple[str, str], ...] = ()
     # "module:function(weights, instructions, say)" that makes tiny stand-in weights for sample jobs
     sample_weights: str | None = None
+    # "module:function(step, options, gpus, nodes) -> dict | None": what a step launches inside itself (RDT's
+    # accelerate line and DeepSpeed config), shown by `runner plan`; the module must not import torch
+    preview: str | None = None
 
     @property
     def job_model(self) -> type[JobCommon]:
@@ -55,6 +58,7 @@ BUILTIN: dict[str, PolicyInfo] = {
         steps=("convert", "train", "eval", "deploy"),
         entry="policies.rdt.steps",
         sample_weights="policies.rdt.tiny:make_missing",
+        preview="policies.rdt.launch:preview",
     ),
     "command": PolicyInfo(
         name="command",

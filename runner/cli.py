@@ -115,6 +115,8 @@ def cmd_plan(a: argparse.Namespace) -> int:
     from runner.records import new_run_id
 
     job = _job(a.job)
+    if a.resolved:
+        return _print_resolved(job)
     steps = [a.step] if a.step else (pipeline_steps(job) or job.step_names())
     check_steps(job, steps)
     _path_warnings(job, a.step)
@@ -135,6 +137,19 @@ def cmd_plan(a: argparse.Namespace) -> int:
     print(f"# image {image.tag} (templates/Dockerfile.{image.inputs.image}.j2; `runner build {a.job}`)")
     print(f"# run id {run_id} is an example: each run gets a new one\n")
     print("\n\n".join(render_plan_text(p) for p in plans))
+    return 0
+
+
+def _print_resolved(job: LoadedJob) -> int:
+    """The job as it will run, as Hydra's --cfg job prints it: every default filled in, paths absolute, overrides
+    applied, secrets redacted."""
+    import yaml
+
+    from runner.plan import redact_spec
+
+    data = redact_spec(job.spec.model_dump(mode="json"), job.spec.secret_env)
+    print(f"# {job.file}: resolved (defaults filled in, paths absolute, overrides applied)")
+    print(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), end="")
     return 0
 
 
@@ -542,6 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("step", nargs="?")
     sp.add_argument("--json", action="store_true", help="versioned JSON instead of text")
     sp.add_argument("--to", dest="executor", choices=["slurm"], help="print the sbatch script instead")
+    sp.add_argument("--resolved", action="store_true",
+                    help="print the whole job as it will run (defaults, absolute paths, overrides) and stop")
     executor(sp, detach=False)
     sp = add("build", cmd_build, "build the job's (or a policy's) image; a no-op when up to date")
     sp.add_argument("job", help="job file, job name, or policy name")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import json
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +60,8 @@ class StepPlan:
     sbatch: str | None = None  # executor slurm: the batch script (runner/slurm.py)
     stop_grace_s: float = layout.STOP_GRACE_S  # SIGTERM -> SIGKILL for this step (steps.<step>.stop_grace_s)
     context_key: str | None = None  # which of `contexts` the step reads; default the executor's own
+    options: tuple[tuple[str, Any, bool], ...] = ()  # the step's resolved options: (name, value, set by the job)
+    preview: Mapping[str, Any] | None = None  # what the step launches inside itself (PolicyInfo.preview)
 
 
 def job_dir(job: LoadedJob) -> Path:
@@ -108,9 +112,26 @@ def build_plan(job: LoadedJob, step: str, machine: Machine, *, run_id: str, imag
                           (gpus, shm, network), why)
     local = _local_args(job, step, opts, machine, run_id, base_env, h_paths, frozenset(secret_names))
     return StepPlan(job=job.name, step=step, run_id=run_id, executor=executor or spec.executor,
+                    options=resolved_options(opts), preview=_preview(job, step, opts),
                     docker=docker, local=local, why=tuple(why), warnings=tuple(warnings),
                     contexts={"docker": c_context, "local": h_context}, stop_grace_s=opts.stop_grace_s,
                     log_file=host_run / log_name, run_dir=host_run)
+
+
+def resolved_options(opts: StepSpec) -> tuple[tuple[str, Any, bool], ...]:
+    """Every option of the step as it will run: (name, value, whether the job set it rather than the default)."""
+    values = opts.model_dump(mode="json")
+    return tuple((name, values[name], name in opts.model_fields_set) for name in type(opts).model_fields)
+
+
+def _preview(job: LoadedJob, step: str, opts: StepSpec) -> Mapping[str, Any] | None:
+    if job.policy.preview is None or opts.command is not None:
+        return None
+    module, _, func = job.policy.preview.partition(":")
+    show = getattr(importlib.import_module(module), func)
+    out: Mapping[str, Any] | None = show(step, opts.model_dump(mode="json"), job.spec.resources.gpus,
+                                          job.spec.resources.nodes)
+    return out
 
 
 def _network(job: LoadedJob, step: str, opts: StepSpec, machine: Machine, why: list[tuple[str, str]],
@@ -377,5 +398,25 @@ def render_plan_text(plan: StepPlan) -> str:
         cmd = f"cd {shlex.quote(plan.local.cwd)} && env {env} \\\n    " + " ".join(shlex.quote(x) for x in plan.local.argv)
     lines = [f"# {plan.job} / {plan.step}  (run {plan.run_id}, executor {executor})", cmd, "", "# why:"]
     lines += [f"#   {opt}: {reason}" for opt, reason in plan.why]
+    lines += _preview_lines(plan)
+    if plan.options:
+        lines += [f"# steps.{plan.step} options (* set by the job, the rest defaults):"]
+        lines += [f"#   {'*' if mine else ' '} {name}: {json.dumps(value)}" for name, value, mine in plan.options]
     lines += [f"# WARNING: {w}" for w in plan.warnings]
     return "\n".join(lines)
+
+
+def _preview_lines(plan: StepPlan) -> list[str]:
+    if not plan.preview:
+        return []
+    out = []
+    if plan.preview.get("launch"):
+        out += ["# inside the step, it launches (engine " + str(plan.preview.get("engine", "")) + "):",
+                "#   " + " ".join(shlex.quote(x) if not x.startswith("<") else x for x in plan.preview["launch"])]
+    if plan.preview.get("note"):
+        out += [f"#   ({plan.preview['note']})"]
+    for name, value in plan.preview.items():
+        if name.endswith(".json"):
+            out += [f"# {name} (written to the run folder):"]
+            out += [f"#   {line}" for line in json.dumps(value, indent=2).splitlines()]
+    return out

@@ -20,7 +20,8 @@ def plan_to_dict(p: StepPlan) -> dict[str, Any]:
             "argv": render_cli(p.docker) if p.executor == "docker" else list(p.local.argv),
             "docker": docker, "local": _local(p),
             "why": [{"option": o, "reason": r} for o, r in p.why], "warnings": list(p.warnings),
-            "log_file": str(p.log_file)}
+            "options": {name: {"value": value, "set_by_job": mine} for name, value, mine in p.options},
+            "launches": dict(p.preview) if p.preview else None, "log_file": str(p.log_file)}
 
 
 def _local(p: StepPlan) -> dict[str, Any]:

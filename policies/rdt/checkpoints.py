@@ -1,4 +1,4 @@
-"""RDT checkpoints in upstream's layout and the DeepSpeed config, both without side effects beyond files.
+"""RDT checkpoints in upstream's layout, without side effects beyond files.
 
 `<output>/checkpoint-<step>/` holds what accelerate's save_state writes (with DeepSpeed: `pytorch_model/
 mp_rank_00_model_states.pt` with key `module`, optimizer shards, RNG states), the EMA as `ema/model.safetensors`,
@@ -21,22 +21,6 @@ from runner.atomic import write_text_atomic
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE = "COMPLETE"
-
-
-def render_deepspeed_config(*, zero_stage: int, mixed_precision: str, grad_accum: int, micro_batch: int,
-                            max_grad_norm: float = 1.0) -> dict[str, Any]:
-    """configs/zero2.json as upstream writes it, with the batch sizes filled in from the job (not "auto"), and the
-    job's gradient clipping (upstream's zero2.json has none, so its clip_grad_norm_ call does nothing under DeepSpeed)."""
-    return {
-        "bf16": {"enabled": mixed_precision == "bf16"},
-        "fp16": {"enabled": mixed_precision == "fp16"},
-        "train_micro_batch_size_per_gpu": micro_batch,
-        "gradient_accumulation_steps": grad_accum,
-        "zero_optimization": {"stage": zero_stage, "overlap_comm": True, "contiguous_gradients": True,
-                              "reduce_scatter": True, "allgather_partitions": True},
-        "gradient_clipping": max_grad_norm,
-        "steps_per_print": 10**9,
-    }
 
 
 def checkpoint_dir(output: Path, step: int) -> Path:

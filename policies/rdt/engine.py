@@ -18,8 +18,8 @@ import torch
 
 from policies import checkpoint_io
 from policies.ema import ema_decay
-from policies.rdt import checkpoints
 from policies.rdt.fused import MasterWeights
+from policies.rdt.launch import render_deepspeed_config
 
 #: What the fused engine adds to accelerate's save_state in a checkpoint folder.
 MODEL_FILE = "pytorch_model/mp_rank_00_model_states.pt"
@@ -30,16 +30,6 @@ LossFn = Callable[[Any, dict[str, torch.Tensor], torch.Generator], torch.Tensor]
 
 class ResumeError(Exception):
     """A checkpoint that cannot be restored in full: training stops instead of continuing from weights only."""
-
-
-def fused_applies(engine: str, processes: int, cuda: bool, precision: str) -> bool:
-    """Whether the fused engine runs: `fused`, or `auto` on one CUDA process in bf16. Raises when `fused` cannot."""
-    fits = cuda and processes == 1 and precision == "bf16"
-    if engine == "fused" and not fits:
-        msg = (f"engine: fused runs one process on one GPU in bf16; this run has {processes} process(es), "
-               f"{'a GPU' if cuda else 'no GPU'} and mixed_precision {precision}: use engine: auto or accelerate")
-        raise ValueError(msg)
-    return engine != "accelerate" and fits
 
 
 class Ema:
@@ -101,7 +91,7 @@ def make_accelerator(o: dict[str, Any], fused: bool = False) -> tuple[Any, str, 
         return Accelerator(mixed_precision="no"), precision, None
     ds_config = None
     if o["zero_stage"] > 0:
-        ds_config = checkpoints.render_deepspeed_config(zero_stage=o["zero_stage"], mixed_precision=precision,
+        ds_config = render_deepspeed_config(zero_stage=o["zero_stage"], mixed_precision=precision,
                                                         grad_accum=o["gradient_accumulation_steps"],
                                                         micro_batch=o["train_batch_size"],
                                                         max_grad_norm=o["max_grad_norm"])

@@ -37,13 +37,63 @@ def processes_per_machine(gpus: Any, visible: int) -> int:
 
 def _fused(options: Mapping[str, Any], processes: int, visible: int) -> bool:
     """Whether the step trains with the fused one-GPU engine (then accelerate starts it without DeepSpeed)."""
-    from policies.rdt.engine import fused_applies
-
     try:
         return fused_applies(options.get("engine", "auto"), processes, visible > 0,
                              options["mixed_precision"] if visible else "no")
     except ValueError as e:
         raise LaunchError(str(e)) from e
+
+
+def fused_applies(engine: str, processes: int, cuda: bool, precision: str) -> bool:
+    """Whether the fused engine runs: `fused`, or `auto` on one CUDA process in bf16. Raises when `fused` cannot."""
+    fits = cuda and processes == 1 and precision == "bf16"
+    if engine == "fused" and not fits:
+        msg = (f"engine: fused runs one process on one GPU in bf16; this run has {processes} process(es), "
+               f"{'a GPU' if cuda else 'no GPU'} and mixed_precision {precision}: use engine: auto or accelerate")
+        raise ValueError(msg)
+    return engine != "accelerate" and fits
+
+
+def render_deepspeed_config(*, zero_stage: int, mixed_precision: str, grad_accum: int, micro_batch: int,
+                            max_grad_norm: float = 1.0) -> dict[str, Any]:
+    """configs/zero2.json as upstream writes it, with the batch sizes filled in from the job (not "auto"), and the
+    job's gradient clipping (upstream's zero2.json has none, so its clip_grad_norm_ call does nothing under DeepSpeed)."""
+    return {
+        "bf16": {"enabled": mixed_precision == "bf16"},
+        "fp16": {"enabled": mixed_precision == "fp16"},
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "zero_optimization": {"stage": zero_stage, "overlap_comm": True, "contiguous_gradients": True,
+                              "reduce_scatter": True, "allgather_partitions": True},
+        "gradient_clipping": max_grad_norm,
+        "steps_per_print": 10**9,
+    }
+
+
+def preview(step: str, options: Mapping[str, Any], gpus: Any, nodes: int) -> dict[str, Any] | None:
+    """What `runner plan` shows of the training launch inside the step: the `accelerate launch` line (node 0's
+    with several nodes) and the DeepSpeed config it renders, or None for the other steps. `gpus: all` counts one
+    GPU here (the count is only known where the step runs)."""
+    if step != "train":
+        return None
+    visible = 1 if gpus == "all" else (len(gpus) if isinstance(gpus, list) else int(gpus))
+    env = {"RUNNER_NUM_MACHINES": str(nodes), "RUNNER_MACHINE_RANK": "0", "MASTER_ADDR": "$MASTER_ADDR",
+           "MASTER_PORT": "$MASTER_PORT"} if nodes > 1 else {}
+    argv = accelerate_argv("python3", options, gpus, visible, env, port=0)
+    if nodes == 1:
+        argv[argv.index("--main_process_port") + 1] = "<a free port>"
+    processes = processes_per_machine(gpus, visible) * nodes
+    fused = _fused(options, processes, visible)
+    out: dict[str, Any] = {"launch": argv, "engine": "fused" if fused else "accelerate"}
+    if gpus == "all":
+        out["note"] = ("resources.gpus is all: shown for one GPU; with several the step launches one process a GPU "
+                       "with DeepSpeed ZeRO (zero_stage)")
+    if not fused and options["zero_stage"] > 0 and visible:
+        out["deepspeed_config.json"] = render_deepspeed_config(
+            zero_stage=options["zero_stage"], mixed_precision=options["mixed_precision"],
+            grad_accum=options["gradient_accumulation_steps"], micro_batch=options["train_batch_size"],
+            max_grad_norm=options["max_grad_norm"])
+    return out
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -29,7 +29,8 @@ from policies.metrics import Metrics, SmoothRate, progress
 from policies.rdt import checkpoints
 from policies.rdt.batches import ItemRules, StepIndices, TrainItems, collate
 from policies.rdt.dataset import EpisodeIndex, RdtSamples, dataset_stat, index_episodes
-from policies.rdt.engine import AccelerateEngine, FusedEngine, ResumeError, fused_applies, make_accelerator, world_size
+from policies.rdt.engine import AccelerateEngine, FusedEngine, ResumeError, make_accelerator, world_size
+from policies.rdt.launch import fused_applies
 from policies.rdt.model import RdtConfig, RdtRunner, schedulers
 from policies.rdt.state_space import FRANKA, StateMap
 from policies.rdt.weights import WeightsError, load_strict, read_state_dict

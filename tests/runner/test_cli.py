@@ -146,3 +146,33 @@ def test_bash_completion_completes_verbs_options_and_job_names(tmp_path: Path, w
     assert complete("runner", "train", "sample_") == ["sample_x"]
     assert complete("runner", "train", "x", "--ex") == ["--executor"]
     assert complete("runner", "gc", "--dry") == ["--dry-run"]
+
+
+def test_plan_shows_what_rdt_launches_inside_the_step_and_its_options() -> None:
+    import json
+
+    two = cli("plan", "jobs/sample_rdt.yaml", "train", "resources.gpus=2", "--executor", "local", cwd=REPO)
+    assert two.returncode == 0, two.stderr
+    assert "# inside the step, it launches (engine accelerate):" in two.stdout
+    assert "--num_processes 2" in two.stdout and "--use_deepspeed --zero_stage 2" in two.stdout
+    assert '"train_micro_batch_size_per_gpu": 8' in two.stdout  # the rendered DeepSpeed config
+    assert "#   * max_train_steps: 60" in two.stdout and "#     engine: \"auto\"" in two.stdout  # set / default
+    one = cli("plan", "jobs/sample_rdt.yaml", "train", "resources.gpus=1", "--json", cwd=REPO)
+    step = json.loads(one.stdout)["steps"][0]
+    assert step["launches"]["engine"] == "fused" and "--use_deepspeed" not in step["launches"]["launch"]
+    assert "deepspeed_config.json" not in step["launches"]
+    assert step["options"]["train_batch_size"] == {"value": 8, "set_by_job": True}
+    assert step["options"]["compile"] == {"value": True, "set_by_job": False}
+
+
+def test_plan_resolved_prints_the_whole_job_with_overrides_and_no_secret(write_job: Callable[..., Path],
+                                                                        tmp_path: Path) -> None:
+    import yaml
+
+    write_job("name: a\npolicy: dp3\nenv: {WANDB_API_KEY: s3cr3t}\nsteps: {train: {epochs: 5}}\n", "a.yaml")
+    r = cli("plan", "a", "--resolved", "steps.train.epochs=9", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    data = yaml.safe_load(r.stdout)
+    assert data["steps"]["train"]["epochs"] == 9 and data["steps"]["train"]["batch_size"] > 0  # a default, filled in
+    assert data["env"]["WANDB_API_KEY"] == "<redacted>" and "s3cr3t" not in r.stdout
+    assert Path(data["outputs"]["runs_dir"]).is_absolute()

@@ -9,8 +9,8 @@ from policies.rdt.checkpoints import (
     enforce_limit,
     latest,
     mark_complete,
-    render_deepspeed_config,
 )
+from policies.rdt.launch import render_deepspeed_config
 
 
 def make(out: Path, step: int, complete: bool = True) -> Path:

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from policies.rdt.config import RdtTrain
-from policies.rdt.engine import MODEL_FILE, AccelerateEngine, FusedEngine, ResumeError, fused_applies, make_accelerator
+from policies.rdt.engine import MODEL_FILE, AccelerateEngine, FusedEngine, ResumeError, make_accelerator
+from policies.rdt.launch import fused_applies
 from policies.rdt.model import RdtConfig, RdtRunner, schedulers
 from policies.rdt.train import _loss
 
