@@ -22,12 +22,16 @@ class EpisodeResult:
     plot: str | None
 
 
-def score_episode(pred: np.ndarray, recorded: np.ndarray, episode: int, out_dir: Path, plots: bool = True) -> EpisodeResult:
-    """(T, D) predicted and recorded actions of one episode; the gripper is the last dim, open above 0.5."""
+def score_episode(pred: np.ndarray, recorded: np.ndarray, episode: int, out_dir: Path, plots: bool = True,
+                  title: str = "") -> EpisodeResult:
+    """(T, D) predicted and recorded actions of one episode; the gripper is the last dim, open above 0.5.
+    `title`: what was evaluated (the checkpoint and its weights), in the plot's title."""
     err = (pred - recorded) ** 2
     grip_ok = (pred[:, -1] >= 0.5) == (recorded[:, -1] >= 0.5)
-    plot = _plot(pred, recorded, out_dir / f"episode{episode}.png", episode) if plots else None
-    return EpisodeResult(episode, err[:, :-1].mean(0).tolist(), float(err[:, -1].mean()), float(grip_ok.mean()), plot)
+    mse = err.mean(0).tolist()
+    plot = _plot(pred, recorded, out_dir / f"episode{episode}.png", f"episode {episode}" + (f", {title}" if title else ""),
+                 mse) if plots else None
+    return EpisodeResult(episode, mse[:-1], float(mse[-1]), float(grip_ok.mean()), plot)
 
 
 def summarize(results: list[EpisodeResult], out_dir: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -46,7 +50,7 @@ def summarize(results: list[EpisodeResult], out_dir: Path, extra: dict[str, Any]
     return summary
 
 
-def _plot(pred: np.ndarray, rec: np.ndarray, path: Path, episode: int) -> str:
+def _plot(pred: np.ndarray, rec: np.ndarray, path: Path, title: str, mse: list[float]) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,10 +67,12 @@ def _plot(pred: np.ndarray, rec: np.ndarray, path: Path, episode: int) -> str:
             continue
         ax.plot(rec[:, d], label="recorded", color="black", linewidth=1.5)
         ax.plot(pred[:, d], label="predicted", color="tab:orange", linewidth=1.2, linestyle="--")
-        ax.set_title("gripper" if d == dims - 1 else f"joint {d + 1}", fontsize=9)
+        name = "gripper (0 closed, 1 open)" if d == dims - 1 else f"joint {d + 1} (rad)"
+        ax.set_title(f"{name}   MSE {mse[d]:.2e}", fontsize=9)
+        ax.set_xlabel("frame", fontsize=7)
         ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"episode {episode}: predicted vs recorded actions")
+    fig.suptitle(f"{title}: predicted vs recorded actions (MSE over the episode)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -1,18 +1,30 @@
-"""Training metrics: metrics.jsonl in the run folder, plus tensorboard or wandb when the job asks."""
+"""Training metrics: metrics.jsonl in the run folder and in the lineage folder (all the runs that trained it), the
+loss and learning-rate curves as train_curves.png in both, plus tensorboard or wandb when the job asks."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
+from policies import curves
+
 
 class Metrics:
-    """metrics.jsonl in the run folder, plus tensorboard or wandb when the job asks."""
+    """metrics.jsonl in the run folder (and the lineage folder), curves, tensorboard or wandb when the job asks."""
 
-    def __init__(self, run_dir: Path, logger: str, config: dict[str, Any], enabled: bool = True) -> None:
+    def __init__(self, run_dir: Path, logger: str, config: dict[str, Any], enabled: bool = True,
+                 lineage: Path | None = None, title: str = "") -> None:
+        self.run_dir, self.lineage, self.enabled, self.title = run_dir, lineage, enabled, title
         self.file = open(run_dir / "metrics.jsonl" if enabled else os.devnull, "a", buffering=1)  # noqa: SIM115
+        if enabled and lineage is not None:
+            lineage.mkdir(parents=True, exist_ok=True)
+        self.lineage_file = (open(lineage / curves.LINEAGE_METRICS, "a", buffering=1)  # noqa: SIM115
+                             if enabled and lineage is not None else None)
+        self.plot_failed = False
         self.tb: Any = None
         self.wandb: Any = None
         if logger == "tensorboard":
@@ -28,15 +40,35 @@ class Metrics:
             self.wandb = wandb.init(dir=str(run_dir), config=config)  # WANDB_MODE=offline works with no network
 
     def log(self, step: int, values: dict[str, float]) -> None:
-        self.file.write(json.dumps({"step": step, **values}) + "\n")
+        line = json.dumps({"step": step, **values, "run": self.run_dir.name}) + "\n"
+        self.file.write(line)
+        if self.lineage_file is not None:
+            self.lineage_file.write(line)
         if self.tb is not None:
             for k, v in values.items():
                 self.tb.add_scalar(k, v, step)
         if self.wandb is not None:
             self.wandb.log(values, step=step)
 
+    def plot(self) -> None:
+        """train_curves.png of the lineage (every run that trained it) in the run folder and the lineage folder.
+        A picture that cannot be drawn (no matplotlib) is reported once and never stops training."""
+        if not self.enabled or self.plot_failed:
+            return
+        source = self.lineage / curves.LINEAGE_METRICS if self.lineage is not None else self.run_dir / "metrics.jsonl"
+        try:
+            out = curves.plot_lineage(curves.read_metrics(source), self.run_dir / curves.CURVES, self.title)
+            if out is not None and self.lineage is not None:
+                shutil.copyfile(out, self.lineage / curves.CURVES)
+        except Exception as e:  # noqa: BLE001  # a plotting failure must not stop training
+            self.plot_failed = True
+            sys.stderr.write(f"warning: training curves not drawn ({type(e).__name__}: {e})\n")
+
     def close(self) -> None:
+        self.plot()
         self.file.close()
+        if self.lineage_file is not None:
+            self.lineage_file.close()
         if self.tb is not None:
             self.tb.close()
         if self.wandb is not None:

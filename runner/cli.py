@@ -352,6 +352,30 @@ def cmd_history(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(a: argparse.Namespace) -> int:
+    """Runs side by side (a job name stands for its newest run) and their training losses overlaid in a PNG."""
+    from datetime import datetime
+
+    from policies.curves import plot_compare, read_metrics
+    from runner.runs import compare_row, find_runs, reconcile, table
+
+    paths = [find_runs(_runs_dir(a), ref)[-1] for ref in a.refs]
+    recs = [reconcile(p, _alive()) for p in paths]
+    rows = [compare_row(r, p, datetime.now()) for r, p in zip(recs, paths, strict=True)]
+    for line in table(rows, ["RUN", "JOB", "STATUS", "DURATION", "STEPS", "LAST LOSS", "BEST VAL", "EVAL MSE",
+                             "OVERRIDES"]):
+        print(line)
+    out = Path(a.out) if a.out else _runs_dir(a) / f"compare-{'-'.join(r.run_id for r in recs)}.png"
+    try:
+        drawn = plot_compare([(f"{r.job} {r.run_id}", read_metrics(p.parent / "metrics.jsonl"))
+                              for r, p in zip(recs, paths, strict=True)], out)
+    except ImportError:
+        _err("the curves need matplotlib: pip install matplotlib (or the runner's [policy] extra)")
+        return 1
+    print(f"training loss of each run: {drawn}" if drawn else "no training losses logged in these runs: no picture")
+    return 0
+
+
 def cmd_logs(a: argparse.Namespace) -> int:
     from runner.records import load, step_log
     from runner.runs import find_runs, follow, reconcile
@@ -611,6 +635,10 @@ def _add_run_verbs(add: AddVerb) -> None:
     sp.add_argument("run", help="a run id (runner history JOB)")
     sp.add_argument("--checkpoints", action="store_true", help="also remove the checkpoints lineage this run started")
     sp.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    sp.add_argument("--runs-dir", help="default: ./runs")
+    sp = add("compare", cmd_compare, "runs side by side (steps, losses, eval MSE, overrides) and their loss curves in a PNG")
+    sp.add_argument("refs", nargs="+", metavar="RUN|JOB", help="run ids, or job names (their newest run)")
+    sp.add_argument("--out", help="the PNG to write (default: runs/compare-<run ids>.png)")
     sp.add_argument("--runs-dir", help="default: ./runs")
     sp = add("gc", cmd_gc, "remove old runs (keeping the newest --keep of each job), set-aside checkpoints, temp files")
     sp.add_argument("job", nargs="?", help="only this job")

@@ -193,6 +193,24 @@ def row(rec: RunRecord, path: Path, now: datetime) -> dict[str, str]:
             "EXECUTOR": rec.executor, "DURATION": duration(rec, now), "METRIC": key_metric(path), "DETAIL": detail}
 
 
+def compare_row(rec: RunRecord, path: Path, now: datetime) -> dict[str, str]:
+    """One column set of `runner compare`: where the run got to and how good it was."""
+    from policies.curves import read_metrics, series
+
+    rows = read_metrics(path.parent / "metrics.jsonl")
+    steps, loss = series(rows, "loss")
+    _, val = series(rows, "val_loss")
+    try:
+        mse = f"{float(json.loads((path.parent / 'eval' / 'eval.json').read_text())['mse_joints']):.4g}"
+    except (OSError, ValueError, KeyError, TypeError):
+        mse = "-"
+    overrides = " ".join(rec.overrides) or "-"
+    return {"RUN": rec.run_id, "JOB": rec.job, "STATUS": rec.status + (" (resumed)" if rec.resume else ""),
+            "DURATION": duration(rec, now), "STEPS": str(steps[-1]) if steps else "-",
+            "LAST LOSS": f"{loss[-1]:.4g}" if loss else "-", "BEST VAL": f"{min(val):.4g}" if val else "-",
+            "EVAL MSE": mse, "OVERRIDES": overrides}
+
+
 def table(rows: list[dict[str, str]], columns: list[str]) -> list[str]:
     """Left-aligned columns under a header; the last column is not padded."""
     widths = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in columns[:-1]}

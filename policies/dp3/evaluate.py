@@ -28,7 +28,7 @@ def episode_windows(data: ReplayData, episode: int, n_obs: int) -> tuple[torch.T
 
 @torch.no_grad()
 def evaluate(model: DP3, data: ReplayData, episodes: list[int], out_dir: Path, batch: int = 64,
-             seed: int = 0, plots: bool = True) -> dict[str, Any]:
+             seed: int = 0, plots: bool = True, title: str = "") -> dict[str, Any]:
     """Predict the next action at every frame of each episode and compare with what was recorded."""
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator(data.state.device).manual_seed(seed)
@@ -37,5 +37,5 @@ def evaluate(model: DP3, data: ReplayData, episodes: list[int], out_dir: Path, b
         pc, pos, recorded = episode_windows(data, ep, model.cfg.n_obs_steps)
         pred = np.concatenate([model.predict_action(pc[i:i + batch], pos[i:i + batch], generator=gen)[:, 0].float().cpu().numpy()
                                for i in range(0, len(pc), batch)])
-        results.append(score_episode(pred, recorded, ep, out_dir, plots))
+        results.append(score_episode(pred, recorded, ep, out_dir, plots, title))
     return summarize(results, out_dir)

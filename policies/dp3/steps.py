@@ -151,7 +151,8 @@ def step_eval(ctx: StepContext) -> int:
         print(f"eval: the checkpoint held no episode out; evaluating episode {episodes[0]} (seen in training)")
     if o.get("episodes"):
         episodes = episodes[: o["episodes"]]
-    summary = evaluate(model, data, episodes, ctx.run_dir / "eval")
+    weights = "EMA" if payload["state_dicts"].get("ema_model") is not None else "model"
+    summary = evaluate(model, data, episodes, ctx.run_dir / "eval", title=f"{ckpt.name} ({weights} weights)")
     print(f"eval: {ckpt.name} on episodes {episodes}: joint MSE {summary['mse_joints']:.5f}, gripper MSE "
           f"{summary['gripper_mse']:.5f}, gripper accuracy {summary['gripper_accuracy']:.3f}; "
           f"plots and eval.json in {ctx.run_dir / 'eval'}")

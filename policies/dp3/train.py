@@ -103,7 +103,8 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
     if ranks.rank and not restored:  # each rank draws its own noise
         run.gens["noise"].manual_seed(s.seed + 1 + 1000 * ranks.rank)
     run.metrics = Metrics(run_dir, s.logger if ranks.main else "none",
-                          {"model": asdict(cfg), "train": asdict(s), **(extra or {})}, enabled=ranks.main)
+                          {"model": asdict(cfg), "train": asdict(s), **(extra or {})}, enabled=ranks.main,
+                          lineage=ckpt_dir, title=f"DP3 {(extra or {}).get('job', '')}: lineage {ckpt_dir.name}")
     run.announce()
     try:
         return run.loop()
@@ -199,6 +200,8 @@ class _Run:
             }
             path = checkpoints.save(self.ckpt_dir, self.global_step, payload, val_loss=val_loss, keep=s.keep_checkpoints)
             self.result.last_checkpoint = path
+            if self.metrics is not None:
+                self.metrics.plot()
         if self.stepper is not None:
             self.stepper.release()
         distributed.barrier(self.ranks)

@@ -56,5 +56,6 @@ def evaluate(policy: RdtPolicy, episodes: list[Path], out_dir: Path, stride: int
         policy.reset()
         pred, recorded = predict_episode(policy, path, step)
         index = int(path.stem.split("_")[-1])
-        results.append(score_episode(pred, recorded, index, out_dir, plots))
+        title = f"{Path(str((extra or {}).get('checkpoint', ''))).name} ({(extra or {}).get('weights', '')} weights)"
+        results.append(score_episode(pred, recorded, index, out_dir, plots, title if extra else ""))
     return summarize(results, out_dir, {"stride": step, "episode_files": [str(p) for p in episodes], **(extra or {})})

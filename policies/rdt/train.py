@@ -173,7 +173,8 @@ class _Loop:
         self.o, self.inputs, self.acc, self.engine, self.lr_sched = o, inputs, acc, engine, lr_sched
         self.meta, self.say, self.stop = meta, say, stop
         self.metrics = Metrics(inputs.run_dir, o["logger"] if acc.is_main_process else "none", meta,
-                               enabled=acc.is_main_process)
+                               enabled=acc.is_main_process, lineage=inputs.output,
+                               title=f"RDT {meta.get('job', '')}: lineage {inputs.output.name}")
         self.result = TrainResult(0)
 
     def save(self, step: int) -> Path:
@@ -187,6 +188,7 @@ class _Loop:
             self.engine.ema.save(folder / "ema")
             (folder / TRAINER_STATE).write_text(json.dumps({"step": step, "ema_steps": self.engine.ema.steps}))
             checkpoints.mark_complete(folder, {**self.meta, "step": step})
+            self.metrics.plot()
             for old in checkpoints.enforce_limit(self.inputs.output, self.o["checkpoints_total_limit"]):
                 self.say(f"train: removed {old.name} (checkpoints_total_limit {self.o['checkpoints_total_limit']})")
         acc.wait_for_everyone()

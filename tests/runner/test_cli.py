@@ -176,3 +176,30 @@ def test_plan_resolved_prints_the_whole_job_with_overrides_and_no_secret(write_j
     assert data["steps"]["train"]["epochs"] == 9 and data["steps"]["train"]["batch_size"] > 0  # a default, filled in
     assert data["env"]["WANDB_API_KEY"] == "<redacted>" and "s3cr3t" not in r.stdout
     assert Path(data["outputs"]["runs_dir"]).is_absolute()
+
+
+def test_compare_puts_runs_side_by_side_and_overlays_their_losses(tmp_path: Path) -> None:
+    import json
+
+    from runner import records
+
+    runs = tmp_path / "runs"
+    for run_id, lr, overrides, mse in (("20261129-100000-aaaa", 1e-4, [], 0.01),
+                                       ("20261129-110000-bbbb", 3e-4, ["steps.train.lr=0.0003"], None)):
+        rec = records.RunRecord(run_id=run_id, job="j", policy="dp3", job_file="j.yaml", spec_as_written="",
+                                spec_resolved={}, host="h", git={}, executor="local", status="succeeded",
+                                started="2026-11-29T10:00:00", ended="2026-11-29T10:01:05", overrides=overrides)
+        folder = records.save(rec, runs).parent
+        (folder / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": s, "loss": lr * 1e4 / s, "lr": lr, "run": run_id}) + "\n" for s in range(1, 21)))
+        if mse is not None:
+            (folder / "eval").mkdir()
+            (folder / "eval" / "eval.json").write_text(json.dumps({"mse_joints": mse}))
+    out = tmp_path / "cmp.png"
+    r = cli("compare", "20261129-100000-aaaa", "j", "--runs-dir", str(runs), "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    header, first, second = r.stdout.splitlines()[:3]
+    assert header.split()[:4] == ["RUN", "JOB", "STATUS", "DURATION"]
+    assert first.split()[0] == "20261129-100000-aaaa" and "1m05s" in first and "0.01" in first and "0.05" in first
+    assert second.split()[0] == "20261129-110000-bbbb" and "steps.train.lr=0.0003" in second  # `j`: its newest run
+    assert out.read_bytes()[:4] == b"\x89PNG"
