@@ -352,6 +352,30 @@ def cmd_history(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(a: argparse.Namespace) -> int:
+    """Summarise the job's converted episodes and draw a preview PNG of them."""
+    try:
+        from policies.data.summary import preview, summarize
+    except ImportError as e:
+        _err(f"`runner data` reads HDF5: install the runner's [data] extra ({e})")
+        return 1
+    job = _job(a.job)
+    folder = job.spec.data.converted
+    if folder is None:
+        _err(f"{job.file}: data.converted is not set: nothing to summarise")
+        return 2
+    task = job.spec.task or job.name
+    root = folder / task if (folder / task).is_dir() else folder
+    summary = summarize(root)
+    for line in summary.lines():
+        print(line)
+    if not summary.episodes:
+        return 1
+    png = Path(a.out) if a.out else job.spec.outputs.runs_dir / job.name / "data_preview.png"
+    print(f"preview: {preview(summary, png)}")
+    return 0
+
+
 def cmd_compare(a: argparse.Namespace) -> int:
     """Runs side by side (a job name stands for its newest run) and their training losses overlaid in a PNG."""
     from datetime import datetime
@@ -636,6 +660,9 @@ def _add_run_verbs(add: AddVerb) -> None:
     sp.add_argument("--checkpoints", action="store_true", help="also remove the checkpoints lineage this run started")
     sp.add_argument("--dry-run", action="store_true", help="list what would be removed")
     sp.add_argument("--runs-dir", help="default: ./runs")
+    sp = add("data", cmd_data, "summarise the job's converted episodes and draw a preview PNG (cloud, joints, camera)")
+    sp.add_argument("job")
+    sp.add_argument("--out", help="the PNG to write (default: runs/<job>/data_preview.png)")
     sp = add("compare", cmd_compare, "runs side by side (steps, losses, eval MSE, overrides) and their loss curves in a PNG")
     sp.add_argument("refs", nargs="+", metavar="RUN|JOB", help="run ids, or job names (their newest run)")
     sp.add_argument("--out", help="the PNG to write (default: runs/compare-<run ids>.png)")
