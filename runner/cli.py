@@ -576,6 +576,39 @@ def cmd_completion(a: argparse.Namespace) -> int:
     return 0
 
 
+JOB_HELP = "a job file (jobs/x.yaml) or a job name (its file is jobs/<name>.yaml)"
+
+#: `runner VERB --help` ends with these, run as written from the repository with its shipped jobs.
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "jobs": ("runner jobs",),
+    "completion": ('eval "$(runner completion)"            # in ~/.bashrc',),
+    "validate": ("runner validate jobs/dp3_banana.yaml", "runner validate dp3_banana steps.train.epochs=10"),
+    "plan": ("runner plan dp3_banana train            # the docker run, why each option, the step's options",
+             "runner plan rdt_demo_clean train        # and the accelerate line and DeepSpeed config inside",
+             "runner plan sample_dp3 --json", "runner plan dp3_banana --resolved",
+             "runner plan rdt_demo_clean train --to slurm   # the sbatch script"),
+    "build": ("runner build sample_dp3", "runner build rdt --rebuild"),
+    "run": ("runner run jobs/sample_dp3.yaml", "runner run sample_dp3 convert train --executor local",
+            "runner run sample_rdt --detach && runner logs -f sample_rdt"),
+    "convert": ("runner convert sample_dp3", "runner convert --check dp3_banana"),
+    "train": ("runner train sample_dp3 steps.train.epochs=10", "runner train sample_dp3 --from 20261129-101500-ab12",
+              "make train JOB=jobs/dp3_banana.yaml ARGS='steps.train.epochs=10'"),
+    "eval": ("runner eval sample_dp3", "runner eval sample_rdt steps.eval.weights=model"),
+    "deploy": ("runner deploy sample_dp3                 # the simulated Franka", "runner deploy dp3_banana --dry-run"),
+    "submit": ("runner submit rdt_demo_clean train --to slurm", "runner submit sample_dp3 train slurm.partition=gpu"),
+    "resume": ("runner resume rdt_demo_clean", "runner resume sample_dp3 --from 20261129-101500-ab12"),
+    "shell": ("runner shell dp3", "runner shell dp3_banana                 # with the job's mounts and env"),
+    "rm": ("runner rm 20261129-101500-ab12 --dry-run", "runner rm 20261129-101500-ab12 --checkpoints"),
+    "data": ("runner data sample_dp3", "runner data dp3_banana --out /tmp/banana.png"),
+    "compare": ("runner compare sample_dp3 20261129-101500-ab12", "runner compare RUN1 RUN2 RUN3 --out cmp.png"),
+    "gc": ("runner gc --dry-run", "runner gc sample_dp3 --keep 2"),
+    "ps": ("runner ps", "runner ps --all"),
+    "history": ("runner history sample_dp3",),
+    "logs": ("runner logs -f sample_dp3", "runner logs sample_dp3 --step eval", "runner logs 20261129-101500-ab12"),
+    "stop": ("runner stop sample_dp3", "runner stop 20261129-101500-ab12 --grace 600"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from runner.executors import names as executor_names
 
@@ -583,7 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=help_)
+        examples = "\n".join(f"  {line}" for line in EXAMPLES.get(name, ()))
+        sp = sub.add_parser(name, help=help_, description=help_, formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog=f"examples:\n{examples}" if examples else None)
         sp.set_defaults(fn=fn)
         return sp
 
@@ -598,11 +633,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("jobs", cmd_jobs, "the jobs in ./jobs: policy, task, last run and its status")
     add("completion", cmd_completion, "print bash completion for runner: eval \"$(runner completion)\"")
     sp = add("validate", cmd_validate, "check a job file; nothing runs")
-    sp.add_argument("job")
+    sp.add_argument("job", help=JOB_HELP)
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="check the job with these values set")
     sp = add("plan", cmd_plan, "print the exact docker run command of each step, and why")
-    sp.add_argument("job")
-    sp.add_argument("step", nargs="?")
+    sp.add_argument("job", help=JOB_HELP)
+    sp.add_argument("step", nargs="?", help="one step (default: every step the job lists)")
     sp.add_argument("--json", action="store_true", help="versioned JSON instead of text")
     sp.add_argument("--to", dest="executor", choices=["slurm"], help="print the sbatch script instead")
     sp.add_argument("--resolved", action="store_true",
@@ -612,8 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("job", help="job file, job name, or policy name")
     sp.add_argument("--rebuild", action="store_true", help="build again even when the content tag is unchanged")
     sp = add("run", cmd_run, "run the job's steps (convert, train, eval as listed), or the steps named")
-    sp.add_argument("job")
-    sp.add_argument("steps", nargs="*")
+    sp.add_argument("job", help=JOB_HELP)
+    sp.add_argument("steps", nargs="*", help="steps to run, in order (default: convert, train, eval as the job lists them)")
     sp.add_argument("--rebuild", action="store_true", help="rebuild the image even when its content tag is unchanged")
     executor(sp)
     _add_step_verbs(add, executor)
@@ -628,7 +663,7 @@ def _add_step_verbs(add: AddVerb, executor: Callable[..., None]) -> None:
     """convert/train/eval/deploy, submit, resume and shell."""
     for step in ("convert", "train", "eval", "deploy"):
         sp = add(step, _cmd_step(step), f"run the {step} step")
-        sp.add_argument("job")
+        sp.add_argument("job", help=JOB_HELP)
         executor(sp)
         if step == "train":
             sp.add_argument("--resume", action="store_true", help="continue the newest lineage's newest checkpoint")
@@ -639,12 +674,12 @@ def _add_step_verbs(add: AddVerb, executor: Callable[..., None]) -> None:
         if step == "deploy":
             sp.add_argument("--dry-run", action="store_true", help="compute actions from the live robot; send nothing")
     sp = add("submit", cmd_submit, "hand the job's steps (or STEP) to a batch scheduler and follow them")
-    sp.add_argument("job")
-    sp.add_argument("step", nargs="?")
-    sp.add_argument("--to", choices=["slurm"], default="slurm")
+    sp.add_argument("job", help=JOB_HELP)
+    sp.add_argument("step", nargs="?", help="one step (default: every step the job lists)")
+    sp.add_argument("--to", choices=["slurm"], default="slurm", help="the batch scheduler (slurm)")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="set a job value for this run")
     sp = add("resume", cmd_resume, "continue training: the newest lineage, or the one --from names")
-    sp.add_argument("job")
+    sp.add_argument("job", help=JOB_HELP)
     sp.add_argument("--from", dest="start_from", metavar="RUN|CHECKPOINT",
                     help="continue lineage RUN (a run id under checkpoints/), or branch a new lineage from CHECKPOINT")
     executor(sp)
@@ -661,7 +696,7 @@ def _add_run_verbs(add: AddVerb) -> None:
     sp.add_argument("--dry-run", action="store_true", help="list what would be removed")
     sp.add_argument("--runs-dir", help="default: ./runs")
     sp = add("data", cmd_data, "summarise the job's converted episodes and draw a preview PNG (cloud, joints, camera)")
-    sp.add_argument("job")
+    sp.add_argument("job", help=JOB_HELP)
     sp.add_argument("--out", help="the PNG to write (default: runs/<job>/data_preview.png)")
     sp = add("compare", cmd_compare, "runs side by side (steps, losses, eval MSE, overrides) and their loss curves in a PNG")
     sp.add_argument("refs", nargs="+", metavar="RUN|JOB", help="run ids, or job names (their newest run)")
@@ -677,14 +712,14 @@ def _add_run_verbs(add: AddVerb) -> None:
         sp = add(name, fn, help_)
         sp.add_argument("--runs-dir", help="default: ./runs")
         if name == "ps":
-            sp.add_argument("--all", action="store_true")
+            sp.add_argument("--all", action="store_true", help="also finished runs")
         elif name == "history":
-            sp.add_argument("job")
+            sp.add_argument("job", help=JOB_HELP)
         else:
             sp.add_argument("ref", help="job name or run id")
         if name == "logs":
-            sp.add_argument("-f", "--follow", action="store_true")
-            sp.add_argument("--step")
+            sp.add_argument("-f", "--follow", action="store_true", help="keep printing as the log grows")
+            sp.add_argument("--step", help="this step's log, of the newest run that has it")
         if name == "stop":
             sp.add_argument("--grace", type=float,
                             help="seconds between SIGTERM and SIGKILL (default: the step's stop_grace_s, 30)")

@@ -203,3 +203,22 @@ def test_compare_puts_runs_side_by_side_and_overlays_their_losses(tmp_path: Path
     assert first.split()[0] == "20261129-100000-aaaa" and "1m05s" in first and "0.01" in first and "0.05" in first
     assert second.split()[0] == "20261129-110000-bbbb" and "steps.train.lr=0.0003" in second  # `j`: its newest run
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_verb_documents_its_arguments_and_shows_examples() -> None:
+    import argparse
+
+    from runner.cli import EXAMPLES, build_parser
+
+    parser = build_parser()
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(verbs) == set(EXAMPLES)
+    for name, sp in verbs.items():
+        undocumented = [a.dest for a in sp._actions if not a.help and not isinstance(a, argparse._HelpAction)]
+        assert undocumented == [], f"runner {name}: {undocumented} have no help"
+        assert "examples:\n  runner " in sp.format_help() or "examples:\n  eval " in sp.format_help(), name
+    for lines in EXAMPLES.values():  # the examples name verbs that exist
+        for line in lines:
+            words = line.split()
+            if words[0] == "runner":
+                assert words[1] in verbs, line
