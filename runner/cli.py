@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -263,19 +264,25 @@ def cmd_shell(a: argparse.Namespace) -> int:
     image = plan_image(job.spec.image, job.policy, os.environ)
     plan = build_plan(job, "shell", gather_machine(os.environ), run_id=new_run_id(datetime.now()),
                       image=image.tag, executor=a.executor)
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
-    if plan.executor == "local":
-        env = {**os.environ, **dict(plan.local.env)}
-        os.chdir(plan.local.cwd)
-        os.execvpe(os.environ.get("SHELL", "bash"), [os.environ.get("SHELL", "bash")], env)
-    from runner.executors.docker import connect
-    from runner.executors.docker_build import ensure_image
+    import subprocess
 
-    log = _build_log(job, image.tag)
-    ensure_image(connect(), image, log, sys.stderr.buffer)  # the shell's image exists before docker is asked for it
-    args = replace(plan.docker, command=("bash",), interactive=True)
-    # An interactive TTY is the docker CLI's job; argv is rendered from the same DockerRunArgs the SDK gets.
-    os.execvp("docker", render_cli(args))
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if plan.executor == "local":
+            shell = os.environ.get("SHELL", "bash")
+            return subprocess.call([shell], env={**os.environ, **dict(plan.local.env)}, cwd=plan.local.cwd)
+        from runner.executors.docker import connect
+        from runner.executors.docker_build import ensure_image
+
+        log = _build_log(job, image.tag)
+        ensure_image(connect(), image, log, sys.stderr.buffer)  # the shell's image exists before docker is asked for it
+        args = replace(plan.docker, command=("bash",), interactive=True)
+        # An interactive TTY is the docker CLI's job; argv is rendered from the same DockerRunArgs the SDK gets.
+        return subprocess.call(render_cli(args))
+    finally:
+        for folder in (plan.run_dir, plan.run_dir.parent):  # a shell that wrote nothing leaves no folders behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def cmd_submit(a: argparse.Namespace) -> int:

@@ -89,7 +89,7 @@ def build_plan(job: LoadedJob, step: str, machine: Machine, *, run_id: str, imag
     host_run = host_job / run_id
     c_run = layout.JOB / run_id
 
-    mounts, c_paths, h_paths = _mounts(job, step, machine, why)
+    mounts, c_paths, h_paths = _mounts(job, step, machine, why, check=mode == "check")
     shm = _shm(job, step, opts, why, warnings)
     gpus = _gpus(spec.resources.gpus)
     network, nccl_ifname = _network(job, step, opts, machine, why, warnings)
@@ -213,8 +213,10 @@ def _local_args(job: LoadedJob, step: str, opts: StepSpec, machine: Machine, run
         env=tuple(local_env), cwd=str(host_run), secrets=secrets)
 
 
-def _mounts(job: LoadedJob, step: str, machine: Machine, why: list[tuple[str, str]]
+def _mounts(job: LoadedJob, step: str, machine: Machine, why: list[tuple[str, str]], check: bool = False
             ) -> tuple[list[BindMount], dict[str, Any], dict[str, Any]]:
+    """The step's bind mounts and its paths as the container and this machine name them. `check` (`convert
+    --check`): the converted folder is not mounted, so checking can neither create nor write it."""
     spec = job.spec
     mounts = [BindMount(str(machine.code_dir), str(layout.CODE), True),
               BindMount(str(job_dir(job)), str(layout.JOB), False)]
@@ -227,7 +229,7 @@ def _mounts(job: LoadedJob, step: str, machine: Machine, why: list[tuple[str, st
     if spec.data.raw is not None and mounts_raw(job, step):
         mounts.append(BindMount(str(spec.data.raw), str(layout.RAW), True))
         c["raw"], h["raw"] = str(layout.RAW), str(spec.data.raw)
-    if spec.data.converted is not None:
+    if spec.data.converted is not None and not check:
         writes = step == "convert"
         mounts.append(BindMount(str(spec.data.converted), str(layout.CONVERTED), not writes))
         c["converted"], h["converted"] = str(layout.CONVERTED), str(spec.data.converted)

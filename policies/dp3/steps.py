@@ -46,10 +46,11 @@ def convert_options(ctx: StepContext) -> ConvertOptions:
 
 
 def step_convert(ctx: StepContext) -> int:
-    raw, out = ctx.path("raw"), ctx.path("converted")
+    raw = ctx.path("raw")
     opts = convert_options(ctx)
     if ctx.mode == "check":
         return report_check(raw, opts)
+    out = ctx.path("converted")
     try:
         report = convert(raw, out, opts, progress=lambda s: print(s, flush=True))
         zarr_path = out / f"{buffer_name(opts.task, opts.config, len(report.episodes))}.zarr"

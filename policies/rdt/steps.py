@@ -30,7 +30,7 @@ def convert_options(ctx: StepContext) -> ConvertOptions:
 
 
 def step_convert(ctx: StepContext) -> int:
-    raw, out = ctx.path("raw"), ctx.path("converted")
+    raw = ctx.path("raw")
     opts = convert_options(ctx)
     t5 = ctx.paths.get("weights", {}).get("t5")
     if opts.instructions and not t5:
@@ -39,6 +39,7 @@ def step_convert(ctx: StepContext) -> int:
         return 1
     if ctx.mode == "check":
         return report_check(raw, opts)
+    out = ctx.path("converted")
     try:
         report = convert(raw, out, opts, progress=lambda s: print(s, flush=True))
         embeddings, empty = None, None

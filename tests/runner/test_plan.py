@@ -59,6 +59,12 @@ def test_convert_writes_converted_data(machine: Machine) -> None:
     assert any(a.endswith("target=/data/converted") for a in argv)
 
 
+def test_convert_check_does_not_mount_the_converted_folder(machine: Machine) -> None:
+    checking = plan(shipped("dp3_banana"), "convert", machine, mode="check")
+    assert not any("/data/converted" in m.target for m in checking.docker.mounts)
+    assert "converted" not in checking.contexts["docker"]["paths"] and "raw" in checking.contexts["docker"]["paths"]
+
+
 def test_deploy_gets_host_network_and_gello_on_pythonpath(machine: Machine) -> None:
     p = plan(shipped("dp3_banana"), "deploy", machine)
     argv = render_cli(p.docker)
