@@ -7,18 +7,25 @@ JOB ?= jobs/sample_dp3.yaml
 EXECUTOR ?=
 EXEC_FLAG := $(if $(EXECUTOR),--executor $(EXECUTOR),)
 ARGS ?=  # overrides for this run, e.g. ARGS="steps.train.epochs=10 resources.gpus=[0,1]"
+STEP ?=  # `make plan` of one step, e.g. STEP=train
+# A venv you name (VENV=... on the command line or in the environment) is used as it is, never reinstalled;
+# the default .venv is (re)installed when pyproject.toml changes.
+VENV_DEPS := $(if $(filter command line environment,$(origin VENV)),,pyproject.toml)
 
 .PHONY: help setup venv docker slurm base-image test test-docker test-all lint bench build run convert train eval deploy \
         resume shell plan validate demo clean
 
 help:
 	@echo "make setup            venv + Docker engine + local base image (root on a fresh machine)"
-	@echo "make demo             run jobs/sample_dp3.yaml end to end (as far as the steps that exist go)"
+	@echo "make demo             run jobs/sample_dp3.yaml end to end: convert -> train -> eval"
 	@echo "make test             fast unit tests (no docker, slurm or GPU)"
-	@echo "make test-all         everything, with the Docker integration tests (what CI runs)"
-	@echo "make plan|build|run|convert|train|eval|deploy|resume|shell JOB=jobs/x.yaml [EXECUTOR=local]"
+	@echo "make test-all         everything, with the Docker and Slurm integration tests (what CI runs)"
+	@echo "make lint             ruff and mypy"
+	@echo "make validate|plan|build|run|convert|train|eval|deploy|resume|shell JOB=jobs/x.yaml [EXECUTOR=local]"
+	@echo "                      [ARGS='steps.train.epochs=10'] overrides; make plan STEP=train for one step"
+	@echo "VENV=path             use an existing virtualenv as it is (never reinstalled)"
 
-$(BIN)/runner: pyproject.toml
+$(BIN)/runner: $(VENV_DEPS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,data,policy]' --config-settings editable_mode=compat
@@ -63,7 +70,7 @@ validate: venv
 	$(RUNNER) validate $(JOB) $(ARGS)
 
 plan: venv
-	$(RUNNER) plan $(JOB) $(ARGS)
+	$(RUNNER) plan $(JOB) $(STEP) $(ARGS)
 
 build: venv
 	$(RUNNER) build $(JOB)
