@@ -20,6 +20,9 @@ def encode_instructions(texts: list[str], t5_path: Path, device: str | None = No
         raise FileNotFoundError(msg)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a weight-loading bar a step would only clutter the step's log
     tokenizer = AutoTokenizer.from_pretrained(str(t5_path))
     model = T5EncoderModel.from_pretrained(str(t5_path), torch_dtype=dtype).to(dev).eval()
     batch = tokenizer(texts, return_tensors="pt", padding="longest", truncation=True, max_length=MAX_LENGTH)

@@ -8,8 +8,8 @@ the corruption is additive Gaussian noise (upstream's `image_corrupt` is not pub
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,18 +23,20 @@ class ImagePrep:
     """The SigLIP processor from the encoder's folder plus upstream's background and padding rules."""
 
     def __init__(self, siglip: Path) -> None:
-        from transformers import SiglipImageProcessor
-
-        if not (siglip / "preprocessor_config.json").is_file():
+        """Reads the processor's numbers from preprocessor_config.json (transformers' SiglipImageProcessor
+        defaults where a key is absent): the size, rescale factor, mean and std are all this needs."""
+        config = siglip / "preprocessor_config.json"
+        if not config.is_file():
             msg = f"{siglip}: no SigLIP image processor (preprocessor_config.json missing); set weights.siglip"
             raise FileNotFoundError(msg)
-        self.processor: Any = SiglipImageProcessor.from_pretrained(str(siglip))
-        self.background = np.array([int(x * 255) for x in self.processor.image_mean], dtype=np.uint8)
-        size = self.processor.size
+        cfg = json.loads(config.read_text())
+        mean, std = list(cfg.get("image_mean", [0.5] * 3)), list(cfg.get("image_std", [0.5] * 3))
+        self.background = np.array([int(x * 255) for x in mean], dtype=np.uint8)
+        size = cfg.get("size", {"height": 224})
         self.side = int(size.get("height") or size.get("shortest_edge"))
-        self.scale = float(self.processor.rescale_factor)
-        self.mean = torch.tensor(self.processor.image_mean, dtype=torch.float32).reshape(1, 3, 1, 1)
-        self.std = torch.tensor(self.processor.image_std, dtype=torch.float32).reshape(1, 3, 1, 1)
+        self.scale = float(cfg.get("rescale_factor", 1 / 255))
+        self.mean = torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1)
         self._on: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def blank(self, like: np.ndarray | None = None) -> np.ndarray:
@@ -57,7 +59,9 @@ class ImagePrep:
         The same torch code in training (CPU workers) and at inference (on the GPU, no PIL round trip)."""
         out = torch.empty((len(frames), 3, self.side, self.side), dtype=torch.float32, device=device)
         for i, frame in enumerate(frames):
-            out[i] = self.pixels_batch(torch.from_numpy(np.ascontiguousarray(frame))[None].to(device))[0]
+            # decoded JPEGs are read-only arrays: torch takes a writable copy of those
+            ok = frame.flags.writeable and frame.flags.c_contiguous
+            out[i] = self.pixels_batch(torch.from_numpy(frame if ok else np.array(frame))[None].to(device))[0]
         return out
 
     def pixels_batch(self, frames: torch.Tensor) -> torch.Tensor:

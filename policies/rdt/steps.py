@@ -128,6 +128,8 @@ def _launch(ctx: StepContext) -> int:
         return 2
     print("train: " + " ".join(argv), flush=True)
     os.environ[LAUNCHED] = "1"
+    if not torch.cuda.is_available():  # named, so DeepSpeed does not warn in every process that it found no GPU
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     # torchrun's agent passes a stop on to the training processes and waits this long for their checkpoint.
     os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", os.environ.get("RUNNER_STOP_GRACE_S", "30"))
     os.execvp(argv[0], argv)

@@ -226,6 +226,11 @@ class _Loop:
                              "`runner resume JOB`")
                     break
         finally:
+            # The loader never runs dry (its sampler is endless): its workers are stopped here, because they ignore
+            # SIGTERM (policies.signals) and multiprocessing's exit handler would wait for them forever.
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
             self.metrics.close()
             acc.end_training()
         self.result.global_step = global_step
