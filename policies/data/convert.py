@@ -30,6 +30,7 @@ from policies.data.demos import (
 from policies.data.episodes import EpisodeData, episode_path, is_complete, write_episode
 from policies.data.pointcloud import CloudSpec, TooFewPointsError, clouds
 from policies.data.transform import TimeOptions, select_frames
+from policies.metrics import progress as bar_text
 from robot.formats import binarize, encode_jpeg
 from runner.atomic import free_bytes, remove_stale_temps, replace_dir, write_text_atomic
 
@@ -141,6 +142,7 @@ def convert(raw: Path, out: Path, opts: ConvertOptions, progress: Progress = lam
     todo = [j for j in jobs if not is_complete(episode_path(stage, opts.task, opts.config, j[0]), j[2])]
     progress(f"convert: {len(sources)} episodes, {len(jobs) - len(todo)} already staged")
     frames_in = frames_out = 0
+    t_start = time.perf_counter()
     try:
         with _pool(opts.workers) as pool:
             futures = [pool.submit(_convert_one, i, src, fp, stage, opts) for i, src, fp in todo]
@@ -152,7 +154,10 @@ def convert(raw: Path, out: Path, opts: ConvertOptions, progress: Progress = lam
                 if errors:
                     raise ConversionError(errors)
                 frames_in, frames_out = frames_in + t_in, frames_out + t_out
-                progress(f"convert: [{n}/{len(todo)}] {name}: {t_in} frames -> {t_out}")
+                elapsed = max(1e-9, time.perf_counter() - t_start)
+                bar = bar_text(n, len(todo), n / elapsed, 1)  # the time left from episodes a second
+                progress(f"convert: episode {n}/{len(todo)} {bar} {frames_in / elapsed:.0f} frames/s; "
+                         f"{name}: {t_in} frames -> {t_out}")
         _write_instructions(stage, opts, len(sources))
         final = _publish(stage, out, opts)
     except (OSError, BrokenProcessPool) as e:

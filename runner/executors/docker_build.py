@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -67,10 +69,27 @@ def _stage(ctx: Path, plan: ImagePlan) -> None:
             shutil.copyfile(src, dst)
 
 
+_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$", re.M)
+
+
+def build_progress(text: str, elapsed_s: float) -> str | None:
+    """'image build step 3/12 [#####...] 1m05s: RUN pip install ...' for a Dockerfile step's first line, else None."""
+    m = _STEP.search(text)
+    if m is None:
+        return None
+    n, total, what = int(m.group(1)), int(m.group(2)), m.group(3).strip()
+    filled = int(20 * (n - 1) / max(1, total))
+    minutes, seconds = divmod(int(elapsed_s), 60)
+    return (f"image build step {n}/{total} [{'#' * filled}{'.' * (20 - filled)}] {minutes}m{seconds:02d}s: "
+            f"{what[:90]}{'...' if len(what) > 90 else ''}\n")
+
+
 def _build(client: Any, ctx: Path, plan: ImagePlan, log_path: Path, out: BinaryIO) -> str:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     image_id: str | None = None
     tail: list[str] = []
+    started = time.monotonic()
+    out.write(f"building image {plan.tag}; its full output: {log_path}\n".encode())
     with open(log_path, "ab") as log:
         try:
             stream = client.api.build(path=str(ctx), tag=plan.tag, rm=True, forcerm=True, decode=True,
@@ -81,12 +100,13 @@ def _build(client: Any, ctx: Path, plan: ImagePlan, log_path: Path, out: BinaryI
                 if "error" in item:
                     text = f"ERROR: {item['error']}\n"
                 if text:
-                    data = text.encode()
-                    log.write(data)
+                    log.write(text.encode())
                     log.flush()
-                    out.write(data)
-                    out.flush()
                     tail = (tail + text.splitlines())[-20:]
+                    line = build_progress(text, time.monotonic() - started)
+                    if line:  # one line a Dockerfile step on the terminal; every line in the log
+                        out.write(line.encode())
+                        out.flush()
                 if "aux" in item and "ID" in item["aux"]:
                     image_id = item["aux"]["ID"]
                 if "error" in item:

@@ -58,3 +58,11 @@ def test_no_ca_no_wheels_no_pip_options() -> None:
 def test_dp3_requirements_pin_the_cpu_torch_and_zarr2() -> None:
     reqs = (Path(__file__).resolve().parents[2] / "images" / "dp3" / "requirements.txt").read_text()
     assert "torch==2.13.0" in reqs and "zarr>=2.16,<3" in reqs and "open3d" not in reqs.replace("# DP3", "")
+
+
+def test_build_progress_is_one_line_a_dockerfile_step() -> None:
+    from runner.executors.docker_build import build_progress
+
+    line = build_progress("Step 3/12 : RUN pip install -r /tmp/requirements/base.txt\n", 65.4)
+    assert line == "image build step 3/12 [###.................] 1m05s: RUN pip install -r /tmp/requirements/base.txt\n"
+    assert build_progress("Collecting numpy\n", 1.0) is None  # the rest goes to the build log only
