@@ -12,6 +12,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 
+class StepInputError(ValueError):
+    """What a step was given cannot work (a path the job lacks, an option missing): the step stops with exit 2 and
+    this message, no traceback (policies.entry)."""
+
+
 @dataclass(frozen=True)
 class StepContext:
     job: str
@@ -32,7 +37,7 @@ class StepContext:
         value = self.paths.get(key)
         if not value:
             msg = f"the job has no {key} path; set data.{key} in {self.job}'s job file"
-            raise SystemExit(msg)
+            raise StepInputError(msg)
         return Path(value)
 
 
@@ -45,7 +50,7 @@ def load_context(path: str | None = None) -> StepContext:
     source = path or os.environ.get("RUNNER_CONTEXT")
     if not source:
         msg = "RUNNER_CONTEXT is not set: steps are started by the runner (`runner convert JOB`)"
-        raise SystemExit(msg)
+        raise StepInputError(msg)
     data = json.loads(Path(source).read_text())
     return StepContext(job=data["job"], policy=data["policy"], task=data.get("task"), step=data["step"],
                        run_id=data["run_id"], run_dir=Path(data["run_dir"]), resume=bool(data.get("resume")) or _requeued(data),

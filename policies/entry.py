@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from policies.context import StepContext, load_context, show_host_paths
+from policies.context import StepContext, StepInputError, load_context, show_host_paths
 from policies.data.convert import ConvertOptions, check
 from policies.data.demos import GelloOptions
 from policies.data.pointcloud import CloudSpec
@@ -37,6 +37,10 @@ def main(policy: str, steps: Mapping[str, Callable[[StepContext], int]], argv: l
     if step not in steps:
         print(f"{policy}: no step {step!r} (its steps: {', '.join(steps)})", file=sys.stderr)
         return 2
-    ctx = load_context()
-    show_host_paths(ctx)
-    return steps[step](ctx)
+    try:
+        ctx = load_context()
+        show_host_paths(ctx)
+        return steps[step](ctx)
+    except StepInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from policies import curves
+from policies.context import StepInputError
 
 
 class Metrics:
@@ -36,7 +37,7 @@ class Metrics:
                 import wandb  # type: ignore[import-not-found]
             except ImportError as e:
                 msg = "steps.train.logger is wandb but wandb is not installed: add it to image.pip"
-                raise SystemExit(msg) from e
+                raise StepInputError(msg) from e
             self.wandb = wandb.init(dir=str(run_dir), config=config)  # WANDB_MODE=offline works with no network
 
     def log(self, step: int, values: dict[str, float]) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from policies import lineage
 from policies.checkpoint_io import CheckpointError
-from policies.context import StepContext
+from policies.context import StepContext, StepInputError
 from policies.data.convert import ConvertOptions, convert, storage_error
 from policies.data.demos import GelloOptions, ProblemsError
 from policies.data.pointcloud import CloudSpec
@@ -34,7 +34,7 @@ def convert_options(ctx: StepContext) -> ConvertOptions:
     intr = o.get("intrinsics")
     if not intr:
         msg = "steps.convert.intrinsics (fx, fy, cx, cy, depth_scale) is required to make point clouds for DP3"
-        raise SystemExit(msg)
+        raise StepInputError(msg)
     crop = o.get("crop") or {}
     cloud = CloudSpec(fx=intr["fx"], fy=intr["fy"], cx=intr["cx"], cy=intr["cy"], depth_scale=intr["depth_scale"],
                       num_points=o["num_points"],
