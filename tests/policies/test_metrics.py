@@ -19,7 +19,8 @@ def test_metrics_jsonl_has_one_object_a_log(tmp_path: Path) -> None:
     m.log(10, {"loss": 0.25, "lr": 1e-4})
     m.close()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert rows == [{"step": 1, "loss": 0.5}, {"step": 10, "loss": 0.25, "lr": 1e-4}]
+    run = tmp_path.name  # each line names the run that wrote it (a lineage's metrics hold several runs)
+    assert rows == [{"step": 1, "loss": 0.5, "run": run}, {"step": 10, "loss": 0.25, "lr": 1e-4, "run": run}]
 
 
 def test_container_paths_are_shown_and_stored_as_host_paths(tmp_path: Path) -> None:
