@@ -215,8 +215,10 @@ def inference(siglip: Path, calls: int, dtype: torch.dtype, graphs: bool = True,
     return out
 
 
-def cuda_ms(fn: Callable[[], Any], reps: int = 20) -> float:
-    """Median milliseconds by CUDA events."""
+def cuda_ms(fn: Callable[[], Any], reps: int = 20, warm: int = 0) -> float:
+    """Median milliseconds of `fn` by CUDA events, after `warm` unmeasured calls."""
+    for _ in range(warm):
+        fn()
     times = []
     for _ in range(reps):
         a = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]

@@ -15,26 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from rdt import SO400M, cuda_ms  # bench/rdt.py (this folder is on the path when run as a script)
 
 from policies.rdt.model import RdtConfig, RdtRunner
-
-SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
-          "image_size": 384, "patch_size": 14}
-
-
-def cuda_ms(fn: Callable[[], Any], reps: int = 5, warm: int = 2) -> float:
-    """Median milliseconds of `fn` by CUDA events."""
-    for _ in range(warm):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
 
 
 def kernels(fn: Callable[[], Any], rows: int) -> str:
@@ -57,12 +40,12 @@ def siglip(n: int, rows: int) -> None:
         with torch.device("cuda"):
             m = SiglipVisionModel(SiglipVisionConfig(**SO400M, attn_implementation=impl)).to(torch.bfloat16).eval()
         with torch.no_grad():
-            ms = cuda_ms(lambda m=m: m(pixel_values=x).last_hidden_state)
+            ms = cuda_ms(lambda m=m: m(pixel_values=x).last_hidden_state, reps=5, warm=2)
             print(f"siglip {impl} bf16, {n} images: {ms:.1f} ms ({flop / ms / 1e9:.0f} TFLOP/s by 2*params*tokens)")
             if impl == "sdpa":
                 print(kernels(lambda m=m: m(pixel_values=x), rows))
                 c = torch.compile(m)
-                ms = cuda_ms(lambda c=c: c(pixel_values=x).last_hidden_state, warm=3)
+                ms = cuda_ms(lambda c=c: c(pixel_values=x).last_hidden_state, reps=5, warm=3)
                 print(f"siglip sdpa bf16 compiled, {n} images: {ms:.1f} ms ({flop / ms / 1e9:.0f} TFLOP/s)")
         del m
         torch.cuda.empty_cache()
@@ -77,10 +60,10 @@ def lean_siglip(x: torch.Tensor, flop: float) -> None:
     with torch.device("cuda"):
         enc = SiglipEncoder(SiglipVisionConfig(**SO400M).to_dict()).to(torch.bfloat16).eval().requires_grad_(False)
     for name, f in (("eager", enc), ("compiled", torch.compile(enc))):
-        ms = cuda_ms(lambda f=f: f(x), warm=3)
+        ms = cuda_ms(lambda f=f: f(x), reps=5, warm=3)
         print(f"siglip lean {name} bf16, {x.shape[0]} images: {ms:.1f} ms ({flop / ms / 1e9:.0f} TFLOP/s)")
     torch.backends.cuda.enable_cudnn_sdp(False)
-    ms = cuda_ms(lambda: enc(x))
+    ms = cuda_ms(lambda: enc(x), reps=5, warm=2)
     print(f"siglip lean eager bf16 without cuDNN attention: {ms:.1f} ms")
     torch.backends.cuda.enable_cudnn_sdp(True)
 
@@ -108,17 +91,20 @@ def ours(n: int, rows: int, compiled: bool) -> None:
         loss = fwd(lang, mask, img, state, action, amask, freq, noise, steps, alphas)
         loss.backward()
 
-    ms = cuda_ms(step, warm=3 if compiled else 2)
+    ms = cuda_ms(step, reps=5, warm=3 if compiled else 2)
     print(f"ours {'compiled' if compiled else 'eager'} bf16 fwd+bwd, batch {n}: {ms:.1f} ms "
           f"(peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB)")
     if not compiled:
         print(kernels(step, rows))
-        from policies.rdt.fused import MasterEma, MasterWeights
+        from policies.rdt.engine import Ema
+        from policies.rdt.fused import MasterWeights
 
         opt = MasterWeights(model.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8,
                             max_grad_norm=1.0)
-        ema = MasterEma(opt.master)
-        print(f"fused master AdamW step (1.2B): {cuda_ms(opt.step):.1f} ms; master EMA lerp: {cuda_ms(ema.update):.1f} ms")
+        ema = Ema(model)
+        step_ms = cuda_ms(opt.step, reps=5, warm=2)
+        lerp_ms = cuda_ms(lambda: ema.update_from(opt.master), reps=5, warm=2)
+        print(f"fused master AdamW step (1.2B): {step_ms:.1f} ms; master EMA lerp: {lerp_ms:.1f} ms")
 
 
 def upstream(n: int, rows: int, root: str) -> None:
@@ -140,7 +126,7 @@ def upstream(n: int, rows: int, root: str) -> None:
     def step() -> None:
         model.compute_loss(lang, mask, img, state, action, amask, freq).backward()
 
-    print(f"upstream eager bf16 fwd+bwd, batch {n}: {cuda_ms(step):.1f} ms "
+    print(f"upstream eager bf16 fwd+bwd, batch {n}: {cuda_ms(step, reps=5, warm=2):.1f} ms "
           f"(peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB)")
     print(kernels(step, rows))
 

@@ -19,7 +19,7 @@ import torch
 from policies import checkpoint_io
 from policies.ema import ema_decay
 from policies.rdt.fused import MasterWeights
-from policies.rdt.launch import render_deepspeed_config
+from policies.rdt.launch import deepspeed_config
 
 #: What the fused engine adds to accelerate's save_state in a checkpoint folder.
 MODEL_FILE = "pytorch_model/mp_rank_00_model_states.pt"
@@ -89,12 +89,7 @@ def make_accelerator(o: dict[str, Any], fused: bool = False) -> tuple[Any, str, 
     precision = o["mixed_precision"] if torch.cuda.is_available() else "no"
     if fused:
         return Accelerator(mixed_precision="no"), precision, None
-    ds_config = None
-    if o["zero_stage"] > 0:
-        ds_config = render_deepspeed_config(zero_stage=o["zero_stage"], mixed_precision=precision,
-                                                        grad_accum=o["gradient_accumulation_steps"],
-                                                        micro_batch=o["train_batch_size"],
-                                                        max_grad_norm=o["max_grad_norm"])
+    ds_config = deepspeed_config(o, precision) if o["zero_stage"] > 0 else None
     plugin = DeepSpeedPlugin(hf_ds_config=ds_config) if ds_config else None
     acc = Accelerator(gradient_accumulation_steps=o["gradient_accumulation_steps"], mixed_precision=precision,
                       deepspeed_plugin=plugin)
@@ -192,7 +187,7 @@ class FusedEngine:
                    f"from its weights (weights.rdt={folder / MODEL_FILE} with `runner train JOB`)")
             raise ResumeError(msg)
         self.acc.load_state(str(folder))
-        self.model.load_state_dict(checkpoint_io.load(folder / MODEL_FILE, self.acc.device)["module"], strict=True)
+        # The fp32 masters define the bf16 weights (MODEL_FILE is their rounding, kept for readers of weights).
         self.master.load_state_dict(checkpoint_io.load(folder / FUSED_OPTIMIZER, self.acc.device))
 
 

@@ -1,6 +1,7 @@
 """One-GPU fine-tuning without DeepSpeed, with DeepSpeed's bf16 arithmetic: the model's weights and gradients in
 bf16, fp32 master weights, the gradients copied to fp32 and clipped by their global norm, AdamW on the masters in
-one fused kernel, the masters rounded back into the model. The EMA follows the fp32 masters in place.
+one fused kernel, the masters rounded back into the model. The EMA follows the fp32 masters
+(policies/rdt/engine.py Ema.update_from).
 
 DeepSpeed ZeRO-2 on a single GPU does the same arithmetic through bucketing, contiguous gradient buffers and
 partition bookkeeping that buy nothing without a second rank; here each stage is one multi-tensor kernel.
@@ -12,8 +13,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-
-from policies.ema import ema_decay
 
 
 class MasterWeights:
@@ -58,19 +57,3 @@ class MasterWeights:
         self.optimizer.load_state_dict(state["optimizer"])
         torch._foreach_copy_([p.data for p in self.params], self.master)
 
-
-class MasterEma:
-    """upstream's EMA schedule (power 0.75, max 0.9999) over fp32 copies of the masters: one multi-tensor lerp."""
-
-    def __init__(self, master: list[torch.Tensor], power: float = 0.75, inv_gamma: float = 1.0,
-                 max_value: float = 0.9999) -> None:
-        self.source = master
-        self.params = [m.detach().clone() for m in master]
-        self.power, self.inv_gamma, self.max_value = power, inv_gamma, max_value
-        self.steps = 0
-
-    @torch.no_grad()
-    def update(self) -> None:
-        d = ema_decay(self.steps, self.power, self.inv_gamma, self.max_value)
-        torch._foreach_lerp_(self.params, self.source, 1.0 - d)
-        self.steps += 1

@@ -43,16 +43,6 @@ class ImagePrep:
         h, w = (like.shape[:2] if like is not None else (self.side, self.side))
         return np.broadcast_to(self.background, (h, w, 3)).copy()
 
-    def square(self, img: np.ndarray) -> np.ndarray:
-        h, w = img.shape[:2]
-        if h == w:
-            return img
-        side = max(h, w)
-        out = np.broadcast_to(self.background, (side, side, 3)).copy()
-        top, left = (side - h) // 2, (side - w) // 2
-        out[top:top + h, left:left + w] = img
-        return out
-
     def pixels(self, frames: list[np.ndarray], device: torch.device | None = None) -> torch.Tensor:
         """(N, 3, side, side) float32 pixel values for N RGB uint8 frames: padded square, bicubic resize (antialiased,
         rounded to 8 bits as the processor's PIL path does), rescaled and normalised with the processor's numbers.

@@ -70,6 +70,13 @@ def render_deepspeed_config(*, zero_stage: int, mixed_precision: str, grad_accum
     }
 
 
+def deepspeed_config(options: Mapping[str, Any], precision: str) -> dict[str, Any]:
+    """The job's steps.train options as render_deepspeed_config takes them (`precision`: as the run resolves it)."""
+    return render_deepspeed_config(zero_stage=options["zero_stage"], mixed_precision=precision,
+                                   grad_accum=options["gradient_accumulation_steps"],
+                                   micro_batch=options["train_batch_size"], max_grad_norm=options["max_grad_norm"])
+
+
 def preview(step: str, options: Mapping[str, Any], gpus: Any, nodes: int) -> dict[str, Any] | None:
     """What `runner plan` shows of the training launch inside the step: the `accelerate launch` line (node 0's
     with several nodes) and the DeepSpeed config it renders, or None for the other steps. `gpus: all` counts one
@@ -89,10 +96,7 @@ def preview(step: str, options: Mapping[str, Any], gpus: Any, nodes: int) -> dic
         out["note"] = ("resources.gpus is all: shown for one GPU; with several the step launches one process a GPU "
                        "with DeepSpeed ZeRO (zero_stage)")
     if not fused and options["zero_stage"] > 0 and visible:
-        out["deepspeed_config.json"] = render_deepspeed_config(
-            zero_stage=options["zero_stage"], mixed_precision=options["mixed_precision"],
-            grad_accum=options["gradient_accumulation_steps"], micro_batch=options["train_batch_size"],
-            max_grad_norm=options["max_grad_norm"])
+        out["deepspeed_config.json"] = deepspeed_config(options, options["mixed_precision"])
     return out
 
 

@@ -24,7 +24,7 @@ _ACTS = {"gelu_pytorch_tanh": "tanh", "gelu": "none"}
 class _Layer(nn.Module):
     def __init__(self, d: int, heads: int, inter: int, eps: float, approximate: str) -> None:
         super().__init__()
-        self.heads, self.eps, self.approximate = heads, eps, approximate
+        self.heads, self.approximate = heads, approximate
         self.ln1, self.ln2 = nn.LayerNorm(d, eps=eps), nn.LayerNorm(d, eps=eps)
         self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
         self.fc1, self.fc2 = nn.Linear(d, inter), nn.Linear(inter, d)
@@ -92,19 +92,19 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor in the folder's safetensors files (one file or the shards an index names)."""
+    """Every tensor of the folder's weights: the shards an index names, else the one file
+    policies.rdt.weights.read_state_dict finds (model.safetensors or pytorch_model.bin)."""
     from safetensors.torch import load_file
 
-    index = folder / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
-    state: dict[str, torch.Tensor] = {}
-    if not index.is_file() and not (folder / files[0]).is_file() and (folder / "pytorch_model.bin").is_file():
-        from policies import checkpoint_io
+    from policies.rdt.weights import read_state_dict
 
-        return dict(checkpoint_io.load(folder / "pytorch_model.bin"))
-    for name in files:
+    index = folder / "model.safetensors.index.json"
+    if not index.is_file():
+        return read_state_dict(folder)
+    state: dict[str, torch.Tensor] = {}
+    for name in sorted(set(json.loads(index.read_text())["weight_map"].values())):
         if not (folder / name).is_file():
-            msg = f"{folder}: {name} missing (SigLIP weights: model.safetensors, its shards, or pytorch_model.bin)"
+            msg = f"{folder}: {name} missing (the shards {index.name} names)"
             raise FileNotFoundError(msg)
         state.update(load_file(str(folder / name)))
     return state

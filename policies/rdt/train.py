@@ -29,7 +29,7 @@ from policies.metrics import Metrics, SmoothRate, progress
 from policies.rdt import checkpoints
 from policies.rdt.batches import ItemRules, StepIndices, TrainItems, collate
 from policies.rdt.dataset import EpisodeIndex, RdtSamples, dataset_stat, index_episodes
-from policies.rdt.engine import AccelerateEngine, FusedEngine, ResumeError, make_accelerator, world_size
+from policies.rdt.engine import MODEL_FILE, AccelerateEngine, FusedEngine, ResumeError, make_accelerator, world_size
 from policies.rdt.launch import fused_applies
 from policies.rdt.model import RdtConfig, RdtRunner, schedulers
 from policies.rdt.state_space import FRANKA, StateMap
@@ -271,7 +271,7 @@ def _resume(acc: Any, engine: AccelerateEngine | FusedEngine, inputs: Inputs, sa
     if saved_by and engine.name == "accelerate" and saved_by != acc.num_processes:
         msg = (f"{folder} was written by {saved_by} processes with DeepSpeed ZeRO, which cannot re-partition its "
                f"optimizer state for {acc.num_processes}: resume with resources.gpus={saved_by}, or start a new "
-               f"lineage from its weights (weights.rdt={folder}/pytorch_model/mp_rank_00_model_states.pt with "
+               f"lineage from its weights (weights.rdt={folder / MODEL_FILE} with "
                "`runner train JOB`)")
         raise ResumeError(msg)
     try:

@@ -20,8 +20,9 @@ KEY_MAP: dict[str, str] = {}
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "diffusion_pytorch_model.safetensors")
 
 
-class WeightsError(Exception):
-    """Weights that cannot be loaded strictly; the message names the file and the first differing keys."""
+class WeightsError(ValueError):
+    """Weights that cannot be read or loaded strictly; the message names the file and the first differing keys. A
+    ValueError: bad input, which every step reports as an error with exit 2 (deploy included)."""
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

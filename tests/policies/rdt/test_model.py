@@ -137,7 +137,9 @@ def test_torch_image_prep_matches_the_siglip_processor(tmp_path: Path) -> None:
     frame = frame.astype(np.uint8)
     ours = prep.pixels([frame])
     processor = SiglipImageProcessor.from_pretrained(str(tmp_path))  # transformers' own, as the reference
-    ref = processor(images=[prep.square(frame)], return_tensors="pt")["pixel_values"]
+    square = np.broadcast_to(prep.background, (640, 640, 3)).copy()  # upstream's pad-to-square, by hand
+    square[80:560] = frame
+    ref = processor(images=[square], return_tensors="pt")["pixel_values"]
     assert ours.shape == ref.shape == (1, 3, 384, 384)
     assert float((ours - ref).abs().mean()) < 0.005 and float((ours - ref).abs().max()) < 0.05  # 1-2 of 255 levels
     assert torch.allclose(ours[0, :, 0, 0], (torch.tensor([127.0, 127.0, 127.0]) / 255 - 0.5) / 0.5, atol=0.02)  # padding
