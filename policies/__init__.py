@@ -5,9 +5,10 @@ Importing this module must stay cheap (no torch)."""
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from runner.plugins import entry_point_refs, resolve
 
 if TYPE_CHECKING:
     from runner.spec.models import JobCommon
@@ -37,8 +38,7 @@ class PolicyInfo:
 
     @property
     def job_model(self) -> type[JobCommon]:
-        module, _, cls = self.model_path.partition(":")
-        model: type[JobCommon] = getattr(importlib.import_module(module), cls)
+        model: type[JobCommon] = resolve(self.model_path)
         return model
 
 
@@ -81,15 +81,13 @@ def register(info: PolicyInfo) -> None:
 
 
 def _plugins() -> dict[str, PolicyInfo]:
-    from importlib.metadata import entry_points
-
     found = {}
-    for ep in entry_points(group=GROUP):
-        info = ep.load()
-        if not isinstance(info, PolicyInfo) or info.name != ep.name:
-            msg = f"entry point {ep.name} = {ep.value} in {GROUP} must name a PolicyInfo called {ep.name!r}"
+    for name, ref in entry_point_refs(GROUP).items():
+        info = resolve(ref)
+        if not isinstance(info, PolicyInfo) or info.name != name:
+            msg = f"entry point {name} = {ref} in {GROUP} must name a PolicyInfo called {name!r}"
             raise TypeError(msg)
-        found[ep.name] = info
+        found[name] = info
     return found
 
 

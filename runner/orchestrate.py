@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import socket
@@ -23,6 +22,7 @@ from runner.images import ImagePlan
 from runner.jobs import JOB_COPY, JOB_SOURCE
 from runner.machine import gather_machine, git_info
 from runner.plan import Machine, StepPlan, build_plan, job_dir, redact_spec
+from runner.plugins import resolve
 from runner.records import JobLock, RunRecord, StepRecord
 from runner.spec.load import LoadedJob
 
@@ -185,9 +185,7 @@ class Orchestrator:
             os.replace(tmp, raw)
         maker = job.policy.sample_weights
         if opts is not None and getattr(opts, "sample_if_missing", False) and maker:
-            module, _, func = maker.partition(":")
-            make = getattr(importlib.import_module(module), func)
-            make(dict(job.spec.weights), list(getattr(opts, "instructions", [])), self.say)
+            resolve(maker)(dict(job.spec.weights), list(getattr(opts, "instructions", [])), self.say)
 
     def _run_steps(self, job: LoadedJob, steps: list[str], executor: Executor, record: RunRecord,
                    image: str, req: RunRequest) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import shlex
 from collections.abc import Iterable, Mapping
@@ -13,6 +12,7 @@ from typing import Any
 from runner import layout
 from runner.dockerargs import BindMount, DockerRunArgs, EnvVar, GpuRequest, Ulimit, render_cli, render_shell
 from runner.netif import Interface, choose_nccl_ifname
+from runner.plugins import resolve
 from runner.spec.load import LoadedJob
 from runner.spec.models import StepSpec
 from runner.spec.types import format_size
@@ -127,8 +127,7 @@ def resolved_options(opts: StepSpec) -> tuple[tuple[str, Any, bool], ...]:
 def _preview(job: LoadedJob, step: str, opts: StepSpec) -> Mapping[str, Any] | None:
     if job.policy.preview is None or opts.command is not None:
         return None
-    module, _, func = job.policy.preview.partition(":")
-    show = getattr(importlib.import_module(module), func)
+    show = resolve(job.policy.preview)
     out: Mapping[str, Any] | None = show(step, opts.model_dump(mode="json"), job.spec.resources.gpus,
                                           job.spec.resources.nodes)
     return out

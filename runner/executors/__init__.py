@@ -7,12 +7,11 @@ the defaults); its factory is called with the keyword arguments `environ` and `o
 from __future__ import annotations
 
 import difflib
-import importlib
 from collections.abc import Callable, Mapping
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from runner.errors import RunnerError
+from runner.plugins import entry_point_refs, resolve
 
 if TYPE_CHECKING:
     from runner.executors.base import Executor
@@ -38,7 +37,7 @@ def register(name: str, factory: Callable[..., Any] | str) -> None:
 
 
 def _plugins() -> dict[str, str]:
-    return {ep.name: ep.value for ep in entry_points(group=GROUP)}
+    return entry_point_refs(GROUP)
 
 
 def names() -> list[str]:
@@ -51,7 +50,6 @@ def make_executor(name: str, environ: Mapping[str, str] | None = None, out: Bina
     if target is None:
         raise UnknownExecutor(name, names())
     if isinstance(target, str):
-        module, _, attr = target.partition(":")
-        target = getattr(importlib.import_module(module), attr)
+        target = resolve(target)
     executor: Executor = target(environ=environ, out=out)
     return executor
