@@ -57,7 +57,7 @@ def plot_lineage(rows: list[dict[str, Any]], out: Path, title: str) -> Path | No
     steps, loss = series(rows, "loss")
     if not steps:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.plot(steps, loss, color="tab:blue", linewidth=1.2, label="training loss")
     v_steps, val = series(rows, "val_loss")
@@ -76,12 +76,12 @@ def plot_lineage(rows: list[dict[str, Any]], out: Path, title: str) -> Path | No
             ax.axvline(step, color="gray", linestyle="--", linewidth=0.8, label="resumed" if i == 0 and ax is top else None)
     top.legend(fontsize=8)
     top.set_title(title, fontsize=10)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_compare(runs: list[tuple[str, list[dict[str, Any]]]], out: Path) -> Path | None:
     """Training loss of several runs overlaid (log scale), validation loss dotted in the same colour."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     drawn = False
     for label, rows in runs:
@@ -102,10 +102,11 @@ def plot_compare(runs: list[tuple[str, list[dict[str, Any]]]], out: Path) -> Pat
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     ax.set_title("training loss", fontsize=10)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (steps and CLI commands have no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,7 +115,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, out: Path) -> Path:
+def save_figure(fig: Any, out: Path) -> Path:
     """Written to a temp name and renamed: a reader never sees half a PNG."""
     import matplotlib.pyplot as plt
 

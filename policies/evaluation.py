@@ -51,11 +51,9 @@ def summarize(results: list[EpisodeResult], out_dir: Path, extra: dict[str, Any]
 
 
 def _plot(pred: np.ndarray, rec: np.ndarray, path: Path, title: str, mse: list[float]) -> str:
-    import matplotlib
+    from policies.curves import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     dims = pred.shape[1]
     cols = 4
     rows = -(-dims // cols)
@@ -73,7 +71,4 @@ def _plot(pred: np.ndarray, rec: np.ndarray, path: Path, title: str, mse: list[f
         ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{title}: predicted vs recorded actions (MSE over the episode)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return str(path)
+    return str(save_figure(fig, path))

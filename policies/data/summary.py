@@ -98,7 +98,7 @@ def preview(summary: DataSummary, png: Path) -> Path | None:
     and gripper trajectories, and its first camera frame. None when there is no episode."""
     if not summary.episodes:
         return None
-    from policies.curves import _pyplot, _save
+    from policies.curves import pyplot, save_figure
     from robot.formats import decode_jpeg
 
     ep = summary.episodes[0]
@@ -107,7 +107,7 @@ def preview(summary: DataSummary, png: Path) -> Path | None:
         mid = len(action) // 2
         cloud = f["pointcloud"][mid] if "pointcloud" in f else None
         rgb = decode_jpeg(bytes(f[f"observation/{ep.cameras[0]}/rgb"][0])) if ep.cameras else None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     _cloud_panels(axes[0][0], axes[0][1], cloud, mid)
     joints = axes[1][0]
@@ -126,7 +126,7 @@ def preview(summary: DataSummary, png: Path) -> Path | None:
         cam.set_title(f"camera {ep.cameras[0]}, frame 0 ({rgb.shape[1]}x{rgb.shape[0]})", fontsize=9)
     cam.axis("off")
     fig.suptitle(f"{summary.folder}: {len(summary.episodes)} episodes", fontsize=10)
-    return _save(fig, png)
+    return save_figure(fig, png)
 
 
 def _cloud_panels(top: Any, side: Any, cloud: np.ndarray | None, frame: int) -> None:
