@@ -214,11 +214,13 @@ class _Run:
         except RobotServerError as e:
             return f"robot: bad reply, holding ({e})"
         why = check_reading(joints, self.cfg.limits)
+        if why:
+            return why
         frame = self.latest.frame
         assert frame is not None
         rgb, depth = frame
-        obs = self.adapter.observation(joints, rgb, depth) if not why else {}
-        why = why or check_observation(obs)
+        obs = self.adapter.observation(joints, rgb, depth)
+        why = check_observation(obs)
         if why:
             return why
         self.window.append(obs)
