@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import time
@@ -11,6 +10,7 @@ from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
+from policies.curves import read_metrics, series
 from runner import records
 from runner.errors import BadRunRefError, LockError, RecordError
 from runner.inside import exit_file
@@ -167,17 +167,8 @@ def key_metric(path: Path) -> str:
         return f"eval mse {float(summary['mse_joints']):.4g}"
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    last = None
-    try:
-        with open(folder / "metrics.jsonl", encoding="utf-8") as f:
-            for line in f:
-                with contextlib.suppress(ValueError, TypeError, KeyError):
-                    entry = json.loads(line)
-                    if "loss" in entry:
-                        last = (entry["step"], float(entry["loss"]))
-    except OSError:
-        return "-"
-    return f"loss {last[1]:.4g} @{last[0]}" if last else "-"
+    steps, loss = series(read_metrics(folder / "metrics.jsonl"), "loss")
+    return f"loss {loss[-1]:.4g} @{steps[-1]}" if steps else "-"
 
 
 def row(rec: RunRecord, path: Path, now: datetime) -> dict[str, str]:
@@ -195,8 +186,6 @@ def row(rec: RunRecord, path: Path, now: datetime) -> dict[str, str]:
 
 def compare_row(rec: RunRecord, path: Path, now: datetime) -> dict[str, str]:
     """One column set of `runner compare`: where the run got to and how good it was."""
-    from policies.curves import read_metrics, series
-
     rows = read_metrics(path.parent / "metrics.jsonl")
     steps, loss = series(rows, "loss")
     _, val = series(rows, "val_loss")
