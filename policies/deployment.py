@@ -64,7 +64,6 @@ def state_as_trained(joints: np.ndarray, conversion: Mapping[str, Any]) -> np.nd
     return out
 
 
-
 #: Stop reasons that end a deploy normally (exit 0); anything else is a failure (exit 1).
 CLEAN = ("stop requested", "duration")
 
