@@ -209,10 +209,31 @@ def inference(siglip: Path, calls: int, dtype: torch.dtype, graphs: bool = True,
         enc = next(iter(policy.encoders.values()))
         sample = next(iter(policy.graphs.values()))
         frames = {"frames": enc.inputs["frames"].clone()}
-        parts = {"encode graph": lambda: enc(frames), "sample graph": lambda: sample(dict(sample.inputs))}
+        ins = sample.inputs
+
+        @torch.no_grad()
+        def kv() -> Any:  # eager: the part of the sample graph done once per call, before the solver steps
+            return model.model.condition_kv(model.lang_adaptor(ins["lang"]), model.img_adaptor(ins["img"]))
+
+        parts = {"encode graph": lambda: enc(frames), "sample graph": lambda: sample(dict(ins)),
+                 "condition K/V, eager": kv}
         for name, fn in parts.items():
             print(f"  {name}: {cuda_ms(fn):.2f} ms")
+        if os.environ.get("RDT_KERNELS"):  # where the sample graph's time goes, kernel by kernel
+            print(kernels(parts["sample graph"], int(os.environ["RDT_KERNELS"])))
     return out
+
+
+def kernels(fn: Callable[[], Any], rows: int) -> str:
+    """The `rows` busiest CUDA kernels of one call of `fn` (after one unprofiled call), as torch.profiler's table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return str(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=160))
 
 
 def cuda_ms(fn: Callable[[], Any], reps: int = 20, warm: int = 0) -> float:

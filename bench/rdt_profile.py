@@ -12,23 +12,11 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
 
 import torch
-from rdt import SO400M, cuda_ms  # bench/rdt.py (this folder is on the path when run as a script)
+from rdt import SO400M, cuda_ms, kernels  # bench/rdt.py (this folder is on the path when run as a script)
 
 from policies.rdt.model import RdtConfig, RdtRunner
-
-
-def kernels(fn: Callable[[], Any], rows: int) -> str:
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return str(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=160))
 
 
 def siglip(n: int, rows: int) -> None:

@@ -47,8 +47,8 @@ def resolve(path: Path, name: str = "latest") -> Path:
 class RdtPolicy:
     def __init__(self, model: RdtRunner, meta: dict[str, Any], device: torch.device, dtype: torch.dtype,
                  siglip: Path | None = None, compile: bool = False) -> None:
-        """`compile` (GPU, opt-in, not yet measured: docs/rdt.md): one denoising step and SigLIP compiled before
-        their CUDA graphs are captured, since both are bound by their kernel count at batch 1."""
+        """`compile` (GPU, opt-in, docs/rdt.md): one denoising step, the condition keys/values and SigLIP compiled
+        before their CUDA graphs are captured, since all are bound by their kernel count at batch 1."""
         from policies.rdt.vision import SiglipTower
 
         self.model, self.meta, self.device, self.dtype = model, meta, device, dtype
@@ -62,6 +62,8 @@ class RdtPolicy:
         self.compiled = reason is None
         self.tower = SiglipTower(siglip or Path(meta["siglip"]), device, dtype, compile=self.compiled)
         self.denoise: Any = torch.compile(model.model, dynamic=False) if self.compiled else model.model
+        self.condition: Any = (torch.compile(model.model.condition_kv, dynamic=False) if self.compiled
+                               else model.model.condition_kv)
         self.coef = dpm_solver_coefficients(self.cfg)
         self.steps = [torch.full((1,), t, dtype=torch.long, device=device) for t, *_ in self.coef]
         self.frames: deque[dict[str, np.ndarray]] = deque(maxlen=self.history)
@@ -162,6 +164,7 @@ class RdtPolicy:
                 sys.stderr.write("inference: " + compile_failed(exc, "capturing without it") + "\n")
                 self.compiled = False
                 self.denoise, self.tower.encoder = self.model.model, self.tower.model
+                self.condition = self.model.model.condition_kv
                 graph = Graphed(fn, example)
             table[key] = graph
         return graph
@@ -185,7 +188,7 @@ class RdtPolicy:
     def _sample(self, img: torch.Tensor, lang: torch.Tensor, state: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         lang_mask = torch.ones(lang.shape[:2], dtype=torch.bool, device=self.device)
         return sample_chunk(self.model, self.coef, lang, lang_mask, img, state, self.action_mask, self.freq, noise,
-                            self.steps, self.denoise)
+                            self.steps, self.denoise, self.condition)
 
 
 def load(checkpoint: Path | str, device: str | torch.device | None = None, weights: str = "ema",

@@ -300,20 +300,22 @@ def dpm_solver_coefficients(cfg: RdtConfig) -> list[tuple[int, float, float, flo
 def sample_chunk(runner: RdtRunner, coef: list[tuple[int, float, float, float]], lang: torch.Tensor,
                  lang_mask: torch.Tensor, img: torch.Tensor, state: torch.Tensor, action_mask: torch.Tensor,
                  ctrl_freq: torch.Tensor, noise: torch.Tensor, steps: list[torch.Tensor],
-                 denoise: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+                 denoise: Callable[..., torch.Tensor] | None = None,
+                 condition: Callable[..., list[tuple[torch.Tensor, torch.Tensor]]] | None = None) -> torch.Tensor:
     """(B, horizon, 128) unified actions from the DPM-Solver++ steps, absent dimensions zeroed by the mask: condition
     keys/values computed once, then the solver's linear updates (dpm_solver_coefficients), no scheduler object.
     `steps`: one (1,) long tensor per timestep (static, so a CUDA graph can hold them). `denoise`: the model's
-    forward to call (a compiled one), default `runner.model`."""
+    forward to call (a compiled one), default `runner.model`; `condition`: likewise for `condition_kv`."""
     model = runner.model
     lang_c, img_c = runner.lang_adaptor(lang), runner.img_adaptor(img)
-    kv = model.condition_kv(lang_c, img_c)
+    kv = (condition or model.condition_kv)(lang_c, img_c)
     state_c = runner.state_adaptor(torch.cat([state, action_mask], dim=2))
     mask = action_mask.expand(-1, noise.shape[1], -1)
     x, prev = noise.float(), None
+    step = denoise if denoise is not None else model  # not `or`: truth-testing a compiled module calls len()
     for (_, a, b, c), t in zip(coef, steps, strict=True):
         traj = torch.cat([state_c, runner.state_adaptor(torch.cat([x.to(state.dtype), mask], dim=2))], dim=1)
-        m = (denoise or model)(traj, ctrl_freq, t, lang_c, img_c, lang_mask=lang_mask, kv=kv).float()
+        m = step(traj, ctrl_freq, t, lang_c, img_c, lang_mask=lang_mask, kv=kv).float()
         x = a * x + b * m + (c * prev if prev is not None and c else 0.0)
         prev = m
     return (x * mask).to(state.dtype)
