@@ -308,7 +308,7 @@ def sample_chunk(runner: RdtRunner, coef: list[tuple[int, float, float, float]],
     forward to call (a compiled one), default `runner.model`; `condition`: likewise for `condition_kv`."""
     model = runner.model
     lang_c, img_c = runner.lang_adaptor(lang), runner.img_adaptor(img)
-    kv = (condition or model.condition_kv)(lang_c, img_c)
+    kv = (condition if condition is not None else model.condition_kv)(lang_c, img_c)
     state_c = runner.state_adaptor(torch.cat([state, action_mask], dim=2))
     mask = action_mask.expand(-1, noise.shape[1], -1)
     x, prev = noise.float(), None
