@@ -22,11 +22,12 @@ import time
 import numpy as np
 import torch
 
+from policies.dp3.config import Dp3Train
 from policies.dp3.data import ReplayData, WindowSampler, window_table
 from policies.dp3.infer import GraphedPredictor
 from policies.dp3.model import DP3, Dp3Config, GemmConv1d
 from policies.dp3.optim_step import Ema, GraphedStep, train_step
-from policies.dp3.train import TrainSettings, cosine_with_warmup, make_optimizer
+from policies.dp3.train import cosine_with_warmup, make_optimizer
 
 CFG = Dp3Config(state_dim=8, action_dim=8, num_points=1024)
 
@@ -98,7 +99,7 @@ def bench_ours(data: ReplayData, table: torch.Tensor, args: argparse.Namespace, 
     torch.manual_seed(0)
     model = new_model(gdata, dev)
     ema = Ema(model)
-    opt = make_optimizer(model, TrainSettings(), dev, graphed)
+    opt = make_optimizer(model, Dp3Train(), dev, graphed)
     sched = cosine_with_warmup(opt, 500, 100000)
     sampler = WindowSampler(gdata, table)
     gen = torch.Generator(dev).manual_seed(0)

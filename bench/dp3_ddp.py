@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
+from policies.dp3.config import Dp3Train
 from policies.dp3.model import Dp3Config
-from policies.dp3.train import TrainSettings, train
+from policies.dp3.train import train
 
 if __name__ == "__main__":
     import sys
@@ -31,7 +32,7 @@ if __name__ == "__main__":
     steps = int(os.environ.get("STEPS", "80"))
     tmp = Path(tempfile.mkdtemp(prefix="dp3ddp-"))
     cfg = Dp3Config(state_dim=8, action_dim=8, num_points=1024)
-    s = TrainSettings(epochs=1000, batch_size=int(os.environ.get("BATCH", "256")), max_steps=steps, log_every=10,
+    s = Dp3Train(epochs=1000, batch_size=int(os.environ.get("BATCH", "256")), max_steps=steps, log_every=10,
                       checkpoint_every=10**6,
                       val_every=10**6, val_ratio=0.0, cuda_graph=os.environ.get("CUDA_GRAPH", "1") == "1",
                       compile=os.environ.get("COMPILE", "1") == "1", shard_optimizer=os.environ.get("SHARD", "1") == "1",

@@ -19,9 +19,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dp3 import CFG, new_model, synthetic  # type: ignore[import-not-found]
 
+from policies.dp3.config import Dp3Train
 from policies.dp3.data import WindowSampler, window_table
 from policies.dp3.optim_step import Ema, GraphedStep
-from policies.dp3.train import TrainSettings, cosine_with_warmup, make_optimizer
+from policies.dp3.train import cosine_with_warmup, make_optimizer
 
 
 def main() -> None:
@@ -46,7 +47,7 @@ def main() -> None:
         kernel_table(lambda: predictor(pc, pos), a.steps)
         return
     ema = Ema(model)
-    opt = make_optimizer(model, TrainSettings(), dev, graphed=a.graph)
+    opt = make_optimizer(model, Dp3Train(), dev, graphed=a.graph)
     gen = torch.Generator(dev).manual_seed(0)
     rows = torch.arange(a.batch, device=dev)
     batch = sampler.batch(rows)

@@ -79,10 +79,10 @@ def timed(step: Callable[[], Any], steps: int, n: int, warm: int = 3) -> float:
     return n * steps / (time.perf_counter() - t)
 
 
-def options(n: int, **over: Any) -> dict[str, Any]:
+def options(n: int, **over: Any) -> Any:
     from policies.rdt.config import RdtTrain
 
-    return {**RdtTrain().model_dump(), "train_batch_size": n, **over}
+    return RdtTrain.model_validate({"train_batch_size": n, **over})
 
 
 def dist_env() -> None:

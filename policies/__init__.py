@@ -32,7 +32,8 @@ class PolicyInfo:
     multi_gpu: tuple[tuple[str, str], ...] = ()
     # "module:function(weights, instructions, say)" that makes tiny stand-in weights for sample jobs
     sample_weights: str | None = None
-    # "module:function(step, options, gpus, nodes) -> dict | None": what a step launches inside itself (RDT's
+    # "module:function(step, options (the step's typed model), gpus, nodes) -> dict | None": what a step launches
+    # inside itself (RDT's
     # accelerate line and DeepSpeed config), shown by `runner plan`; the module must not import torch
     preview: str | None = None
 

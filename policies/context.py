@@ -1,61 +1,29 @@
-"""What a step gets from the runner: the context JSON named by $RUNNER_CONTEXT (paths as this process sees them)."""
+"""What a step gets from the runner: the context JSON named by $RUNNER_CONTEXT (runner/step_context.py; paths as
+this process sees them), and the rewriting of container paths into the host paths behind them."""
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from runner.spec.models import StepSpec
+from runner.step_context import StepContext, StepInputError
 
-class StepInputError(ValueError):
-    """What a step was given cannot work (a path the job lacks, an option missing): the step stops with exit 2 and
-    this message, no traceback (policies.entry)."""
-
-
-@dataclass(frozen=True)
-class StepContext:
-    job: str
-    policy: str
-    task: str | None
-    step: str
-    run_id: str
-    run_dir: Path
-    resume: bool
-    mode: str  # "run", or "check" for `runner convert --check`
-    paths: dict[str, Any]
-    options: dict[str, Any]
-    spec: dict[str, Any]
-    resume_from: str | None = None  # `--from`: a lineage name or a checkpoint path (policies/lineage.py)
-    host_paths: dict[str, str] | None = None  # container path -> host path (docker); None where they are the same
-
-    def path(self, key: str) -> Path:
-        value = self.paths.get(key)
-        if not value:
-            msg = f"the job has no {key} path; set data.{key} in {self.job}'s job file"
-            raise StepInputError(msg)
-        return Path(value)
+__all__ = ["HostPaths", "StepContext", "StepInputError", "host_path", "host_paths_in", "load_context",
+           "show_host_paths"]
 
 
-def _requeued(data: dict[str, Any]) -> bool:
-    """A training step that Slurm restarted (requeue after preemption or time limit) resumes by itself."""
-    return data.get("step") == "train" and os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0")
-
-
-def load_context(path: str | None = None) -> StepContext:
+def load_context(path: str | None = None, options_model: type[StepSpec] = StepSpec) -> StepContext:
+    """The context the runner wrote for this step ($RUNNER_CONTEXT), its options as `options_model`."""
     source = path or os.environ.get("RUNNER_CONTEXT")
     if not source:
         msg = "RUNNER_CONTEXT is not set: steps are started by the runner (`runner convert JOB`)"
         raise StepInputError(msg)
-    data = json.loads(Path(source).read_text())
-    return StepContext(job=data["job"], policy=data["policy"], task=data.get("task"), step=data["step"],
-                       run_id=data["run_id"], run_dir=Path(data["run_dir"]), resume=bool(data.get("resume")) or _requeued(data),
-                       mode=data.get("mode", "run"), paths=data["paths"], options=data["options"], spec=data["spec"],
-                       resume_from=data.get("resume_from"), host_paths=data.get("host_paths"))
+    return StepContext.read(Path(source), options_model)
 
 
 class HostPaths:

@@ -16,14 +16,17 @@ from typing import Any
 import numpy as np
 
 from policies.context import StepContext
+from policies.convert_options import ConvertCommon
 from robot.cameras import RealSenseCamera, ReplayCamera
 from robot.formats import binarize
 from robot.loop import LoopConfig, run_loop
+from robot.options import Deploy, GripperConvention
 from robot.protocol import Camera, PolicyAdapter
 from robot.recorder import Recorder
 from robot.safety import Limits
 from robot.sim import SimFranka
 from robot.zmq_link import LinkTimeout, RobotServerError, ZmqCameraClient, ZmqRobotClient, ZmqRobotServer
+from runner.spec.models import default_of
 
 #: Conversion fields that change what the policy sees; compared between the deploy job and the checkpoint.
 COMPARED = ("camera", "binarize_gripper", "gripper_threshold")
@@ -84,12 +87,12 @@ def deploy_preprocessing(spec: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _camera(o: Mapping[str, Any], ctx: StepContext, camera_name: str) -> Camera:
-    if o["camera"] == "realsense":
-        return RealSenseCamera(o.get("camera_serial"))
-    if o["camera"] == "zmq":
-        return ZmqCameraClient(o["camera_host"], o["camera_port"], o["timeout_ms"])
-    episode = Path(o["replay_episode"]) if o.get("replay_episode") else next(
+def _camera(o: Deploy, ctx: StepContext, camera_name: str) -> Camera:
+    if o.camera == "realsense":
+        return RealSenseCamera(o.camera_serial)
+    if o.camera == "zmq":
+        return ZmqCameraClient(o.camera_host, o.camera_port, o.timeout_ms)
+    episode = Path(o.replay_episode) if o.replay_episode else next(
         iter(sorted(ctx.path("converted").glob("*/*/data/episode*.hdf5"))), None)
     if episode is None:
         msg = "steps.deploy.camera is replay but no episode to replay: set steps.deploy.replay_episode"
@@ -97,40 +100,45 @@ def _camera(o: Mapping[str, Any], ctx: StepContext, camera_name: str) -> Camera:
     return ReplayCamera(episode, camera_name)
 
 
+def _gripper_convention(conversion: Mapping[str, Any]) -> dict[str, Any]:
+    """The loop's gripper settings from what the checkpoint recorded of its data's conversion."""
+    g = GripperConvention.model_validate({k: conversion[k] for k in GripperConvention.model_fields if k in conversion})
+    return {"command_gripper": g.command_gripper, "binarize_action_gripper": g.binarize_gripper,
+            "gripper_threshold": g.gripper_threshold}
+
+
 def deploy(ctx: StepContext, make_adapter: Callable[[StepContext], tuple[PolicyAdapter, dict[str, Any]]]) -> int:
-    o = ctx.options
+    o = ctx.typed(Deploy)
     try:
         adapter, conversion = make_adapter(ctx)
     except (PreprocessingMismatch, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     server = None
-    if o["robot"] == "sim":
-        server = ZmqRobotServer(SimFranka(), o["robot_port"], o["robot_host"]).start()
-        print(f"deploy: simulated Franka serving GELLO's protocol on {o['robot_host']}:{o['robot_port']}")
-    robot = ZmqRobotClient(o["robot_host"], o["robot_port"], o["timeout_ms"])
+    if o.robot == "sim":
+        server = ZmqRobotServer(SimFranka(), o.robot_port, o.robot_host).start()
+        print(f"deploy: simulated Franka serving GELLO's protocol on {o.robot_host}:{o.robot_port}")
+    robot = ZmqRobotClient(o.robot_host, o.robot_port, o.timeout_ms)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     recorder = None
     try:
         dofs = robot.num_dofs()
         if dofs != 8:
-            print(f"error: the robot at {o['robot_host']}:{o['robot_port']} has {dofs} DoF; the policy drives 7 joints + "
+            print(f"error: the robot at {o.robot_host}:{o.robot_port} has {dofs} DoF; the policy drives 7 joints + "
                   "gripper (8)", file=sys.stderr)
             return 2
-        camera_name = str(conversion.get("camera", "front"))
+        camera_name = str(conversion.get("camera", default_of(ConvertCommon, "camera")))
         camera = _camera(o, ctx, camera_name)
-        if o["record"]:
+        if o.record:
             recorder = Recorder(ctx.run_dir / "deploy" / "episode0.hdf5", camera_name,
-                                {**conversion, "deploy": {k: o[k] for k in ("control_hz", "dry_run", "robot")}})
-        cfg = LoopConfig(hz=o["control_hz"], duration_s=o.get("duration_s"), dry_run=o["dry_run"], stale_s=o["stale_s"],
-                         limits=Limits(max_delta=o["max_joint_delta"], start_max_distance=o["start_max_distance"],
-                                       ramp=o["ramp"]),
-                         command_gripper=str(conversion.get("command_gripper", "closed_is_one")),
-                         binarize_action_gripper=bool(conversion.get("binarize_gripper")),
-                         gripper_threshold=float(conversion.get("gripper_threshold", 0.5)), ensemble=o.get("ensemble"))
-        mode = "dry run: computing actions, sending nothing" if o["dry_run"] else "sending commands"
-        print(f"deploy: {adapter.kind} at {o['control_hz']:g} Hz, {mode}; Ctrl-C stops and holds the last pose", flush=True)
+                                {**conversion, "deploy": o.model_dump(mode="json", include={"control_hz", "dry_run", "robot"})})
+        cfg = LoopConfig(hz=o.control_hz, duration_s=o.duration_s, dry_run=o.dry_run, stale_s=o.stale_s,
+                         limits=Limits(max_delta=o.max_joint_delta, start_max_distance=o.start_max_distance,
+                                       ramp=o.ramp),
+                         ensemble=o.ensemble, **_gripper_convention(conversion))
+        mode = "dry run: computing actions, sending nothing" if o.dry_run else "sending commands"
+        print(f"deploy: {adapter.kind} at {o.control_hz:g} Hz, {mode}; Ctrl-C stops and holds the last pose", flush=True)
         report = run_loop(robot, camera, adapter, cfg, stop, recorder)
     except (LinkTimeout, RobotServerError, FileNotFoundError, KeyError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -141,7 +149,7 @@ def deploy(ctx: StepContext, make_adapter: Callable[[StepContext], tuple[PolicyA
         robot.close()
         if server is not None:
             server.stop()
-    for line in report.summary(o["control_hz"]):
+    for line in report.summary(o.control_hz):
         print(line, flush=True)
     if recorder is not None:
         recorder.close(complete=True)

@@ -6,21 +6,23 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from policies import PolicyInfo, get_policy
 from policies.context import StepContext, StepInputError, load_context, show_host_paths
+from policies.convert_options import ConvertCommon
 from policies.data.convert import ConvertOptions, check
 from policies.data.demos import GelloOptions
 from policies.data.pointcloud import CloudSpec
 from policies.data.transform import TimeOptions
+from runner.spec.models import step_model
 
 
-def convert_options(ctx: StepContext, gello: GelloOptions, cloud: CloudSpec | None) -> ConvertOptions:
-    """The conversion options every policy shares (policies/convert_options.py), from the step's context."""
-    o = ctx.options
-    time = TimeOptions(binarize_gripper=o["binarize_gripper"], gripper_threshold=o["gripper_threshold"], stride=o["stride"],
-                       keyframes=o["keyframes"], keyframe_joint_delta=o["keyframe_joint_delta"],
-                       action_source=o["action_source"])
-    return ConvertOptions(task=ctx.task or ctx.job, config=o["config"], gello=gello, time=time, cloud=cloud,
-                          jpeg_quality=o["jpeg_quality"], workers=o["workers"], instructions=tuple(o["instructions"]))
+def convert_options(ctx: StepContext, o: ConvertCommon, gello: GelloOptions, cloud: CloudSpec | None) -> ConvertOptions:
+    """The conversion options every policy shares (policies/convert_options.py), from the step's options."""
+    time = TimeOptions(binarize_gripper=o.binarize_gripper, gripper_threshold=o.gripper_threshold, stride=o.stride,
+                       keyframes=o.keyframes, keyframe_joint_delta=o.keyframe_joint_delta,
+                       action_source=o.action_source)
+    return ConvertOptions(task=ctx.task or ctx.job, config=o.config, gello=gello, time=time, cloud=cloud,
+                          jpeg_quality=o.jpeg_quality, workers=o.workers, instructions=tuple(o.instructions))
 
 
 def report_check(raw: Path, opts: ConvertOptions) -> int:
@@ -32,13 +34,17 @@ def report_check(raw: Path, opts: ConvertOptions) -> int:
     return 1 if problems else 0
 
 
-def main(policy: str, steps: Mapping[str, Callable[[StepContext], int]], argv: list[str]) -> int:
+def main(policy: str | PolicyInfo, steps: Mapping[str, Callable[[StepContext], int]], argv: list[str]) -> int:
+    """Run step argv[0] of `policy` (a name the registry knows, or the PolicyInfo itself: a plugin's process has
+    not registered it) on the context the runner wrote, its options validated against the policy's job model."""
+    info = get_policy(policy) if isinstance(policy, str) else policy
+    policy = info.name
     step = argv[0] if argv else ""
     if step not in steps:
         print(f"{policy}: no step {step!r} (its steps: {', '.join(steps)})", file=sys.stderr)
         return 2
     try:
-        ctx = load_context()
+        ctx = load_context(options_model=step_model(info.job_model, step))
         show_host_paths(ctx)
         return steps[step](ctx)
     except StepInputError as e:

@@ -21,23 +21,25 @@ from typing import Any
 import numpy as np
 
 from robot.formats import binarize
+from robot.options import Deploy, GripperConvention
 from robot.protocol import Camera, PolicyAdapter, Robot
 from robot.recorder import Recorder
 from robot.safety import Limits, check_observation, check_reading, decide
 from robot.zmq_link import LinkTimeout, RobotServerError
+from runner.spec.models import default_of
 
 
 @dataclass(frozen=True)
 class LoopConfig:
     hz: float
-    duration_s: float | None = None
-    dry_run: bool = False
-    stale_s: float = 0.5
+    duration_s: float | None = default_of(Deploy, "duration_s")
+    dry_run: bool = default_of(Deploy, "dry_run")
+    stale_s: float = default_of(Deploy, "stale_s")
     limits: Limits = field(default_factory=Limits)
-    command_gripper: str = "closed_is_one"  # the robot's command convention (GELLO Panda: 1.0 = closed)
-    binarize_action_gripper: bool = False
-    gripper_threshold: float = 0.5
-    ensemble: float | None = None  # temporal ensembling weight k (exp(-k * age)); None: newest chunk only
+    command_gripper: str = default_of(GripperConvention, "command_gripper")  # the robot's (GELLO Panda: 1.0 = closed)
+    binarize_action_gripper: bool = default_of(GripperConvention, "binarize_gripper")
+    gripper_threshold: float = default_of(GripperConvention, "gripper_threshold")
+    ensemble: float | None = default_of(Deploy, "ensemble")  # weight k of exp(-k * age); None: newest chunk only
 
 
 @dataclass

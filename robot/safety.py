@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from robot.options import Deploy
 from robot.protocol import PANDA_LOWER, PANDA_UPPER
+from runner.spec.models import default_of
 
 
 class StartPoseError(RuntimeError):
@@ -24,9 +26,9 @@ class StartPoseError(RuntimeError):
 class Limits:
     lower: np.ndarray = field(default_factory=PANDA_LOWER.copy)
     upper: np.ndarray = field(default_factory=PANDA_UPPER.copy)
-    max_delta: float = 0.05  # rad a control step, joints only (the gripper is last and exempt)
-    start_max_distance: float = 0.2  # rad, largest joint difference accepted for the first command
-    ramp: bool = False  # go to a far first pose at ramp_delta a step instead of refusing
+    max_delta: float = default_of(Deploy, "max_joint_delta")  # rad a control step, joints only (not the gripper)
+    start_max_distance: float = default_of(Deploy, "start_max_distance")  # rad, largest first-command difference
+    ramp: bool = default_of(Deploy, "ramp")  # go to a far first pose at ramp_delta a step instead of refusing
     ramp_delta: float = 0.01
     reading_margin: float = 0.1  # rad (gripper: fraction) a reading may pass the datasheet limits by: sensor noise
 

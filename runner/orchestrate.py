@@ -237,7 +237,7 @@ class Orchestrator:
             if not m.read_only:
                 Path(m.source).mkdir(parents=True, exist_ok=True)  # outputs: a missing folder is created, as yours
         context = plan.contexts[plan.context_key or executor.context_key]
-        records.write_json_atomic(plan.run_dir / f"{plan.step}.context.json", context)
+        context.write(plan.run_dir / f"{plan.step}.context.json")
         step.status, step.executor, step.stop_grace_s = "running", executor.name, plan.stop_grace_s
         step.started = self.now().isoformat(timespec="seconds")
         step.log = str(plan.log_file)

@@ -16,6 +16,7 @@ from runner.plugins import resolve
 from runner.spec.load import LoadedJob
 from runner.spec.models import StepSpec
 from runner.spec.types import format_size
+from runner.step_context import StepContext
 
 GIB = 1024**3
 #: /dev/shm for training when the loader needs less: docker's 64 MB default is what killed DP3's workers.
@@ -54,7 +55,7 @@ class StepPlan:
     local: LocalArgs
     why: tuple[tuple[str, str], ...]
     warnings: tuple[str, ...]
-    contexts: Mapping[str, Mapping[str, Any]]  # executor -> JSON the step reads (paths as it sees them)
+    contexts: Mapping[str, StepContext]  # "docker" / "local" -> what the step reads (paths as it sees them)
     log_file: Path  # on the host
     run_dir: Path  # on the host
     sbatch: str | None = None  # executor slurm: the batch script (runner/slurm.py)
@@ -105,8 +106,7 @@ def build_plan(job: LoadedJob, step: str, machine: Machine, *, run_id: str, imag
 
     log_name = f"{step}.log"
     start = {"resume": resume, "resume_from": resume_from}
-    c_context = {**_context(job, step, opts, run_id, start, mode, c_paths, str(c_run)),
-                 "host_paths": host_path_map(mounts)}
+    c_context = _context(job, step, opts, run_id, start, mode, c_paths, str(c_run), host_path_map(mounts))
     h_context = _context(job, step, opts, run_id, start, mode, h_paths, str(host_run))
     docker = _docker_args(job, step, opts, machine, run_id, image, (base_env, pass_env, mounts, c_paths),
                           (gpus, shm, network), why)
@@ -128,8 +128,7 @@ def _preview(job: LoadedJob, step: str, opts: StepSpec) -> Mapping[str, Any] | N
     if job.policy.preview is None or opts.command is not None:
         return None
     show = resolve(job.policy.preview)
-    out: Mapping[str, Any] | None = show(step, opts.model_dump(mode="json"), job.spec.resources.gpus,
-                                          job.spec.resources.nodes)
+    out: Mapping[str, Any] | None = show(step, opts, job.spec.resources.gpus, job.spec.resources.nodes)
     return out
 
 
@@ -365,13 +364,11 @@ def _inner_command(job: LoadedJob, step: str, opts: StepSpec, python: str) -> li
 
 
 def _context(job: LoadedJob, step: str, opts: StepSpec, run_id: str, start: Mapping[str, Any], mode: str,
-             paths: Mapping[str, Any], run_dir: str) -> dict[str, Any]:
-    return {
-        "schema_version": 1, "job": job.name, "policy": job.policy.name, "task": job.spec.task,
-        "step": step, "run_id": run_id, **start, "mode": mode, "run_dir": run_dir, "paths": dict(paths),
-        "options": redact_spec(opts.model_dump(mode="json"), job.spec.secret_env),
-        "spec": redact_spec(job.spec.model_dump(mode="json")),
-    }
+             paths: Mapping[str, Any], run_dir: str, host_paths: dict[str, str] | None = None) -> StepContext:
+    options = type(opts).model_validate(redact_spec(opts.model_dump(mode="json"), job.spec.secret_env))
+    return StepContext(job=job.name, policy=job.policy.name, task=job.spec.task, step=step, run_id=run_id, **start,
+                       mode=mode, run_dir=Path(run_dir), paths=dict(paths), options=options,
+                       spec=redact_spec(job.spec.model_dump(mode="json")), host_paths=host_paths)
 
 
 def redact_spec(data: dict[str, Any], extra: Iterable[str] | None = None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from policies.convert_options import ConvertCommon
 from policies.data.demos import (
     Episode,
     GelloOptions,
@@ -33,6 +34,7 @@ from policies.data.transform import TimeOptions, select_frames
 from policies.metrics import progress as bar_text
 from robot.formats import binarize, encode_jpeg
 from runner.atomic import free_bytes, remove_stale_temps, replace_dir, write_text_atomic
+from runner.spec.models import default_of
 
 STAGING = ".staging"
 STORAGE = "<storage>"  # Problem.key of a worker's failed write (its step field carries the errno)
@@ -46,13 +48,13 @@ class ConversionError(ProblemsError):
 @dataclass(frozen=True)
 class ConvertOptions:
     task: str
-    config: str = "demo_clean"
+    config: str = default_of(ConvertCommon, "config")
     gello: GelloOptions = field(default_factory=GelloOptions)
     time: TimeOptions = field(default_factory=TimeOptions)
     cloud: CloudSpec | None = None  # None: no point clouds in the episodes
-    jpeg_quality: int = 90
+    jpeg_quality: int = default_of(ConvertCommon, "jpeg_quality")
     image_size: tuple[int, int] | None = None  # (width, height) for the stored JPEGs
-    workers: int = 2
+    workers: int = default_of(ConvertCommon, "workers")
     instructions: tuple[str, ...] = ()
 
     def attrs(self) -> dict[str, Any]:

@@ -12,7 +12,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from policies.convert_options import ConvertCommon
 from robot.safe_pickle import UnsafePickleError, load_file
+from runner.spec.models import default_of
 
 REQUIRED = ("joint_positions", "control")
 
@@ -21,12 +23,12 @@ REQUIRED = ("joint_positions", "control")
 class GelloOptions:
     """GELLO's Franka (Panda) driver quirks, made explicit (UPSTREAM.md §5)."""
 
-    camera: str = "front"  # the camera whose depth makes point clouds
+    camera: str = default_of(ConvertCommon, "camera")  # the camera whose depth makes point clouds
     extra_cameras: tuple[str, ...] = ()  # more cameras whose RGB is kept (RDT's wrist slots)
     # The Panda driver copies joint positions into joint_velocities: derive them from positions and time.
-    velocities: Literal["finite_difference", "recorded"] = "finite_difference"
+    velocities: Literal["finite_difference", "recorded"] = default_of(ConvertCommon, "velocities")
     # Observation gripper 1.0 = open; the Panda command 1.0 = closed. Store commands in the observation's sense.
-    command_gripper: Literal["closed_is_one", "open_is_one"] = "closed_is_one"
+    command_gripper: Literal["closed_is_one", "open_is_one"] = default_of(ConvertCommon, "command_gripper")
     need_depth: bool = True
 
     @property

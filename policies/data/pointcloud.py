@@ -15,6 +15,9 @@ from typing import Literal
 import numpy as np
 import torch
 
+from policies.convert_options import CloudOptions, Intrinsics
+from runner.spec.models import default_of
+
 
 @dataclass(frozen=True)
 class CloudSpec:
@@ -22,15 +25,15 @@ class CloudSpec:
     fy: float
     cx: float
     cy: float
-    depth_scale: float = 0.001  # metres per depth unit (RealSense z16: 1 mm)
-    num_points: int = 1024
+    depth_scale: float = default_of(Intrinsics, "depth_scale")  # metres per depth unit (RealSense z16: 1 mm)
+    num_points: int = default_of(CloudOptions, "num_points")
     extrinsics: tuple[tuple[float, ...], ...] | None = None  # 4x4 camera -> robot base
     crop_min: tuple[float, float, float] | None = None
     crop_max: tuple[float, float, float] | None = None
-    presample: Literal["voxel", "none"] = "voxel"
-    voxel_size: float = 0.005
+    presample: Literal["voxel", "none"] = default_of(CloudOptions, "presample")
+    voxel_size: float = default_of(CloudOptions, "voxel_size")
     presample_factor: int = 8  # after the voxel grid, at most this many times num_points go into FPS
-    seed: int = 0
+    seed: int = default_of(CloudOptions, "seed")
 
 
 class TooFewPointsError(ValueError):

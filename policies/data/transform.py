@@ -8,17 +8,19 @@ from typing import Any, Literal
 
 import numpy as np
 
+from policies.convert_options import ConvertCommon
 from robot.formats import binarize
+from runner.spec.models import default_of
 
 
 @dataclass(frozen=True)
 class TimeOptions:
-    binarize_gripper: bool = False
-    gripper_threshold: float = 0.5  # observation convention: >= threshold is open (1.0)
-    stride: int = 1
-    keyframes: bool = False
-    keyframe_joint_delta: float = 0.02  # radians, max over joints, since the last kept frame
-    action_source: Literal["next_state", "control"] = "next_state"
+    binarize_gripper: bool = default_of(ConvertCommon, "binarize_gripper")
+    gripper_threshold: float = default_of(ConvertCommon, "gripper_threshold")  # observation: >= threshold is open
+    stride: int = default_of(ConvertCommon, "stride")
+    keyframes: bool = default_of(ConvertCommon, "keyframes")
+    keyframe_joint_delta: float = default_of(ConvertCommon, "keyframe_joint_delta")  # radians since the last kept frame
+    action_source: Literal["next_state", "control"] = default_of(ConvertCommon, "action_source")
 
     def attrs(self) -> dict[str, Any]:
         return asdict(self)

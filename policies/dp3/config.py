@@ -2,45 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
-from policies.convert_options import ConvertCommon
-from policies.deploy import Deploy
-from runner.spec.models import JobCommon, Model, StepsModel, StepSpec
+from policies.convert_options import CloudOptions, ConvertCommon
+from robot.options import Deploy
+from runner.spec.models import JobCommon, StepsModel, StepSpec, default_of
 
 # Bytes of one float32 point with xyz + rgb.
 _POINT_BYTES = 6 * 4
 
 
-class Intrinsics(Model):
-    fx: float = Field(gt=0)
-    fy: float = Field(gt=0)
-    cx: float
-    cy: float
-    depth_scale: float = Field(default=0.001, gt=0, description="metres per depth unit (z16: 0.001)")
-
-
-class CropBox(Model):
-    min: tuple[float, float, float]
-    max: tuple[float, float, float]
-
-
-class Dp3Convert(ConvertCommon):
-    intrinsics: Intrinsics | None = None
-    extrinsics: list[list[float]] | None = Field(default=None, description="4x4 camera-to-base transform")
-    crop: CropBox | None = None
-    num_points: int = Field(default=1024, gt=0)
-    presample: Literal["voxel", "none"] = Field(default="voxel", description="'none': exact FPS on every point")
-    voxel_size: float = Field(default=0.005, gt=0, description="metres")
-    seed: int = 0
+class Dp3Convert(ConvertCommon, CloudOptions):
+    pass
 
 
 class Dp3Train(StepSpec):
+    """DP3's training options: the job's `steps.train`, and the settings policies.dp3.train.train takes (tests and
+    benches build one directly: `Dp3Train(epochs=..., batch_size=...)`). The network's own defaults (horizon,
+    down_dims, ...) are declared here too; policies.dp3.model.Dp3Config takes them from this class."""
+
     epochs: int = Field(default=3000, gt=0)
     batch_size: int = Field(default=256, gt=0)
     lr: float = Field(default=1.0e-4, gt=0)
+    betas: tuple[float, float] = Field(default=(0.95, 0.999), description="AdamW's betas (upstream's)")
+    weight_decay: float = Field(default=1.0e-6, ge=0)
     lr_warmup_steps: int = Field(default=500, ge=0)
     checkpoint_every: int = Field(default=3000, gt=0, description="epochs between checkpoints")
     keep_checkpoints: int = Field(default=3, ge=1)
@@ -52,11 +39,12 @@ class Dp3Train(StepSpec):
     val_ratio: float = Field(default=0.02, ge=0, lt=1)
     state_dim: int | None = Field(default=None, gt=0, description="pin only to assert; read from the data")
     action_dim: int | None = Field(default=None, gt=0)
-    num_points: int = Field(default=1024, gt=0)
+    num_points: int = Field(default=default_of(CloudOptions, "num_points"), gt=0)
     down_dims: tuple[int, ...] = (512, 1024, 2048)
     logger: Literal["none", "tensorboard", "wandb"] = "none"
     max_steps: int | None = Field(default=None, gt=0, description="stop after this many optimizer steps")
     val_every: int = Field(default=50, gt=0, description="epochs between validation losses")
+    log_every: int = Field(default=10, gt=0, description="optimizer steps between logged losses")
     grad_clip: float = Field(default=1.0, ge=0, description="max gradient norm; 0 turns clipping off")
     ema: bool = True
     dataset: str | None = Field(default=None, description="replay buffer name; default <task>-<config>-<n>.zarr")
@@ -71,6 +59,10 @@ class Dp3Train(StepSpec):
     grad_reduce: Literal["bf16", "fp32"] = Field(
         default="bf16", description="with shard_optimizer: the dtype gradients are summed across GPUs in; bf16 "
         "halves the reduce-scatter (the matmul weight gradients are bf16 under autocast already), fp32 is exact")
+
+    def settings(self) -> dict[str, Any]:
+        """The training settings a checkpoint records: every option but the container's (env, shm, ...)."""
+        return self.model_dump(mode="json", exclude=set(StepSpec.model_fields))
 
     def loader_shm_bytes(self) -> int:
         # Each worker keeps prefetch_factor (2) collated batches in shared memory.

@@ -16,21 +16,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from policies.dp3.config import Dp3Train
+from runner.spec.models import default_of
+
 
 @dataclass(frozen=True)
 class Dp3Config:
+    """The network's shape, recorded in checkpoints; the options a job sets default as in Dp3Train."""
+
     state_dim: int
     action_dim: int
-    num_points: int = 1024
+    num_points: int = default_of(Dp3Train, "num_points")
     point_channels: int = 6  # channels stored in the data; the encoder uses 3 unless use_pc_color
-    use_pc_color: bool = False
-    horizon: int = 8
-    n_obs_steps: int = 3
-    n_action_steps: int = 6
+    use_pc_color: bool = default_of(Dp3Train, "use_pc_color")
+    horizon: int = default_of(Dp3Train, "horizon")
+    n_obs_steps: int = default_of(Dp3Train, "n_obs_steps")
+    n_action_steps: int = default_of(Dp3Train, "n_action_steps")
     encoder_output_dim: int = 128
     state_mlp_size: tuple[int, ...] = (64, 64)
     diffusion_step_embed_dim: int = 64
-    down_dims: tuple[int, ...] = (512, 1024, 2048)
+    down_dims: tuple[int, ...] = default_of(Dp3Train, "down_dims")
     kernel_size: int = 5
     n_groups: int = 8
     num_train_timesteps: int = 100

@@ -8,7 +8,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,37 +17,13 @@ import torch
 
 from policies.checkpoint_io import CheckpointError
 from policies.dp3 import checkpoints, distributed
+from policies.dp3.config import Dp3Train
 from policies.dp3.data import ReplayData, WindowSampler, val_mask, window_table, worker_batches
 from policies.dp3.model import DP3, Dp3Config
 from policies.dp3.optim_step import Ema, GraphedStep, train_step
 from policies.metrics import Metrics, SmoothRate, progress
 from policies.signals import StopFlag
 from policies.training import TrainResult, lr_scheduler
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    epochs: int = 3000
-    batch_size: int = 256
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.95, 0.999)
-    weight_decay: float = 1e-6
-    lr_warmup_steps: int = 500
-    checkpoint_every: int = 3000
-    keep_checkpoints: int = 3
-    val_every: int = 50
-    val_ratio: float = 0.02
-    grad_clip: float = 1.0
-    ema: bool = True
-    seed: int = 0
-    max_steps: int | None = None
-    log_every: int = 10
-    logger: str = "none"
-    cuda_graph: bool = True  # capture the whole step on one GPU (see GraphedStep)
-    compile: bool = True  # torch.compile the captured step's loss (forward and backward) first
-    num_workers: int = 0  # > 0: the buffer stays in host memory and DataLoader workers cut the batches
-    shard_optimizer: bool = True  # several GPUs with cuda_graph: ZeRO-1 (policies.dp3.sharded) instead of DDP
-    grad_reduce: str = "bf16"  # ZeRO-1: the dtype gradients are summed across GPUs in (bf16 or fp32)
 
 
 def build_model(cfg: Dp3Config, data: ReplayData, train_rows: torch.Tensor, device: torch.device) -> DP3:
@@ -59,7 +35,7 @@ def build_model(cfg: Dp3Config, data: ReplayData, train_rows: torch.Tensor, devi
     return model.to(device)
 
 
-def make_optimizer(model: DP3, s: TrainSettings, device: torch.device, graphed: bool = False) -> torch.optim.Optimizer:
+def make_optimizer(model: DP3, s: Dp3Train, device: torch.device, graphed: bool = False) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if graphed:  # a captured step reads the learning rate from a device tensor the scheduler fills
         return torch.optim.AdamW(params, lr=torch.tensor(s.lr, device=device), betas=s.betas, eps=1e-8,
@@ -93,7 +69,7 @@ def _set_rng(state: dict[str, Any], gens: dict[str, torch.Generator]) -> None:
         g.set_state(state[k].cpu())
 
 
-def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path, run_dir: Path, device: torch.device,
+def train(cfg: Dp3Config, data: ReplayData, s: Dp3Train, *, ckpt_dir: Path, run_dir: Path, device: torch.device,
           resume: bool, extra: dict[str, Any] | None = None, say: Callable[[str], None] = print,
           stop: StopFlag | None = None, start: Path | None = None) -> TrainResult:
     """Train (or continue training) and return where it stopped. Under torchrun, one process a GPU."""
@@ -103,7 +79,7 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
     if ranks.rank and not restored:  # each rank draws its own noise
         run.gens["noise"].manual_seed(s.seed + 1 + 1000 * ranks.rank)
     run.metrics = Metrics(run_dir, s.logger if ranks.main else "none",
-                          {"model": asdict(cfg), "train": asdict(s), **(extra or {})}, enabled=ranks.main,
+                          {"model": asdict(cfg), "train": s.settings(), **(extra or {})}, enabled=ranks.main,
                           lineage=ckpt_dir, title=f"DP3 {(extra or {}).get('job', '')}: lineage {ckpt_dir.name}")
     run.announce()
     try:
@@ -118,7 +94,7 @@ def train(cfg: Dp3Config, data: ReplayData, s: TrainSettings, *, ckpt_dir: Path,
 class _Run:
     """One training process's state: data, model, optimizer, generators and where the loop is."""
 
-    def __init__(self, cfg: Dp3Config, data: ReplayData, s: TrainSettings, ranks: Any, device: torch.device,
+    def __init__(self, cfg: Dp3Config, data: ReplayData, s: Dp3Train, ranks: Any, device: torch.device,
                  ckpt_dir: Path, extra: dict[str, Any] | None, say: Callable[[str], None], stop: StopFlag) -> None:
         self.cfg, self.s, self.ranks, self.device, self.ckpt_dir = cfg, s, ranks, device, ckpt_dir
         self.extra, self.say, self.stop = extra or {}, say, stop
@@ -190,7 +166,7 @@ class _Run:
         if self.ranks.main:
             ema, cfg, s = self.ema, self.cfg, self.s
             payload = {
-                "cfg": {"model": asdict(cfg), "train": asdict(s), **self.extra},
+                "cfg": {"model": asdict(cfg), "train": s.settings(), **self.extra},
                 "state_dicts": {"model": self.model.state_dict(), "ema_model": ema.model.state_dict() if ema else None,
                                 "optimizer": self.opt.state_dict(), "lr_scheduler": self.sched.state_dict()},
                 "pickles": {"global_step": self.global_step, "epoch": next_epoch},

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from policies.convert_options import ConvertCommon
-from policies.deploy import Deploy
+from robot.options import Deploy
 from runner.spec.models import JobCommon, StepsModel, StepSpec
 
 CAMERA_SLOTS = ("cam_high", "cam_right_wrist", "cam_left_wrist")

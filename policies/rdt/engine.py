@@ -18,6 +18,7 @@ import torch
 
 from policies import checkpoint_io
 from policies.ema import ema_decay
+from policies.rdt.config import RdtTrain
 from policies.rdt.fused import MasterWeights
 from policies.rdt.launch import deepspeed_config
 
@@ -80,24 +81,24 @@ class Ema:
         self.steps = steps
 
 
-def make_accelerator(o: dict[str, Any], fused: bool = False) -> tuple[Any, str, dict[str, Any] | None]:
+def make_accelerator(o: RdtTrain, fused: bool = False) -> tuple[Any, str, dict[str, Any] | None]:
     """(accelerator, precision, DeepSpeed config or None): bf16/fp16 only on GPUs; DeepSpeed when zero_stage > 0
     and the engine is accelerate's. The fused engine keeps accelerate for devices, RNG states and reductions only."""
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin
 
-    precision = o["mixed_precision"] if torch.cuda.is_available() else "no"
+    precision = o.mixed_precision if torch.cuda.is_available() else "no"
     if fused:
         return Accelerator(mixed_precision="no"), precision, None
-    ds_config = deepspeed_config(o, precision) if o["zero_stage"] > 0 else None
+    ds_config = deepspeed_config(o, precision) if o.zero_stage > 0 else None
     plugin = DeepSpeedPlugin(hf_ds_config=ds_config) if ds_config else None
-    acc = Accelerator(gradient_accumulation_steps=o["gradient_accumulation_steps"], mixed_precision=precision,
+    acc = Accelerator(gradient_accumulation_steps=o.gradient_accumulation_steps, mixed_precision=precision,
                       deepspeed_plugin=plugin)
     return acc, precision, ds_config
 
 
-def adamw_args(o: dict[str, Any]) -> dict[str, Any]:
-    return {"lr": o["learning_rate"], "betas": tuple(o["adam_betas"]), "weight_decay": o["weight_decay"], "eps": 1e-8}
+def adamw_args(o: RdtTrain) -> dict[str, Any]:
+    return {"lr": o.learning_rate, "betas": tuple(o.adam_betas), "weight_decay": o.weight_decay, "eps": 1e-8}
 
 
 class AccelerateEngine:
@@ -105,8 +106,8 @@ class AccelerateEngine:
 
     name = "accelerate"
 
-    def __init__(self, acc: Any, model: torch.nn.Module, o: dict[str, Any], deepspeed: bool) -> None:
-        self.acc, self.deepspeed, self.max_grad_norm = acc, deepspeed, o["max_grad_norm"]
+    def __init__(self, acc: Any, model: torch.nn.Module, o: RdtTrain, deepspeed: bool) -> None:
+        self.acc, self.deepspeed, self.max_grad_norm = acc, deepspeed, o.max_grad_norm
         self.ema = Ema(model)
         opt = torch.optim.AdamW(model.parameters(), **adamw_args(o))
         self.model, self.optimizer = acc.prepare(model, opt)
@@ -145,8 +146,8 @@ class FusedEngine:
 
     name = "fused"
 
-    def __init__(self, acc: Any, model: torch.nn.Module, o: dict[str, Any], compile: bool) -> None:
-        self.acc, self.accum = acc, o["gradient_accumulation_steps"]
+    def __init__(self, acc: Any, model: torch.nn.Module, o: RdtTrain, compile: bool) -> None:
+        self.acc, self.accum = acc, o.gradient_accumulation_steps
         names = [n for n, _ in model.named_parameters()]
         self.ema = Ema(model).to(acc.device)
         if list(self.ema.params) != names:
@@ -155,7 +156,7 @@ class FusedEngine:
         # The masters copy the fp32 weights before the model is rounded to bf16: pretrained weights keep their
         # precision in the optimizer (DeepSpeed builds its masters from the rounded bf16 weights).
         model.to(acc.device)
-        self.master = MasterWeights(model.parameters(), max_grad_norm=o["max_grad_norm"], **adamw_args(o))
+        self.master = MasterWeights(model.parameters(), max_grad_norm=o.max_grad_norm, **adamw_args(o))
         self.model = model.to(torch.bfloat16)
         self.optimizer = self.master.optimizer
         self.forward: Any = torch.compile(self.model) if compile else self.model
@@ -167,7 +168,7 @@ class FusedEngine:
     def step(self, micro: Iterable[tuple[dict[str, torch.Tensor], torch.Generator]], loss_fn: LossFn) -> torch.Tensor:
         for b, gen in micro:
             loss = loss_fn(self.forward, b, gen)
-            (loss / self.accum).backward()
+            (loss / self.accum).backward()  # type: ignore[no-untyped-call]
         self.master.step()
         self.master.zero_grad()
         self.ema.update_from(self.master.master)

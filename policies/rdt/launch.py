@@ -11,6 +11,9 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
+from policies.rdt.config import RdtTrain
+from runner.spec.models import StepSpec
+
 #: Set in the launched processes: the step runs the training loop instead of launching again.
 LAUNCHED = "RUNNER_RDT_LAUNCHED"
 
@@ -35,11 +38,11 @@ def processes_per_machine(gpus: Any, visible: int) -> int:
     return wanted
 
 
-def _fused(options: Mapping[str, Any], processes: int, visible: int) -> bool:
+def _fused(options: RdtTrain, processes: int, visible: int) -> bool:
     """Whether the step trains with the fused one-GPU engine (then accelerate starts it without DeepSpeed)."""
     try:
-        return fused_applies(options.get("engine", "auto"), processes, visible > 0,
-                             options["mixed_precision"] if visible else "no")
+        return fused_applies(options.engine, processes, visible > 0,
+                             options.mixed_precision if visible else "no")
     except ValueError as e:
         raise LaunchError(str(e)) from e
 
@@ -70,18 +73,18 @@ def render_deepspeed_config(*, zero_stage: int, mixed_precision: str, grad_accum
     }
 
 
-def deepspeed_config(options: Mapping[str, Any], precision: str) -> dict[str, Any]:
+def deepspeed_config(options: RdtTrain, precision: str) -> dict[str, Any]:
     """The job's steps.train options as render_deepspeed_config takes them (`precision`: as the run resolves it)."""
-    return render_deepspeed_config(zero_stage=options["zero_stage"], mixed_precision=precision,
-                                   grad_accum=options["gradient_accumulation_steps"],
-                                   micro_batch=options["train_batch_size"], max_grad_norm=options["max_grad_norm"])
+    return render_deepspeed_config(zero_stage=options.zero_stage, mixed_precision=precision,
+                                   grad_accum=options.gradient_accumulation_steps,
+                                   micro_batch=options.train_batch_size, max_grad_norm=options.max_grad_norm)
 
 
-def preview(step: str, options: Mapping[str, Any], gpus: Any, nodes: int) -> dict[str, Any] | None:
+def preview(step: str, options: StepSpec, gpus: Any, nodes: int) -> dict[str, Any] | None:
     """What `runner plan` shows of the training launch inside the step: the `accelerate launch` line (node 0's
     with several nodes) and the DeepSpeed config it renders, or None for the other steps. `gpus: all` counts one
     GPU here (the count is only known where the step runs)."""
-    if step != "train":
+    if step != "train" or not isinstance(options, RdtTrain):
         return None
     visible = 1 if gpus == "all" else (len(gpus) if isinstance(gpus, list) else int(gpus))
     env = {"RUNNER_NUM_MACHINES": str(nodes), "RUNNER_MACHINE_RANK": "0", "MASTER_ADDR": "$MASTER_ADDR",
@@ -95,8 +98,8 @@ def preview(step: str, options: Mapping[str, Any], gpus: Any, nodes: int) -> dic
     if gpus == "all":
         out["note"] = ("resources.gpus is all: shown for one GPU; with several the step launches one process a GPU "
                        "with DeepSpeed ZeRO (zero_stage)")
-    if not fused and options["zero_stage"] > 0 and visible:
-        out["deepspeed_config.json"] = deepspeed_config(options, options["mixed_precision"])
+    if not fused and options.zero_stage > 0 and visible:
+        out["deepspeed_config.json"] = deepspeed_config(options, options.mixed_precision)
     return out
 
 
@@ -106,7 +109,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def accelerate_argv(python: str, options: Mapping[str, Any], gpus: Any, visible: int, env: Mapping[str, str],
+def accelerate_argv(python: str, options: RdtTrain, gpus: Any, visible: int, env: Mapping[str, str],
                     port: int | None = None) -> list[str]:
     """The `accelerate launch` command line for this machine (pure apart from the port when none is given)."""
     per_machine = processes_per_machine(gpus, visible)
@@ -115,7 +118,7 @@ def accelerate_argv(python: str, options: Mapping[str, Any], gpus: Any, visible:
     if not 0 <= rank < machines:
         msg = f"RUNNER_MACHINE_RANK={rank} is outside 0..{machines - 1} (RUNNER_NUM_MACHINES={machines})"
         raise LaunchError(msg)
-    precision = options["mixed_precision"] if visible else "no"
+    precision = options.mixed_precision if visible else "no"
     argv = [python, "-m", "accelerate.commands.launch", "--num_machines", str(machines), "--machine_rank", str(rank),
             "--num_processes", str(per_machine * machines), "--mixed_precision", precision, "--dynamo_backend", "no"]
     if machines > 1:
@@ -125,9 +128,9 @@ def accelerate_argv(python: str, options: Mapping[str, Any], gpus: Any, visible:
         argv += ["--main_process_ip", env["MASTER_ADDR"], "--main_process_port", env["MASTER_PORT"]]
     else:
         argv += ["--main_process_port", str(port if port is not None else free_port())]
-    if options["zero_stage"] > 0 and not _fused(options, per_machine * machines, visible):
-        argv += ["--use_deepspeed", "--zero_stage", str(options["zero_stage"]),
-                 "--gradient_accumulation_steps", str(options["gradient_accumulation_steps"])]
+    if options.zero_stage > 0 and not _fused(options, per_machine * machines, visible):
+        argv += ["--use_deepspeed", "--zero_stage", str(options.zero_stage),
+                 "--gradient_accumulation_steps", str(options.gradient_accumulation_steps)]
     elif per_machine * machines > 1:
         argv += ["--multi_gpu"]
     return [*argv, "-m", "policies.rdt.steps", "train"]

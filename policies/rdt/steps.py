@@ -14,19 +14,21 @@ from policies.data.convert import ConvertOptions, convert
 from policies.data.demos import GelloOptions, ProblemsError
 from policies.entry import convert_options as common_convert_options
 from policies.entry import main, report_check
+from policies.rdt.config import RdtConvert, RdtEval, RdtTrain
 from policies.rdt.convert import write_rdt
 from policies.rdt.infer import resolve
 from policies.rdt.launch import LAUNCHED
 from policies.signals import exit_code, stop_flag
+from robot.options import Deploy
 from robot.protocol import PolicyAdapter
 
 
 def convert_options(ctx: StepContext) -> ConvertOptions:
-    o = ctx.options
-    recorded = list(dict.fromkeys(o["cameras"].values()))
-    gello = GelloOptions(camera=recorded[0], extra_cameras=tuple(recorded[1:]), velocities=o["velocities"],
-                         command_gripper=o["command_gripper"], need_depth=False)
-    return common_convert_options(ctx, gello, None)
+    o = ctx.typed(RdtConvert)
+    recorded = list(dict.fromkeys(o.cameras.values()))
+    gello = GelloOptions(camera=recorded[0], extra_cameras=tuple(recorded[1:]), velocities=o.velocities,
+                         command_gripper=o.command_gripper, need_depth=False)
+    return common_convert_options(ctx, o, gello, None)
 
 
 def step_convert(ctx: StepContext) -> int:
@@ -49,8 +51,8 @@ def step_convert(ctx: StepContext) -> int:
             *embeddings, empty = encode_instructions([*opts.instructions, ""], Path(t5))
             print(f"convert: embedded {len(embeddings)} instruction(s) with {t5}", flush=True)
         target = out / "rdt" / f"{opts.task}-{opts.config}-{len(report.episodes)}"
-        size = tuple(ctx.options["image_size"])
-        rdt = write_rdt(report.episodes, target, dict(ctx.options["cameras"]), (int(size[0]), int(size[1])),
+        o = ctx.typed(RdtConvert)
+        rdt = write_rdt(report.episodes, target, dict(o.cameras), o.image_size,
                         embeddings, opts.instructions, empty)
     except (ProblemsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -62,10 +64,10 @@ def step_convert(ctx: StepContext) -> int:
     return 0
 
 
-def _rdt_data(ctx: StepContext) -> Path:
-    """The converted RDT folder: steps.train.dataset, or the newest <task>-<config>-<n> under converted/rdt."""
+def _rdt_data(ctx: StepContext, named: str | None) -> Path:
+    """The converted RDT folder: `named` (steps.<step>.dataset), or the newest <task>-<config>-<n> under
+    converted/rdt."""
     root = ctx.path("converted") / "rdt"
-    named = ctx.options.get("dataset")
     if named:
         return root / str(named)
     found = sorted(root.glob("*/episode_0"), key=lambda p: p.stat().st_mtime)
@@ -88,14 +90,15 @@ def step_train(ctx: StepContext) -> int:
         print(f"error: RDT needs a SigLIP image encoder: set weights.siglip in {ctx.job}'s job file", file=sys.stderr)
         return 2
     pretrained = weights.get("rdt")
-    if ctx.options["model_size"] == "1b" and not pretrained:
+    o = ctx.typed(RdtTrain)
+    if o.model_size == "1b" and not pretrained:
         print("warning: weights.rdt is not set: fine-tuning RDT-1B from random weights", file=sys.stderr)
     try:
         choice = lineage.choose(ctx.path("checkpoints"), ctx.run_id, ctx.resume, ctx.resume_from, PATTERN)
         print(choice.note, flush=True)
-        inputs = Inputs(data=_rdt_data(ctx), siglip=Path(weights["siglip"]), output=choice.folder,
+        inputs = Inputs(data=_rdt_data(ctx, o.dataset), siglip=Path(weights["siglip"]), output=choice.folder,
                         run_dir=ctx.run_dir, pretrained=Path(pretrained) if pretrained else None, start=choice.start)
-        result = train(ctx.options, inputs, resume=choice.resume, stop=stop_flag(),
+        result = train(o, inputs, resume=choice.resume, stop=stop_flag(),
                        extra={"job": ctx.job, "task": ctx.task}, say=lambda m: print(m, flush=True))
     except (FileNotFoundError, ValueError, ResumeError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -121,7 +124,7 @@ def _launch(ctx: StepContext) -> int:
     from policies.rdt.launch import LaunchError, accelerate_argv
 
     try:
-        argv = accelerate_argv(sys.executable, ctx.options, ctx.spec["resources"]["gpus"], torch.cuda.device_count(),
+        argv = accelerate_argv(sys.executable, ctx.typed(RdtTrain), ctx.spec["resources"]["gpus"], torch.cuda.device_count(),
                                os.environ)
     except LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -140,29 +143,29 @@ def step_eval(ctx: StepContext) -> int:
     from policies.rdt.infer import load
     from policies.rdt.weights import WeightsError
 
-    o = ctx.options
+    o = ctx.typed(RdtEval)
     try:
-        folder = _checkpoint_folder(ctx, o["checkpoint"])
+        folder = _checkpoint_folder(ctx, o.checkpoint)
         siglip = ctx.paths.get("weights", {}).get("siglip")
-        policy = load(folder, o.get("device"), o["weights"], Path(siglip) if siglip else None)
+        policy = load(folder, o.device, o.weights, Path(siglip) if siglip else None)
         meta = policy.meta
         episodes = [Path(p) for p in meta.get("val_episodes") or []]
         if episodes and not episodes[0].is_file():  # paths as the training container saw them
-            data = _rdt_data(ctx)
+            data = _rdt_data(ctx, o.dataset)
             episodes = [data / p.parent.name / p.name for p in episodes]
         if not episodes:
-            data = _rdt_data(ctx)
+            data = _rdt_data(ctx, o.dataset)
             episodes = sorted(data.glob("episode_*/episode_*.hdf5"), key=lambda p: int(p.stem.split("_")[1]))[-1:]
             print(f"eval: the checkpoint held no episode out; evaluating {episodes[0].parent.name} (seen in training)")
     except (FileNotFoundError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if o.get("episodes"):
-        episodes = episodes[: o["episodes"]]
-    policy.reset(o["seed"])
-    summary = evaluate(policy, episodes, ctx.run_dir / "eval", o.get("stride"),
-                       extra={"checkpoint": str(folder), "weights": o["weights"]})
-    print(f"eval: {folder.name} ({o['weights']} weights) on {[p.parent.name for p in episodes]}: joint MSE "
+    if o.episodes:
+        episodes = episodes[: o.episodes]
+    policy.reset(o.seed)
+    summary = evaluate(policy, episodes, ctx.run_dir / "eval", o.stride,
+                       extra={"checkpoint": str(folder), "weights": o.weights})
+    print(f"eval: {folder.name} ({o.weights} weights) on {[p.parent.name for p in episodes]}: joint MSE "
           f"{summary['mse_joints']:.5f}, gripper MSE {summary['gripper_mse']:.5f}, gripper accuracy "
           f"{summary['gripper_accuracy']:.3f}; plots and eval.json in {ctx.run_dir / 'eval'}")
     return 0
@@ -175,21 +178,21 @@ def _deploy_adapter(ctx: StepContext) -> tuple[PolicyAdapter, dict[str, Any]]:
     from policies.rdt.adapter import RdtAdapter
     from policies.rdt.infer import load
 
-    o = ctx.options
-    folder = _checkpoint_folder(ctx, o["checkpoint"])
+    o = ctx.typed(Deploy)
+    folder = _checkpoint_folder(ctx, o.checkpoint)
     siglip = ctx.paths.get("weights", {}).get("siglip")
     policy = load(folder, None, "ema", Path(siglip) if siglip else None)
     conversion = dict(policy.meta.get("conversion") or {})
     check_preprocessing(conversion, deploy_preprocessing(ctx.spec), f"{ctx.job} deploy with {folder.name}")
     data = Path(policy.meta["dataset"])
     if not data.is_dir():  # as the training container saw it
-        data = _rdt_data(ctx)
-    found = sorted(data.glob(f"episode_*/instructions/lang_embed_{o['instruction']}.pt"))
+        data = _rdt_data(ctx, None)
+    found = sorted(data.glob(f"episode_*/instructions/lang_embed_{o.instruction}.pt"))
     if not found:
-        msg = f"no instruction embedding lang_embed_{o['instruction']}.pt under {data}: convert with instructions"
+        msg = f"no instruction embedding lang_embed_{o.instruction}.pt under {data}: convert with instructions"
         raise FileNotFoundError(msg)
     emb = torch.load(found[0], map_location="cpu", weights_only=True)
-    print(f"deploy: RDT checkpoint {folder}, instruction {o['instruction']}")
+    print(f"deploy: RDT checkpoint {folder}, instruction {o.instruction}")
     return RdtAdapter(policy, conversion, policy.meta.get("camera_slots") or {"cam_high": "front"}, emb), conversion
 
 

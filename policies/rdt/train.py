@@ -28,6 +28,7 @@ from policies.data.episodes import read_attrs
 from policies.metrics import Metrics, SmoothRate, progress
 from policies.rdt import checkpoints
 from policies.rdt.batches import ItemRules, StepIndices, TrainItems, collate
+from policies.rdt.config import RdtTrain
 from policies.rdt.dataset import EpisodeIndex, RdtSamples, dataset_stat, index_episodes
 from policies.rdt.engine import MODEL_FILE, AccelerateEngine, FusedEngine, ResumeError, make_accelerator, world_size
 from policies.rdt.launch import fused_applies
@@ -77,19 +78,19 @@ def _noise_seed(seed: int, micro: int, rank: int) -> int:
     return (seed * 1_000_003 + micro * 4099 + rank) % (2**63)
 
 
-def train(o: dict[str, Any], inputs: Inputs, *, resume: bool, stop: StopFlag, extra: dict[str, Any] | None = None,
+def train(o: RdtTrain, inputs: Inputs, *, resume: bool, stop: StopFlag, extra: dict[str, Any] | None = None,
           say: Callable[[str], None] = print, state_map: StateMap = FRANKA) -> TrainResult:
     """Fine-tune (or continue) as one process of `accelerate launch`; `o` holds the job's steps.train options."""
     from accelerate.utils import set_seed
 
     cuda = torch.cuda.is_available()
-    fused = fused_applies(o["engine"], world_size(), cuda, o["mixed_precision"] if cuda else "no")
+    fused = fused_applies(o.engine, world_size(), cuda, o.mixed_precision if cuda else "no")
     acc, precision, ds_config = make_accelerator(o, fused)
     main = acc.is_main_process
     if not main:
         say = _quiet
-    set_seed(o["seed"])
-    train_eps, val_eps = split_episodes(inputs.data, o["val_episodes"])
+    set_seed(o.seed)
+    train_eps, val_eps = split_episodes(inputs.data, o.val_episodes)
     stat = dataset_stat(train_eps, state_map)
     if main:
         inputs.output.mkdir(parents=True, exist_ok=True)
@@ -98,13 +99,13 @@ def train(o: dict[str, Any], inputs: Inputs, *, resume: bool, stop: StopFlag, ex
         if ds_config is not None:
             (inputs.run_dir / "deepspeed_config.json").write_text(json.dumps(ds_config, indent=2))
     tower, cfg, engine, empty_lang = _build(o, inputs, acc, precision, fused, resume, say)
-    lr_sched = lr_scheduler(engine.optimizer, o["lr_scheduler"], o["lr_warmup_steps"], o["max_train_steps"])
+    lr_sched = lr_scheduler(engine.optimizer, o.lr_scheduler, o.lr_warmup_steps, o.max_train_steps)
     acc.register_for_checkpointing(lr_sched)  # saved and restored with the rest of the state
     input_dtype = torch.bfloat16 if (fused or ds_config is not None) and precision == "bf16" else torch.float32
     global_step = _resume(acc, engine, inputs, say, {"job": (extra or {}).get("job"), "model": asdict(cfg)}) if resume else 0
     acc.wait_for_everyone()
     meta = {"model": asdict(cfg), "train": o, "state_map": {"name": state_map.name, "indices": list(state_map.indices)},
-            "siglip": str(inputs.siglip), "img_history_size": o["img_history_size"], "ctrl_freq": o["ctrl_freq"],
+            "siglip": str(inputs.siglip), "img_history_size": o.img_history_size, "ctrl_freq": o.ctrl_freq,
             "dataset": str(inputs.data), "val_episodes": [str(e.path) for e in val_eps],
             "train_episodes": [str(e.path) for e in train_eps], "dataset_stat": stat, "engine": engine.name,
             **_recorded(train_eps[0].path), **(extra or {})}
@@ -113,9 +114,9 @@ def train(o: dict[str, Any], inputs: Inputs, *, resume: bool, stop: StopFlag, ex
     loader = _loader(o, inputs, cfg, state_map, stat, train_eps, empty_lang, global_step, acc, cuda)
     say(f"train: RDT ({sum(p.numel() for p in engine.module.parameters()):,} parameters), "
         f"{len(train_eps)} training episodes, {len(val_eps)} held out, {acc.num_processes} process(es) on {acc.device}, "
-        f"{_engine_words(engine.name, o, ds_config)}, precision {precision}, batch {o['train_batch_size']} x "
-        f"{o['gradient_accumulation_steps']} accumulation x {acc.num_processes} processes, step {global_step}/"
-        f"{o['max_train_steps']}")
+        f"{_engine_words(engine.name, o, ds_config)}, precision {precision}, batch {o.train_batch_size} x "
+        f"{o.gradient_accumulation_steps} accumulation x {acc.num_processes} processes, step {global_step}/"
+        f"{o.max_train_steps}")
 
     def loss_fn(model: Any, b: dict[str, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
         return _loss(model, tower, b, alphas, cfg, input_dtype, gen)
@@ -125,54 +126,54 @@ def train(o: dict[str, Any], inputs: Inputs, *, resume: bool, stop: StopFlag, ex
     return loop.run(global_step, iter(loader), loss_fn)
 
 
-def _engine_words(name: str, o: dict[str, Any], ds_config: dict[str, Any] | None) -> str:
+def _engine_words(name: str, o: RdtTrain, ds_config: dict[str, Any] | None) -> str:
     if name == "fused":
-        return f"fused one-GPU engine (bf16 weights, fp32 masters, fused AdamW{', compiled' if o['compile'] else ''})"
-    return f"DeepSpeed ZeRO-{o['zero_stage']}" if ds_config is not None else "no DeepSpeed"
+        return f"fused one-GPU engine (bf16 weights, fp32 masters, fused AdamW{', compiled' if o.compile else ''})"
+    return f"DeepSpeed ZeRO-{o.zero_stage}" if ds_config is not None else "no DeepSpeed"
 
 
-def _build(o: dict[str, Any], inputs: Inputs, acc: Any, precision: str, fused: bool, resume: bool,
+def _build(o: RdtTrain, inputs: Inputs, acc: Any, precision: str, fused: bool, resume: bool,
            say: Callable[[str], None]) -> tuple[Any, RdtConfig, AccelerateEngine | FusedEngine, torch.Tensor]:
     """SigLIP, the model (pretrained weights loaded unless resuming) and its engine."""
     from policies.rdt.vision import SiglipTower
 
     cuda = acc.device.type == "cuda"
     vision_dtype = torch.bfloat16 if cuda and precision == "bf16" else torch.float32
-    tower = SiglipTower(inputs.siglip, acc.device, vision_dtype, compile=fused and o["compile"])
-    empty_lang, lang_dim = _empty_language(inputs.data, o["model_size"])
-    cfg = model_config(o["model_size"], lang_dim, tower.hidden_size, tower.num_patches, o["img_history_size"],
+    tower = SiglipTower(inputs.siglip, acc.device, vision_dtype, compile=fused and o.compile)
+    empty_lang, lang_dim = _empty_language(inputs.data, o.model_size)
+    cfg = model_config(o.model_size, lang_dim, tower.hidden_size, tower.num_patches, o.img_history_size,
                        f"{inputs.siglip} and the embeddings in {inputs.data}")
     model = RdtRunner(cfg)
     if inputs.pretrained is not None and not resume:
         load_strict(model, read_state_dict(inputs.pretrained), inputs.pretrained)
         say(f"train: loaded {inputs.pretrained}")
     if fused:
-        return tower, cfg, FusedEngine(acc, model, o, compile=o["compile"]), empty_lang
-    return tower, cfg, AccelerateEngine(acc, model, o, deepspeed=o["zero_stage"] > 0), empty_lang
+        return tower, cfg, FusedEngine(acc, model, o, compile=o.compile), empty_lang
+    return tower, cfg, AccelerateEngine(acc, model, o, deepspeed=o.zero_stage > 0), empty_lang
 
 
-def _loader(o: dict[str, Any], inputs: Inputs, cfg: RdtConfig, state_map: StateMap, stat: dict[str, Any],
+def _loader(o: RdtTrain, inputs: Inputs, cfg: RdtConfig, state_map: StateMap, stat: dict[str, Any],
             train_eps: list[EpisodeIndex], empty_lang: torch.Tensor, global_step: int, acc: Any,
             cuda: bool) -> torch.utils.data.DataLoader[Any]:
-    rules = ItemRules(seed=o["seed"], ctrl_freq=o["ctrl_freq"], cond_mask_prob=o["cond_mask_prob"],
-                      state_noise_snr=o["state_noise_snr"], image_aug=o["image_aug"])
-    samples = RdtSamples(inputs.data, state_map, cfg.horizon, o["img_history_size"], episodes=train_eps)
+    rules = ItemRules(seed=o.seed, ctrl_freq=o.ctrl_freq, cond_mask_prob=o.cond_mask_prob,
+                      state_noise_snr=o.state_noise_snr, image_aug=o.image_aug)
+    samples = RdtSamples(inputs.data, state_map, cfg.horizon, o.img_history_size, episodes=train_eps)
     items = TrainItems(samples, inputs.siglip, rules, np.asarray(stat["agilex"]["state_mean"], np.float32), empty_lang)
-    accum, batch = o["gradient_accumulation_steps"], o["train_batch_size"]
+    accum, batch = o.gradient_accumulation_steps, o.train_batch_size
     return torch.utils.data.DataLoader(
         items, batch_size=batch, sampler=StepIndices(global_step * accum, batch, acc.process_index, acc.num_processes),
-        num_workers=o["num_workers"], collate_fn=collate, worker_init_fn=ignore_stop_signals,
-        prefetch_factor=2 if o["num_workers"] else None, pin_memory=cuda)
+        num_workers=o.num_workers, collate_fn=collate, worker_init_fn=ignore_stop_signals,
+        prefetch_factor=2 if o.num_workers else None, pin_memory=cuda)
 
 
 class _Loop:
     """The optimizer steps: logging, checkpoints (periodic, last, on request, on stop) and stopping together."""
 
-    def __init__(self, o: dict[str, Any], inputs: Inputs, acc: Any, engine: AccelerateEngine | FusedEngine,
+    def __init__(self, o: RdtTrain, inputs: Inputs, acc: Any, engine: AccelerateEngine | FusedEngine,
                  lr_sched: Any, meta: dict[str, Any], say: Callable[[str], None], stop: StopFlag) -> None:
         self.o, self.inputs, self.acc, self.engine, self.lr_sched = o, inputs, acc, engine, lr_sched
         self.meta, self.say, self.stop = meta, say, stop
-        self.metrics = Metrics(inputs.run_dir, o["logger"] if acc.is_main_process else "none", meta,
+        self.metrics = Metrics(inputs.run_dir, o.logger if acc.is_main_process else "none", meta,
                                enabled=acc.is_main_process, lineage=inputs.output,
                                title=f"RDT {meta.get('job', '')}: lineage {inputs.output.name}")
         self.result = TrainResult(0)
@@ -189,35 +190,35 @@ class _Loop:
             (folder / TRAINER_STATE).write_text(json.dumps({"step": step, "ema_steps": self.engine.ema.steps}))
             checkpoints.mark_complete(folder, {**self.meta, "step": step})
             self.metrics.plot()
-            for old in checkpoints.enforce_limit(self.inputs.output, self.o["checkpoints_total_limit"]):
-                self.say(f"train: removed {old.name} (checkpoints_total_limit {self.o['checkpoints_total_limit']})")
+            for old in checkpoints.enforce_limit(self.inputs.output, self.o.checkpoints_total_limit):
+                self.say(f"train: removed {old.name} (checkpoints_total_limit {self.o.checkpoints_total_limit})")
         acc.wait_for_everyone()
         self.result.last_checkpoint = folder
         return folder
 
     def run(self, global_step: int, batches: Any, loss_fn: Any) -> TrainResult:
         o, acc = self.o, self.acc
-        accum, total = o["gradient_accumulation_steps"], o["max_train_steps"]
-        per_step = o["train_batch_size"] * accum * acc.num_processes
+        accum, total = o.gradient_accumulation_steps, o.max_train_steps
+        per_step = o.train_batch_size * accum * acc.num_processes
         t_log, n_log, smooth = time.perf_counter(), 0, SmoothRate()
         try:
             while global_step < total:
                 micro = [({k: v.to(acc.device, non_blocking=True) for k, v in next(batches).items()},
-                          torch.Generator(acc.device).manual_seed(_noise_seed(o["seed"], global_step * accum + j,
+                          torch.Generator(acc.device).manual_seed(_noise_seed(o.seed, global_step * accum + j,
                                                                               acc.process_index)))
                          for j in range(accum)]
                 loss = self.engine.step(micro, loss_fn)
                 self.lr_sched.step()
                 global_step += 1
                 n_log += per_step
-                if global_step % o["log_every"] == 0 or global_step in (1, total):
+                if global_step % o.log_every == 0 or global_step in (1, total):
                     rate = n_log / max(1e-9, time.perf_counter() - t_log)
                     self._log(global_step, float(acc.reduce(loss.detach().float(), "mean")), rate, smooth, per_step)
                     t_log, n_log = time.perf_counter(), 0
                 flags = torch.tensor([self.stop.signal is not None, self.stop.save_now], dtype=torch.float32,
                                      device=acc.device)
                 stopping, saving = (bool(x) for x in acc.reduce(flags, "max").tolist())
-                if global_step % o["checkpointing_period"] == 0 or global_step == total or stopping or saving:
+                if global_step % o.checkpointing_period == 0 or global_step == total or stopping or saving:
                     self.say(f"train: checkpoint {self.save(global_step)}")
                     self.stop.save_now = False
                 if stopping:
@@ -240,8 +241,8 @@ class _Loop:
         self.result.losses.append(value)
         lr = float(self.lr_sched.get_last_lr()[0])
         self.metrics.log(step, {"loss": value, "lr": lr, "samples_per_s": rate})
-        bar = progress(step, self.o["max_train_steps"], smooth.update(rate), per_step)
-        self.say(f"train: step {step}/{self.o['max_train_steps']} {bar} loss {value:.5f} lr {lr:.2e} {rate:.1f} samples/s")
+        bar = progress(step, self.o.max_train_steps, smooth.update(rate), per_step)
+        self.say(f"train: step {step}/{self.o.max_train_steps} {bar} loss {value:.5f} lr {lr:.2e} {rate:.1f} samples/s")
 
 
 def _loss(model: Any, tower: Any, b: dict[str, torch.Tensor], alphas: torch.Tensor, cfg: RdtConfig,

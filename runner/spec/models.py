@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
@@ -175,3 +175,27 @@ class JobCommon(Model):
         if v not in names():
             raise ValueError(str(UnknownExecutor(v, names())))
         return v
+
+
+def step_model(job_model: type[JobCommon], step: str) -> type[StepSpec]:
+    """The options model of `step` in a policy's job model (Dp3Job, "train" -> Dp3Train); StepSpec when the policy
+    declares none for it (`runner shell`)."""
+    import typing
+
+    steps = job_model.model_fields["steps"].annotation
+    steps_cls = steps if isinstance(steps, type) and issubclass(steps, BaseModel) else None
+    field = steps_cls.model_fields.get(step) if steps_cls is not None else None
+    if field is None and typing.get_origin(steps) is dict:  # a policy whose job names its own steps
+        found: Any = typing.get_args(steps)[1]
+    else:
+        found = field.annotation if field is not None else StepSpec
+    for cand in typing.get_args(found) or (found,):  # `Dp3Train | None`
+        if isinstance(cand, type) and issubclass(cand, StepSpec):
+            return cand
+    return StepSpec
+
+
+def default_of(model: type[BaseModel], name: str) -> Any:
+    """The default `model` declares for field `name`. Library dataclasses (the conversion's, the control loop's)
+    take their defaults from the job models through this, so every option's default is written once."""
+    return model.model_fields[name].get_default(call_default_factory=True)

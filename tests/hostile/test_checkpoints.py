@@ -19,15 +19,16 @@ from policies.data.pointcloud import CloudSpec
 from policies.data.sample import CX, CY, FX, FY, generate
 from policies.data.transform import TimeOptions
 from policies.dp3 import checkpoints
+from policies.dp3.config import Dp3Train
 from policies.dp3.data import load_buffer
 from policies.dp3.model import DP3, Dp3Config
-from policies.dp3.train import TrainSettings, train
+from policies.dp3.train import train
 from policies.dp3.zarr_buffer import write_buffer
 from runner.atomic import remove_stale_temps
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "upstream"
 CFG = Dp3Config(state_dim=8, action_dim=8, num_points=64, down_dims=(16, 32, 64))
-FAST = TrainSettings(epochs=200, batch_size=16, lr=1e-3, lr_warmup_steps=5, checkpoint_every=3, val_every=1000,
+FAST = Dp3Train(epochs=200, batch_size=16, lr=1e-3, lr_warmup_steps=5, checkpoint_every=3, val_every=1000,
                      log_every=100, seed=0, keep_checkpoints=5)
 
 
@@ -53,7 +54,8 @@ def buffer(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _train(buffer: Path, tmp: Path, steps: int, resume: bool = False, cfg: Dp3Config = CFG, job: str = "a",
            say: list[str] | None = None):  # type: ignore[no-untyped-def]
     (tmp / "run").mkdir(parents=True, exist_ok=True)
-    return train(cfg, load_buffer(buffer), replace(FAST, max_steps=steps), ckpt_dir=tmp / "ckpt", run_dir=tmp / "run",
+    s = FAST.model_copy(update={"max_steps": steps})
+    return train(cfg, load_buffer(buffer), s, ckpt_dir=tmp / "ckpt", run_dir=tmp / "run",
                  device=torch.device("cpu"), resume=resume, extra={"job": job},
                  say=(say.append if say is not None else lambda m: None))
 

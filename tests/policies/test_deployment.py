@@ -21,10 +21,11 @@ from policies.data.sample import CX, CY, FX, FY, generate
 from policies.data.transform import TimeOptions
 from policies.deployment import PreprocessingMismatch, check_preprocessing, state_as_trained
 from policies.dp3.adapter import Dp3Adapter
+from policies.dp3.config import Dp3Train
 from policies.dp3.data import load_buffer
 from policies.dp3.infer import load
 from policies.dp3.model import Dp3Config
-from policies.dp3.train import TrainSettings, train
+from policies.dp3.train import train
 from policies.dp3.zarr_buffer import write_buffer
 from robot.cameras import ReplayCamera
 from robot.loop import LoopConfig, run_loop
@@ -51,7 +52,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     conversion = dict(zarr.open(str(buf), "r").attrs["conversion"])
     (root / "run").mkdir()
     cfg = Dp3Config(state_dim=8, action_dim=8, num_points=64, down_dims=(16, 32, 64))
-    s = TrainSettings(epochs=100, batch_size=16, lr=1e-3, lr_warmup_steps=2, max_steps=30, checkpoint_every=1000,
+    s = Dp3Train(epochs=100, batch_size=16, lr=1e-3, lr_warmup_steps=2, max_steps=30, checkpoint_every=1000,
                       val_every=1000, val_ratio=0.0, log_every=10)
     res = train(cfg, load_buffer(buf), s, ckpt_dir=root / "ckpt", run_dir=root / "run", device=torch.device("cpu"),
                 resume=False, extra={"conversion": conversion}, say=lambda m: None)

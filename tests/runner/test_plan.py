@@ -62,7 +62,7 @@ def test_convert_writes_converted_data(machine: Machine) -> None:
 def test_convert_check_does_not_mount_the_converted_folder(machine: Machine) -> None:
     checking = plan(shipped("dp3_banana"), "convert", machine, mode="check")
     assert not any("/data/converted" in m.target for m in checking.docker.mounts)
-    assert "converted" not in checking.contexts["docker"]["paths"] and "raw" in checking.contexts["docker"]["paths"]
+    assert "converted" not in checking.contexts["docker"].paths and "raw" in checking.contexts["docker"].paths
 
 
 def test_deploy_gets_host_network_and_gello_on_pythonpath(machine: Machine) -> None:
@@ -104,9 +104,9 @@ def test_local_args_mirror_the_container(machine: Machine, write_job: Callable[.
     assert env["PYTHONPATH"] == "/src/robo-runner"
     assert p.local.argv[-2:] == ("echo", "hi")
     assert p.local.argv[:3] == ("/usr/bin/python3", "-m", "runner.inside")
-    assert p.contexts["local"]["paths"]["job_dir"] == str(job.spec.outputs.runs_dir / "a")
-    assert p.contexts["docker"]["paths"]["job_dir"] == "/job"
-    assert p.contexts["docker"]["spec"]["env"]["HF_TOKEN"] == "<redacted>"
+    assert p.contexts["local"].paths["job_dir"] == str(job.spec.outputs.runs_dir / "a")
+    assert p.contexts["docker"].paths["job_dir"] == "/job"
+    assert p.contexts["docker"].spec["env"]["HF_TOKEN"] == "<redacted>"
     assert "t0k" not in render_plan_text(p)
 
 

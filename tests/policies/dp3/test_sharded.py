@@ -8,10 +8,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from policies.dp3.config import Dp3Train
 from policies.dp3.model import DP3, Dp3Config
 from policies.dp3.optim_step import Ema, flatten_into_one
 from policies.dp3.sharded import ShardedAdamW
-from policies.dp3.train import TrainSettings
 from policies.training import lr_scheduler
 
 TINY = Dp3Config(state_dim=8, action_dim=8, num_points=32, down_dims=(16, 32, 64))
@@ -19,7 +19,7 @@ CLIP = 0.05  # small enough that every step clips
 
 
 def _adamw(model: DP3) -> torch.optim.AdamW:
-    s = TrainSettings(lr=1e-3)
+    s = Dp3Train(lr=1e-3)
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr, betas=s.betas,
                              weight_decay=s.weight_decay, fused=True)
 

@@ -3,7 +3,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,16 @@ from policies.data.pointcloud import CloudSpec
 from policies.data.sample import CX, CY, FX, FY, generate
 from policies.data.transform import TimeOptions
 from policies.dp3 import checkpoints
+from policies.dp3.config import Dp3Train
 from policies.dp3.data import DataShapeError, check_dims, load_buffer
 from policies.dp3.infer import load
 from policies.dp3.model import Dp3Config
-from policies.dp3.train import TrainSettings, train
+from policies.dp3.train import train
 from policies.dp3.zarr_buffer import write_buffer
 
 REPO = Path(__file__).resolve().parents[3]
 CFG = Dp3Config(state_dim=8, action_dim=8, num_points=64, down_dims=(16, 32, 64))
-FAST = TrainSettings(epochs=200, batch_size=16, lr=1e-3, lr_warmup_steps=5, checkpoint_every=1000, val_every=1000,
+FAST = Dp3Train(epochs=200, batch_size=16, lr=1e-3, lr_warmup_steps=5, checkpoint_every=1000, val_every=1000,
                      log_every=5, seed=0)
 
 
@@ -36,23 +36,23 @@ def buffer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_buffer(rep.episodes, root / "out" / "pick-demo_clean-3.zarr").path
 
 
-def run(buffer: Path, tmp: Path, s: TrainSettings, resume: bool = False):  # type: ignore[no-untyped-def]
+def run(buffer: Path, tmp: Path, s: Dp3Train, resume: bool = False):  # type: ignore[no-untyped-def]
     (tmp / "run").mkdir(parents=True, exist_ok=True)
     return train(CFG, load_buffer(buffer), s, ckpt_dir=tmp / "ckpt", run_dir=tmp / "run", device=torch.device("cpu"),
                  resume=resume, say=lambda m: None)
 
 
 def test_loss_goes_down_on_the_sample_data(buffer: Path, tmp_path: Path) -> None:
-    result = run(buffer, tmp_path, replace(FAST, max_steps=150))
+    result = run(buffer, tmp_path, FAST.model_copy(update={"max_steps": 150}))
     first, last = sum(result.losses[:3]) / 3, sum(result.losses[-3:]) / 3
     assert last < 0.5 * first, result.losses
 
 
 def test_resume_gives_the_same_weights_as_one_run(buffer: Path, tmp_path: Path) -> None:
-    one = run(buffer, tmp_path / "one", replace(FAST, max_steps=14))
-    half = run(buffer, tmp_path / "two", replace(FAST, max_steps=7))
+    one = run(buffer, tmp_path / "one", FAST.model_copy(update={"max_steps": 14}))
+    half = run(buffer, tmp_path / "two", FAST.model_copy(update={"max_steps": 7}))
     assert half.global_step == 7
-    rest = run(buffer, tmp_path / "two", replace(FAST, max_steps=14), resume=True)
+    rest = run(buffer, tmp_path / "two", FAST.model_copy(update={"max_steps": 14}), resume=True)
     assert rest.global_step == 14
     a = checkpoints.load_file(one.last_checkpoint)
     b = checkpoints.load_file(rest.last_checkpoint)
@@ -66,8 +66,8 @@ def test_resume_gives_the_same_weights_as_one_run(buffer: Path, tmp_path: Path) 
 
 
 def test_corrupt_newest_checkpoint_falls_back(buffer: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run(buffer, tmp_path, replace(FAST, max_steps=3))
-    run(buffer, tmp_path, replace(FAST, max_steps=6), resume=True)
+    run(buffer, tmp_path, FAST.model_copy(update={"max_steps": 3}))
+    run(buffer, tmp_path, FAST.model_copy(update={"max_steps": 6}), resume=True)
     newest = tmp_path / "ckpt" / "step-6.ckpt"
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as a crash mid-copy would leave it
     found = checkpoints.load_latest(tmp_path / "ckpt")
@@ -90,10 +90,11 @@ import sys, torch
 from pathlib import Path
 from policies.dp3.data import load_buffer
 from policies.dp3.model import Dp3Config
-from policies.dp3.train import TrainSettings, train
+from policies.dp3.config import Dp3Train
+from policies.dp3.train import train
 from policies.signals import exit_code, stop_flag
 cfg = Dp3Config(state_dim=8, action_dim=8, num_points=64, down_dims=(16, 32, 64))
-s = TrainSettings(epochs=100000, batch_size=16, checkpoint_every=100000, val_every=100000, log_every=1)
+s = Dp3Train(epochs=100000, batch_size=16, checkpoint_every=100000, val_every=100000, log_every=1)
 r = train(cfg, load_buffer(Path(sys.argv[1])), s, ckpt_dir=Path(sys.argv[2]), run_dir=Path(sys.argv[3]),
           device=torch.device("cpu"), resume=False, say=lambda m: print(m, flush=True), stop=stop_flag())
 sys.exit(exit_code(r.stopped_by))
@@ -124,9 +125,10 @@ import sys, torch
 from pathlib import Path
 from policies.dp3.data import load_buffer
 from policies.dp3.model import Dp3Config
-from policies.dp3.train import TrainSettings, train
+from policies.dp3.config import Dp3Train
+from policies.dp3.train import train
 cfg = Dp3Config(state_dim=8, action_dim=8, num_points=64, down_dims=(16, 32, 64))
-s = TrainSettings(epochs=100, batch_size=16, checkpoint_every=1000, val_every=1000, log_every=1, max_steps=int(sys.argv[4]))
+s = Dp3Train(epochs=100, batch_size=16, checkpoint_every=1000, val_every=1000, log_every=1, max_steps=int(sys.argv[4]))
 r = train(cfg, load_buffer(Path(sys.argv[1])), s, ckpt_dir=Path(sys.argv[2]), run_dir=Path(sys.argv[3]),
           device=torch.device("cpu"), resume=sys.argv[5] == "1", say=lambda m: print(m, flush=True))
 """
@@ -154,7 +156,7 @@ def test_two_processes_train_and_one_resumes(buffer: Path, tmp_path: Path) -> No
 def test_export_to_upstream_layout_and_back(buffer: Path, tmp_path: Path) -> None:
     from policies.dp3.upstream import export_upstream, get_model, import_upstream
 
-    result = run(buffer, tmp_path, replace(FAST, max_steps=2))
+    result = run(buffer, tmp_path, FAST.model_copy(update={"max_steps": 2}))
     assert result.last_checkpoint is not None
     out = export_upstream(result.last_checkpoint, tmp_path / "up" / "3000.ckpt")
     from policies.dp3.upstream import read_upstream
@@ -174,8 +176,8 @@ def test_export_to_upstream_layout_and_back(buffer: Path, tmp_path: Path) -> Non
 
 def test_dataloader_workers_give_the_same_training(buffer: Path, tmp_path: Path) -> None:
     """num_workers > 0 (buffer in host memory, batches cut in worker processes) trains exactly as the default."""
-    a = run(buffer, tmp_path / "a", replace(FAST, max_steps=6))
-    b = run(buffer, tmp_path / "b", replace(FAST, max_steps=6, num_workers=2))
+    a = run(buffer, tmp_path / "a", FAST.model_copy(update={"max_steps": 6}))
+    b = run(buffer, tmp_path / "b", FAST.model_copy(update={"max_steps": 6, "num_workers": 2}))
     wa = checkpoints.load_file(a.last_checkpoint)["state_dicts"]["model"]
     wb = checkpoints.load_file(b.last_checkpoint)["state_dicts"]["model"]
     assert all(torch.equal(v, wb[k]) for k, v in wa.items())

@@ -29,9 +29,10 @@ class ToyJob(JobCommon):
 
 
 def step_train(ctx: StepContext) -> int:
-    for epoch in range(ctx.options["epochs"]):
-        print(f"toy: epoch {epoch + 1}/{ctx.options['epochs']}", flush=True)
-    (ctx.run_dir / "toy.json").write_text(json.dumps({"epochs": ctx.options["epochs"]}))
+    o = ctx.typed(ToyTrain)  # validated against ToyJob's model again in the step
+    for epoch in range(o.epochs):
+        print(f"toy: epoch {epoch + 1}/{o.epochs}", flush=True)
+    (ctx.run_dir / "toy.json").write_text(json.dumps({"epochs": o.epochs}))
     return 0
 
 
@@ -39,4 +40,4 @@ STEPS = {"train": step_train}
 POLICY = PolicyInfo(name="toy", model_path=f"{__name__}:ToyJob", image="base", steps=("train",), entry=__name__)
 
 if __name__ == "__main__":
-    sys.exit(main("toy", STEPS, sys.argv[1:]))
+    sys.exit(main(POLICY, STEPS, sys.argv[1:]))

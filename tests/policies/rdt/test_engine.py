@@ -36,8 +36,8 @@ def batches(steps: int, n: int = 4) -> list[dict[str, torch.Tensor]]:
              "ctrl_freqs": torch.full((n,), 25.0)} for _ in range(steps)]
 
 
-def opts(**over: Any) -> dict[str, Any]:
-    return {**RdtTrain().model_dump(), "learning_rate": 1e-3, "zero_stage": 0, **over}
+def opts(**over: Any) -> RdtTrain:
+    return RdtTrain.model_validate({"learning_rate": 1e-3, "zero_stage": 0, **over})
 
 
 def run(engine: Any, data: list[dict[str, torch.Tensor]], dtype: torch.dtype, start: int = 0) -> list[float]:

@@ -3,9 +3,10 @@ the job's GPUs are not visible, and the multi-machine arguments from the Slurm s
 
 import pytest
 
+from policies.rdt.config import RdtTrain
 from policies.rdt.launch import LaunchError, accelerate_argv, processes_per_machine
 
-OPTS = {"mixed_precision": "bf16", "zero_stage": 2, "gradient_accumulation_steps": 4}
+OPTS = RdtTrain(mixed_precision="bf16", zero_stage=2, gradient_accumulation_steps=4)
 
 
 def arg(argv: list[str], name: str) -> str:
@@ -24,7 +25,7 @@ def test_one_process_a_gpu_with_deepspeed() -> None:
 def test_cpu_and_plain_ddp() -> None:
     cpu = accelerate_argv("python3", OPTS, 0, 0, {}, port=1)
     assert arg(cpu, "--num_processes") == "1" and arg(cpu, "--mixed_precision") == "no"  # bf16 only on GPUs
-    ddp = accelerate_argv("python3", {**OPTS, "zero_stage": 0}, [0, 1], 2, {}, port=1)
+    ddp = accelerate_argv("python3", OPTS.model_copy(update={"zero_stage": 0}), [0, 1], 2, {}, port=1)
     assert "--use_deepspeed" not in ddp and "--multi_gpu" in ddp and arg(ddp, "--num_processes") == "2"
 
 
@@ -50,9 +51,9 @@ def test_several_machines_take_the_rendezvous_from_the_environment() -> None:
 def test_one_gpu_in_bf16_runs_the_fused_engine_without_deepspeed() -> None:
     one = accelerate_argv("python3", OPTS, 1, 1, {}, port=1)
     assert "--use_deepspeed" not in one and "--multi_gpu" not in one and arg(one, "--num_processes") == "1"
-    upstream_way = accelerate_argv("python3", {**OPTS, "engine": "accelerate"}, 1, 1, {}, port=1)
+    upstream_way = accelerate_argv("python3", OPTS.model_copy(update={"engine": "accelerate"}), 1, 1, {}, port=1)
     assert "--use_deepspeed" in upstream_way and arg(upstream_way, "--zero_stage") == "2"
-    fp32 = accelerate_argv("python3", {**OPTS, "mixed_precision": "no"}, 1, 1, {}, port=1)
+    fp32 = accelerate_argv("python3", OPTS.model_copy(update={"mixed_precision": "no"}), 1, 1, {}, port=1)
     assert "--use_deepspeed" in fp32  # the fused engine is bf16 only
     with pytest.raises(LaunchError, match=r"engine: fused runs one process on one GPU in bf16; this run has 2"):
-        accelerate_argv("python3", {**OPTS, "engine": "fused"}, 2, 2, {}, port=1)
+        accelerate_argv("python3", OPTS.model_copy(update={"engine": "fused"}), 2, 2, {}, port=1)

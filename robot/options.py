@@ -1,4 +1,6 @@
-"""Deploy step options shared by every policy (the control loop itself is robot/)."""
+"""The robot side's options, declared once: the deploy step's (every policy's), and the gripper conventions the
+conversion and the control loop share. robot/loop.py and robot/safety.py take their defaults from here
+(runner.spec.models.default_of); this module stays importable without numpy, as the job models need on the host."""
 
 from __future__ import annotations
 
@@ -6,7 +8,16 @@ from typing import Literal
 
 from pydantic import Field
 
-from runner.spec.models import StepSpec
+from runner.spec.models import Model, StepSpec
+
+
+class GripperConvention(Model):
+    """How the recorded gripper reads (GELLO Panda: 1.0 = open in the observation, 1.0 = closed in the command)."""
+
+    command_gripper: Literal["closed_is_one", "open_is_one"] = Field(
+        default="closed_is_one", description="Panda command 1.0 = closed; stored in the observation's sense")
+    binarize_gripper: bool = False
+    gripper_threshold: float = Field(default=0.5, description="observation convention: >= threshold is open (1.0)")
 
 
 class Deploy(StepSpec):
