@@ -202,7 +202,7 @@ def _local_args(job: LoadedJob, step: str, opts: StepSpec, machine: Machine, run
     local_env = [(e.name, e.value) for e in base_env]
     # The local executor keeps the caller's PYTHONPATH after the code (site folders a lab adds stay visible).
     inherited = machine.environ.get("PYTHONPATH", "")
-    local_env += [("PYTHONPATH", ":".join(p for p in (_pythonpath(str(machine.code_dir), h_paths, opts), inherited) if p)),
+    local_env += [("PYTHONPATH", ":".join(p for p in (_pythonpath(str(machine.code_dir), h_paths), inherited) if p)),
                   ("RUNNER_CONTEXT", str(host_run / f"{step}.context.json")), ("RUNNER_RUN_DIR", str(host_run))]
     local_env += _cuda_visible(job.spec.resources.gpus)
     return LocalArgs(
@@ -235,7 +235,7 @@ def _mounts(job: LoadedJob, step: str, machine: Machine, why: list[tuple[str, st
                     "read-write: convert writes it" if writes else "read-only: only convert writes converted data"))
     for group, root in (("weights", layout.WEIGHTS), ("third_party", layout.THIRD_PARTY)):
         for name, path in getattr(spec, group).items():
-            if group == "third_party" and name == "gello" and not _uses_gello(job, step):
+            if group == "third_party" and name not in third_party_for(job, step):
                 continue
             mounts.append(BindMount(str(path), str(root / name), True))
             c[group][name], h[group][name] = str(root / name), str(path)
@@ -262,10 +262,13 @@ def _ulimits(gpus: bool) -> tuple[Ulimit, ...]:
     return (Ulimit("memlock", -1, -1), stack) if gpus else (stack,)
 
 
-def _uses_gello(job: LoadedJob, step: str) -> bool:
-    """third_party.gello is mounted (and put on PYTHONPATH) only for steps that set `gello: true`."""
+def third_party_for(job: LoadedJob, step: str | None) -> list[str]:
+    """The third_party checkouts `step` mounts and puts on PYTHONPATH: those its `third_party:` lists (all of them
+    in `runner shell`, to try things by hand, and for `runner validate`, which checks every path)."""
+    if step in (None, "shell"):
+        return list(job.spec.third_party)
     opts = job.step(step)
-    return bool(opts is not None and opts.gello)
+    return list(opts.third_party) if opts is not None else []
 
 
 def _shm(job: LoadedJob, step: str, opts: StepSpec, why: list[tuple[str, str]], warnings: list[str]) -> int:
@@ -323,16 +326,13 @@ def _str(v: Any) -> str:
     return ("true" if v else "false") if isinstance(v, bool) else str(v)
 
 
-def _pythonpath(code: str, paths: Mapping[str, Any], opts: StepSpec) -> str:
-    parts = [code]
-    gello = paths["third_party"].get("gello")
-    if opts.gello and gello:
-        parts.append(gello)
-    return ":".join(parts)
+def _pythonpath(code: str, paths: Mapping[str, Any]) -> str:
+    """The code, then the step's third_party checkouts (only those are in `paths`), in the job's order."""
+    return ":".join([code, *paths["third_party"].values()])
 
 
 def _container_env(base: list[EnvVar], c_run: Any, c_paths: Mapping[str, Any], opts: StepSpec) -> list[EnvVar]:
-    return [*base, EnvVar("PYTHONPATH", _pythonpath(str(layout.CODE), c_paths, opts)),
+    return [*base, EnvVar("PYTHONPATH", _pythonpath(str(layout.CODE), c_paths)),
             EnvVar("HOME", layout.HOME), EnvVar("RUNNER_RUN_DIR", str(c_run))]
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.layout import is_secret as _is_secret
-from runner.plan import mounts_raw
+from runner.plan import mounts_raw, third_party_for
 from runner.spec.load import LoadedJob
 from runner.spec.types import format_size
 
@@ -40,14 +40,10 @@ def input_paths(job: LoadedJob, step: str | None) -> list[tuple[str, Path, bool]
     if spec.data.converted is not None:
         out.append(("data.converted", spec.data.converted, step not in (None, "convert")))
     out += [(f"weights.{k}", v, True) for k, v in spec.weights.items()]
-    out += [(f"third_party.{k}", v, k != "gello" or _step_uses_gello(job, step)) for k, v in spec.third_party.items()]
+    used = third_party_for(job, step)
+    out += [(f"third_party.{k}", v, step is not None) for k, v in spec.third_party.items() if k in used]
     out += [(f"mounts[{i}].source", m.source, True) for i, m in enumerate(spec.mounts)]
     return out
-
-
-def _step_uses_gello(job: LoadedJob, step: str | None) -> bool:
-    opts = job.step(step) if step else None
-    return bool(opts is not None and opts.gello)
 
 
 def check_paths(job: LoadedJob, step: str | None) -> list[PathIssue]:

@@ -15,7 +15,7 @@ from policies import PolicyInfo, policies
 from runner.errors import SpecError, SpecProblem
 from runner.spec.errors_fmt import problems_from_validation, suggest
 from runner.spec.interpolate import interpolate
-from runner.spec.models import JobCommon
+from runner.spec.models import JobCommon, StepSpec
 from runner.spec.overrides import apply as apply_overrides
 from runner.spec.yamlsrc import Located, load_yaml, parse_yaml
 
@@ -90,6 +90,8 @@ def _validate(located: Located, text: str, environ: Mapping[str, str], overrides
         problems.extend(_check_free_steps(spec, located))
     if spec is not None and policy.fixed_steps:
         problems.extend(_check_host_access(spec, located, policy))
+    if spec is not None:
+        problems.extend(_check_third_party(spec, located))
     if problems or spec is None:
         raise SpecError(problems)
     base = base_dir_for(file)
@@ -159,6 +161,25 @@ def _check_host_access(spec: JobCommon, located: Located, policy: PolicyInfo) ->
                 out.append(located.problem(("steps", name, key),
                                            f"only the deploy step may ask for host {key}; {name} runs isolated"))
     return out
+
+
+def _check_third_party(spec: JobCommon, located: Located) -> list[SpecProblem]:
+    """A step's third_party names are entries of the job's third_party section."""
+    out = []
+    for name, opts in _step_items(spec):
+        for i, entry in enumerate(opts.third_party):
+            if entry not in spec.third_party:
+                known = ", ".join(spec.third_party) or "none"
+                out.append(located.problem(("steps", name, "third_party", i),
+                                           f"{entry!r} is not in the job's third_party section (it has: {known}); add "
+                                           f"`third_party: {{{entry}: /path/to/checkout}}`{suggest(entry, spec.third_party)}"))
+    return out
+
+
+def _step_items(spec: JobCommon) -> list[tuple[str, StepSpec]]:
+    steps: Any = getattr(spec, "steps", {})
+    items = steps.items() if isinstance(steps, dict) else ((n, getattr(steps, n)) for n in type(steps).model_fields)
+    return [(n, o) for n, o in items if isinstance(o, StepSpec)]
 
 
 def _abs(p: Path | None, base: Path) -> Path | None:

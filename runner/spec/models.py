@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from runner import layout
 from runner.spec.types import ByteSize, Gpus, JobName
@@ -36,10 +36,26 @@ class StepSpec(Model):
     network: Literal["bridge", "host", "none"] | None = None
     devices: list[str] = Field(default_factory=list, description="host devices, e.g. /dev/bus/usb")
     privileged: bool = False
-    gello: bool = Field(default=False, description="mount third_party.gello and put it on PYTHONPATH")
+    third_party: list[str] = Field(
+        default_factory=list, description="names in the job's third_party section this step mounts read-only and puts "
+        "on PYTHONPATH, e.g. [gello] for deploy (GELLO's robot code)")
     num_workers: int = Field(default=0, ge=0, description="DataLoader worker processes (they need /dev/shm)")
     stop_grace_s: float = Field(default=30.0, gt=0, le=3600, description="seconds between SIGTERM (Ctrl-C, "
                                 "`runner stop`) and SIGKILL: the time a training step has to write its checkpoint")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gello_flag(cls, data: Any) -> Any:
+        """`gello: true`, the spelling before third_party lists, still means `third_party: [gello]`."""
+        if isinstance(data, dict) and "gello" in data:
+            data = dict(data)
+            flag = data.pop("gello")
+            if flag is True and "gello" not in (data.get("third_party") or []):
+                data["third_party"] = [*(data.get("third_party") or []), "gello"]
+            elif flag not in (True, False):
+                msg = f"gello: expected true or false (the old spelling of third_party: [gello]), got {flag!r}"
+                raise ValueError(msg)
+        return data
 
     def loader_shm_bytes(self) -> int:
         """Shared memory the step's DataLoader workers need; 0 when it loads in-process."""

@@ -7,7 +7,7 @@ import pytest
 
 from runner.dockerargs import render_cli
 from runner.plan import Machine, StepPlan, build_plan, render_plan_text
-from runner.spec.load import LoadedJob, load_job
+from runner.spec.load import LoadedJob, load_job, parse_job_text
 
 REPO = Path(__file__).resolve().parents[2]
 SNAPSHOTS = REPO / "tests" / "snapshots" / "plan"
@@ -126,3 +126,20 @@ def test_stop_grace_comes_from_the_step(machine: Machine, write_job: Callable[..
     assert plan(shipped("dp3_banana"), "train", machine).stop_grace_s == 30
     job = load_job(write_job("name: g\npolicy: dp3\nsteps:\n  train: {stop_grace_s: 90}\n"), {})
     assert plan(job, "train", machine).stop_grace_s == 90
+
+
+def test_each_step_mounts_and_imports_only_the_third_party_checkouts_it_lists(machine: Machine, tmp_path: Path) -> None:
+    (tmp_path / "g").mkdir()
+    (tmp_path / "rt").mkdir()
+    job = parse_job_text("name: a\npolicy: dp3\nthird_party: {gello: g, robotwin: rt}\n"
+                         "steps: {train: {third_party: [robotwin]}, deploy: {third_party: [gello, robotwin]}, eval: }\n",
+                         tmp_path / "a.yaml", {})
+    for step, want in (("train", ["/third_party/robotwin"]), ("deploy", ["/third_party/gello", "/third_party/robotwin"]),
+                       ("eval", [])):
+        p = plan(job, step, machine)
+        assert sorted(m.target for m in p.docker.mounts if m.target.startswith("/third_party")) == want, step
+        env = dict((e.name, e.value) for e in p.docker.env)
+        assert env["PYTHONPATH"] == ":".join(["/opt/robo-runner", *want]), step
+        host = {"/third_party/gello": str(tmp_path / "g"), "/third_party/robotwin": str(tmp_path / "rt")}
+        local = dict(p.local.env)["PYTHONPATH"].split(":")
+        assert local[1:1 + len(want)] == [host[w] for w in want] and not set(host.values()) & set(local[1 + len(want):])

@@ -25,7 +25,7 @@ def test_low_disk_is_refused_only_when_a_build_is_needed(write_job: Callable[...
 def test_paths_needed_per_step(write_job: Callable[..., Path], tmp_path: Path) -> None:
     (tmp_path / "raw").mkdir()
     job = load_job(write_job("name: a\npolicy: dp3\ndata: {raw: raw, converted: conv}\nthird_party: {gello: g}\n"
-                             "steps: {convert: , train: , deploy: {gello: true}}\n"), {})
+                             "steps: {convert: , train: , deploy: {third_party: [gello]}}\n"), {})
     assert [str(i) for i in check_paths(job, "convert")] == []  # convert writes data.converted
     assert [i.key for i in check_paths(job, "train")] == ["data.converted"]
     # deploy mounts the converted data read-only (it must exist), and gello because it asks for it

@@ -103,3 +103,26 @@ def test_command_jobs_need_steps_with_commands(write_job: Callable[..., Path]) -
     assert any("at least one step" in p for p in problems(write_job("name: a\npolicy: command\n")))
     got = problems(write_job("name: a\npolicy: command\nsteps:\n  s1: {env: {}}\n"))
     assert any("steps.s1.command: is required" in p for p in got)
+
+
+def test_a_step_names_only_third_party_checkouts_the_job_has(write_job: Callable[..., Path]) -> None:
+    path = write_job("""\
+        name: a
+        policy: dp3
+        third_party: {gello: g}
+        steps:
+          deploy:
+            third_party: [gelo]
+        """)
+    with pytest.raises(SpecError) as e:
+        load_job(path, {})
+    text = str(e.value)
+    assert f"{path}:6" in text and "steps.deploy.third_party[0]" in text
+    assert "'gelo' is not in the job's third_party section (it has: gello)" in text and "gello" in text
+
+
+def test_the_old_gello_flag_still_means_third_party_gello(write_job: Callable[..., Path]) -> None:
+    job = load_job(write_job("name: a\npolicy: dp3\nthird_party: {gello: g}\nsteps: {deploy: {gello: true}, "
+                             "eval: {gello: false}}\n"), {})
+    assert job.spec.steps.deploy.third_party == ["gello"]  # type: ignore[attr-defined]
+    assert job.spec.steps.eval.third_party == []  # type: ignore[attr-defined]
