@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import ClassVar
 
 from policies import PolicyInfo, get_policy
 from policies.context import StepContext, StepInputError, load_context, show_host_paths
@@ -34,6 +36,28 @@ def report_check(raw: Path, opts: ConvertOptions) -> int:
     return 1 if problems else 0
 
 
+class _StepLog(logging.Handler):
+    """Library messages (logging) in the step's log as its own lines are: `warning: ...`, `note: ...`, written to
+    the current sys.stderr (which speaks host paths once show_host_paths ran)."""
+
+    WORDS: ClassVar[dict[int, str]] = {logging.INFO: "note", logging.WARNING: "warning", logging.ERROR: "error",
+                                       logging.CRITICAL: "error"}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        word = self.WORDS.get(record.levelno, record.levelname.lower())
+        sys.stderr.write(f"{word}: {record.getMessage()}\n")
+        sys.stderr.flush()
+
+
+def setup_logging() -> None:
+    """The policies' and robot's loggers, shown from INFO up in the step's log (once per process)."""
+    for name in ("policies", "robot"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _StepLog) for h in logger.handlers):
+            logger.addHandler(_StepLog())
+        logger.setLevel(logging.INFO)
+
+
 def main(policy: str | PolicyInfo, steps: Mapping[str, Callable[[StepContext], int]], argv: list[str]) -> int:
     """Run step argv[0] of `policy` (a name the registry knows, or the PolicyInfo itself: a plugin's process has
     not registered it) on the context the runner wrote, its options validated against the policy's job model."""
@@ -46,6 +70,7 @@ def main(policy: str | PolicyInfo, steps: Mapping[str, Callable[[StepContext], i
     try:
         ctx = load_context(options_model=step_model(info.job_model, step))
         show_host_paths(ctx)
+        setup_logging()
         return steps[step](ctx)
     except StepInputError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -4,14 +4,16 @@ loss and learning-rate curves as train_curves.png in both, plus tensorboard or w
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 from policies import curves
 from policies.context import StepInputError
+
+log = logging.getLogger(__name__)
 
 
 class Metrics:
@@ -63,7 +65,7 @@ class Metrics:
                 shutil.copyfile(out, self.lineage / curves.CURVES)
         except Exception as e:  # noqa: BLE001  # a plotting failure must not stop training
             self.plot_failed = True
-            sys.stderr.write(f"warning: training curves not drawn ({type(e).__name__}: {e})\n")
+            log.warning(f"training curves not drawn ({type(e).__name__}: {e})")
 
     def close(self) -> None:
         self.plot()

@@ -10,10 +10,10 @@ read by policies.checkpoint_io.load: nothing in a checkpoint can run code.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ from policies import checkpoint_io
 from policies.checkpoint_io import CheckpointError
 from runner.atomic import remove_stale_temps, write_text_atomic
 
+log = logging.getLogger(__name__)
+
 _NAME = re.compile(r"^step-(\d+)\.ckpt$")
 MANIFEST = "manifest.json"
 
@@ -32,7 +34,7 @@ def save(folder: Path, step: int, payload: dict[str, Any], *, val_loss: float | 
     """Write step-<step>.ckpt atomically, record it, keep the last `keep` and the best by validation loss."""
     folder.mkdir(parents=True, exist_ok=True)
     for stale in remove_stale_temps(folder):
-        sys.stderr.write(f"note: removed {stale.name}, left by a checkpoint write that was killed\n")
+        log.info(f"removed {stale.name}, left by a checkpoint write that was killed")
     path = folder / f"step-{step}.ckpt"
     digest = checkpoint_io.write(payload, path)
     manifest = _read_manifest(folder)
@@ -61,7 +63,7 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     ok = isinstance(data, dict) and isinstance(data.get("checkpoints"), list) and all(
         isinstance(c, dict) and isinstance(c.get("step"), int) for c in data["checkpoints"])
     if not ok:
-        sys.stderr.write(f"warning: {folder / MANIFEST} is not a checkpoint manifest; starting a new one\n")
+        log.warning(f"{folder / MANIFEST} is not a checkpoint manifest; starting a new one")
         return {"checkpoints": [], "best": None}
     return {**data, "best": data["best"] if isinstance(data.get("best"), dict) else None}
 
@@ -120,11 +122,11 @@ def load_latest(folder: Path, map_location: str | torch.device = "cpu",
         try:
             payload = load_file(path, map_location)
         except CheckpointError as e:
-            sys.stderr.write(f"warning: skipping {e}\n")
+            log.warning(f"skipping {e}")
             continue
         why = foreign(payload, expect) if expect else None
         if why:
-            sys.stderr.write(f"warning: skipping {path}: {why}\n")
+            log.warning(f"skipping {path}: {why}")
             continue
         return path, payload
     return None

@@ -9,15 +9,17 @@ the resolved config, and `COMPLETE`, written last: a folder without it is skippe
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from policies import checkpoint_io
 from runner.atomic import write_text_atomic
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE = "COMPLETE"
@@ -72,7 +74,7 @@ def complete_checkpoints(output: Path) -> list[tuple[int, Path]]:
         if not m or not p.is_dir():
             continue
         if not (p / COMPLETE).is_file():
-            sys.stderr.write(f"warning: skipping {p}: incomplete checkpoint (no {COMPLETE} marker)\n")
+            log.warning(f"skipping {p}: incomplete checkpoint (no {COMPLETE} marker)")
             continue
         found.append((int(m.group(1)), p))
     return sorted(found, reverse=True)
@@ -84,7 +86,7 @@ def latest(output: Path, expect: Mapping[str, Any] | None = None) -> tuple[int, 
         why = verify(folder, expect)
         if why is None:
             return step, folder
-        sys.stderr.write(f"warning: skipping {folder}: {why}\n")
+        log.warning(f"skipping {folder}: {why}")
     return None
 
 

@@ -9,7 +9,7 @@ maps the robot state into the unified vector, samples a chunk with DPM-Solver++ 
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ from policies.rdt.convert import SLOTS
 from policies.rdt.model import RdtConfig, RdtRunner, dpm_solver_coefficients, sample_chunk
 from policies.rdt.state_space import StateMap
 from policies.rdt.weights import checkpoint_weights, load_strict, read_state_dict
+
+log = logging.getLogger(__name__)
 
 
 def resolve(path: Path, name: str = "latest") -> Path:
@@ -58,7 +60,7 @@ class RdtPolicy:
         self.ctrl_freq = float(meta["ctrl_freq"])
         reason = compile_unavailable() if compile and device.type == "cuda" else "not asked for"
         if compile and device.type == "cuda" and reason:
-            sys.stderr.write(f"inference: not compiling: {reason}\n")
+            log.warning(f"inference: not compiling: {reason}")
         self.compiled = reason is None
         self.tower = SiglipTower(siglip or Path(meta["siglip"]), device, dtype, compile=self.compiled)
         self.denoise: Any = torch.compile(model.model, dynamic=False) if self.compiled else model.model
@@ -161,7 +163,7 @@ class RdtPolicy:
             except Exception as exc:  # inductor and triton fail in many ways
                 if not self.compiled:
                     raise
-                sys.stderr.write("inference: " + compile_failed(exc, "capturing without it") + "\n")
+                log.warning("inference: " + compile_failed(exc, "capturing without it"))
                 self.compiled = False
                 self.denoise, self.tower.encoder = self.model.model, self.tower.model
                 self.condition = self.model.model.condition_kv
