@@ -203,8 +203,7 @@ class Orchestrator:
             self.say(f"[bold]{name}[/] started ({executor.name}); log: {plan.log_file}")
 
             def on_start(h: StepHandle, step: StepRecord = step) -> None:
-                step.container_id, step.pid = h.container_id, h.pid
-                step.slurm_job_id = h.extra.get("slurm_job_id", step.slurm_job_id)
+                step.handle = {**step.handle, **h.data}
                 records.save(record, runs)
 
             try:

@@ -14,7 +14,9 @@ from typing import Any, TextIO
 from runner.atomic import write_text_atomic
 from runner.errors import LockError, RecordError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Schema 1 kept each executor's handle in its own field; they are read into `handle` (schema 2).
+_V1_HANDLE_FIELDS = ("container_id", "pid", "slurm_job_id")
 RECORD = "run.json"
 #: Step and run states. "running" is only trusted while its process or container is alive (see reconcile).
 #: "incomplete": the runner died before every step ran (the pipeline's later steps are still "pending");
@@ -37,12 +39,12 @@ class StepRecord:
     started: str | None = None
     ended: str | None = None
     executor: str | None = None
-    container_id: str | None = None
-    pid: int | None = None
+    # What the executor needs to find the step again (stop, is_alive, release): its own keys, opaque to everything
+    # else (docker: container_id, local: pid, slurm: job_id).
+    handle: dict[str, Any] = field(default_factory=dict)
     command: list[str] = field(default_factory=list)
     log: str | None = None
     diagnosis: dict[str, str] | None = None
-    slurm_job_id: str | None = None
     requeues: int = 0  # Slurm requeues after preemption / time limit
     stop_grace_s: float | None = None  # what `runner stop` waits before SIGKILL (the step's stop_grace_s)
     detail: str | None = None  # what the executor says beyond the status, e.g. Slurm's "PENDING (Resources)"
@@ -98,15 +100,27 @@ def load(path: Path) -> RunRecord:
         raise RecordError(path, f"unreadable run record ({type(e).__name__}: {e})") from e
     if not isinstance(data, dict):
         raise RecordError(path, f"not a run record: a JSON {type(data).__name__}, not an object")
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise RecordError(path, f"record schema {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
+    version = data.get("schema_version")
+    if version not in (1, SCHEMA_VERSION):
+        raise RecordError(path, f"record schema {version!r} is not {SCHEMA_VERSION} (or 1); a newer runner wrote it")
     steps = data.pop("steps", [])
     if not isinstance(steps, list) or not all(isinstance(x, dict) for x in steps):
         raise RecordError(path, "not a run record: 'steps' is not a list of objects")
+    if version == 1:
+        data["schema_version"] = SCHEMA_VERSION  # saved as 2 from here on
+        steps = [_v1_step(x) for x in steps]
     try:
         return RunRecord(**_typed(RunRecord, data), steps=[StepRecord(**_typed(StepRecord, x)) for x in steps])
     except (TypeError, ValueError) as e:
         raise RecordError(path, f"not a run record: {e}") from e
+
+
+def _v1_step(data: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 step: its executor's own field becomes the handle (the key the executor reads)."""
+    out = {k: v for k, v in data.items() if k not in _V1_HANDLE_FIELDS}
+    handle = {"job_id" if k == "slurm_job_id" else k: data[k] for k in _V1_HANDLE_FIELDS if data.get(k) is not None}
+    out["handle"] = handle
+    return out
 
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {

@@ -14,11 +14,11 @@ if TYPE_CHECKING:
     from runner.spec.load import LoadedJob
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepHandle:
-    container_id: str | None = None
-    pid: int | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    """What an executor records to find its step again (StepRecord.handle): its own keys, JSON values."""
+
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

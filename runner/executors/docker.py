@@ -89,7 +89,7 @@ class DockerExecutor(ExecutorBase):
             raise ExecutorError(msg, f"cannot create the container: {e.explanation or e}") from e
         interrupted = False
         try:
-            on_start(StepHandle(container_id=container.id))
+            on_start(StepHandle({"container_id": container.id}))
             try:
                 container.start()
             except docker.errors.APIError as e:
@@ -123,10 +123,10 @@ class DockerExecutor(ExecutorBase):
         return result
 
     def stop(self, step: StepRecord, grace_s: float) -> bool:
-        if not step.container_id:
+        if not step.handle.get("container_id"):
             return False
         try:
-            c = self.client.containers.get(step.container_id)
+            c = self.client.containers.get(step.handle["container_id"])
         except docker.errors.NotFound:
             return False
         if c.status != "running":
@@ -135,18 +135,18 @@ class DockerExecutor(ExecutorBase):
         return True
 
     def is_alive(self, step: StepRecord) -> bool:
-        if not step.container_id:
+        if not step.handle.get("container_id"):
             return False
         try:
-            return bool(self.client.containers.get(step.container_id).status == "running")
+            return bool(self.client.containers.get(step.handle["container_id"]).status == "running")
         except docker.errors.NotFound:
             return False
 
     def release(self, step: StepRecord) -> None:
-        if not step.container_id:
+        if not step.handle.get("container_id"):
             return
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-            c = self.client.containers.get(step.container_id)
+            c = self.client.containers.get(step.handle["container_id"])
             if c.status != "running":
                 c.reload()
                 step.detail = f"container exited ({c.attrs.get('State', {}).get('ExitCode')}), removed"

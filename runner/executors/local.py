@@ -31,7 +31,7 @@ class LocalExecutor(ExecutorBase):
         # Own session: a closed terminal's SIGHUP does not reach the step; the runner forwards Ctrl-C itself.
         proc = subprocess.Popen(list(plan.local.argv), env=env, cwd=plan.local.cwd, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-        on_start(StepHandle(pid=proc.pid))
+        on_start(StepHandle({"pid": proc.pid}))
         assert proc.stdout is not None  # PIPE was asked for
         # The output is drained by a thread, also while the step is being stopped: a full pipe would block the
         # step in its last prints, and it would be SIGKILLed before its checkpoint was written.
@@ -47,15 +47,16 @@ class LocalExecutor(ExecutorBase):
         return StepOutcome(exit_code=rc if rc >= 0 else 128 - rc, interrupted=interrupted)
 
     def stop(self, step: StepRecord, grace_s: float) -> bool:
-        if step.pid is None or not self.is_alive(step):
+        pid = _pid(step)
+        if pid is None or not self.is_alive(step):
             return False
         # runner.inside forwards SIGTERM to the step's process group and escalates to SIGKILL itself.
-        os.kill(step.pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s + 10
         while time.monotonic() < deadline and self.is_alive(step):
             time.sleep(0.1)
         if self.is_alive(step):
-            os.killpg(step.pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL)
         return True
 
     def release(self, step: StepRecord) -> None:
@@ -64,13 +65,20 @@ class LocalExecutor(ExecutorBase):
     def is_alive(self, step: StepRecord) -> bool:
         """The step's runner.inside is still running: its process group exists and, where /proc tells, the pid
         is still that process (a pid reused by another program, or named by a crafted record, is not the step)."""
-        if step.pid is None or step.pid <= 1:
+        pid = _pid(step)
+        if pid is None or pid <= 1:
             return False
         try:
-            os.killpg(step.pid, 0)
+            os.killpg(pid, 0)
         except (ProcessLookupError, PermissionError, OverflowError):
             return False
-        return is_step_process(step.pid, step.log)
+        return is_step_process(pid, step.log)
+
+
+def _pid(step: StepRecord) -> int | None:
+    """The step's runner.inside pid from its record's handle (None when the record holds no integer there)."""
+    pid = step.handle.get("pid")
+    return pid if isinstance(pid, int) and not isinstance(pid, bool) else None
 
 
 def _pump(fd: int, out: BinaryIO) -> None:

@@ -132,7 +132,7 @@ class SlurmExecutor(ExecutorBase):
         script.write_text(plan.sbatch)
         job_id = _run(["sbatch", "--parsable", str(script)]).strip().split(";")[0]
         self.out.write(f"[runner] submitted slurm job {job_id} ({script})\n".encode())
-        on_start(StepHandle(extra={"slurm_job_id": job_id}))
+        on_start(StepHandle({"job_id": job_id}))
         final: dict[str, Any] = {}
         said: set[str] = set()
 
@@ -165,17 +165,18 @@ class SlurmExecutor(ExecutorBase):
                            oom_killed=state == "OUT_OF_MEMORY")
 
     def stop(self, step: StepRecord, grace_s: float) -> bool:
-        if not step.slurm_job_id or not self.is_alive(step):
+        if not step.handle.get("job_id") or not self.is_alive(step):
             return False
-        _run(["scancel", step.slurm_job_id])
+        _run(["scancel", str(step.handle["job_id"])])
         return True
 
     def is_alive(self, step: StepRecord) -> bool:
-        if not step.slurm_job_id:
+        if not step.handle.get("job_id"):
             return False
-        fields = job_fields(step.slurm_job_id)
-        state, _, _ = job_state(step.slurm_job_id, fields)
-        step.detail = describe(step.slurm_job_id, state, fields)
+        job_id = str(step.handle["job_id"])
+        fields = job_fields(job_id)
+        state, _, _ = job_state(job_id, fields)
+        step.detail = describe(job_id, state, fields)
         return state not in FINAL | {"UNKNOWN"}
 
     def release(self, step: StepRecord) -> None:

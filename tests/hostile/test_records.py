@@ -67,7 +67,7 @@ def test_a_bad_record_is_skipped_and_named_not_fatal(write_job: Callable[..., Pa
 
 def test_a_dead_or_foreign_pid_is_not_the_step(tmp_path: Path) -> None:
     # A crafted record naming this test's own pid: `runner stop` must not kill it, ps must not call it running.
-    me = StepRecord("s", status="running", pid=os.getpid(), log=str(tmp_path / "s.log"), executor="local")
+    me = StepRecord("s", status="running", handle={"pid": os.getpid()}, log=str(tmp_path / "s.log"), executor="local")
     assert not LocalExecutor().is_alive(me)
     assert not LocalExecutor().stop(me, 0.1)
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "runner.inside", "--log",
@@ -89,7 +89,7 @@ def test_a_dead_run_is_settled_while_another_run_holds_the_lock(write_job: Calla
     record = _one_run(write_job, tmp_path)
     data = json.loads(record.read_text())
     data["status"] = "running"
-    data["steps"][0].update(status="running", pid=2**22 + 12345)  # no such process
+    data["steps"][0].update(status="running", handle={"pid": 2**22 + 12345})  # no such process
     record.write_text(json.dumps(data))
     lock = tmp_path / "runs" / "h" / ".lock"
     with open(lock, "a+") as f:

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import multiprocessing
 from datetime import datetime
@@ -65,3 +66,29 @@ def test_second_run_of_a_job_is_refused_while_the_first_holds_the_lock(tmp_path:
         done.set()
         proc.join(10)
     JobLock(tmp_path, "j").acquire({"run": "third"})  # free again once the holder is gone
+
+
+def test_schema_1_records_are_read_with_their_executor_fields_as_the_handle(tmp_path: Path) -> None:
+    """Runs recorded before the opaque handle (schema 1) still show, stop and resume."""
+    data = dataclasses.asdict(make())
+    step = {k: v for k, v in data["steps"][0].items() if k != "handle"}
+    data.update(schema_version=1, steps=[
+        {**step, "name": "convert", "container_id": "c0ffee", "pid": None, "slurm_job_id": None},
+        {**step, "name": "train", "container_id": None, "pid": 4242, "slurm_job_id": None},
+        {**step, "name": "eval", "container_id": None, "pid": None, "slurm_job_id": "17"}])
+    path = tmp_path / "j" / "r1" / records.RECORD
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(data))
+    rec = records.load(path)
+    assert [s.handle for s in rec.steps] == [{"container_id": "c0ffee"}, {"pid": 4242}, {"job_id": "17"}]
+    records.save(rec, tmp_path)
+    again = json.loads(path.read_text())
+    assert again["schema_version"] == records.SCHEMA_VERSION == 2 and "pid" not in again["steps"][1]
+    assert records.load(path) == rec
+
+
+def test_a_record_from_a_newer_runner_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / records.RECORD
+    path.write_text(json.dumps({**dataclasses.asdict(make()), "schema_version": 3}))
+    with pytest.raises(RecordError, match=r"record schema 3 is not 2 \(or 1\); a newer runner wrote it"):
+        records.load(path)

@@ -131,8 +131,8 @@ def test_a_pending_slurm_job_shows_its_reason_and_a_stop_is_an_interrupt(tmp_pat
         steps: {s: {command: "echo never"}}
         """, "waits")
     proc = start("run", "waits", cwd=tmp_path)
-    wait_for(lambda: bool(records(tmp_path, "waits")) and bool(records(tmp_path, "waits")[0]["steps"][0].get(
-        "slurm_job_id")), what="the submission")
+    wait_for(lambda: bool(records(tmp_path, "waits")) and bool(records(tmp_path, "waits")[0]["steps"][0]["handle"].get(
+        "job_id")), what="the submission")
     ps = cli("ps", cwd=tmp_path)
     assert "PENDING (BeginTime)" in ps.stdout, ps.stdout
     stop = cli("stop", "waits", cwd=tmp_path)

@@ -135,7 +135,7 @@ def test_preempted_training_checkpoints_requeues_and_resumes(tmp_path: Path, run
     logs = lambda: list((tmp_path / "runs/preempt").glob("*/train.log"))  # noqa: E731
     first = _wait_for(logs, "train: step 30/")
     record = json.loads((first.parent / "run.json").read_text())
-    job_id = next(s for s in record["steps"] if s["name"] == "train")["slurm_job_id"]
+    job_id = next(s for s in record["steps"] if s["name"] == "train")["handle"]["job_id"]
     assert job_id
     subprocess.run(["scancel", "--signal=USR2", "--batch", job_id], check=True)  # what Slurm sends before preemption
     log = _wait_for(logs, "train: resumed from", timeout=400)
@@ -187,7 +187,7 @@ def test_runner_stop_cancels_a_slurm_run(tmp_path: Path) -> None:
     assert stop.returncode == 0 and "stopped cancelme" in stop.stdout, stop.stdout + stop.stderr
     out, _ = proc.communicate(timeout=300)
     record = json.loads((log.parent / "run.json").read_text())
-    job_id = record["steps"][0]["slurm_job_id"]
+    job_id = record["steps"][0]["handle"]["job_id"]
     assert record["status"] == "interrupted", out
     assert subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True).stdout.strip() == ""
     assert "stopped (SIGTERM)" in log.read_text()  # scancel's SIGTERM: the step saved a checkpoint first

@@ -33,7 +33,7 @@ class PlainExecutor(ExecutorBase):
         self.started: list[str] = []
 
     def run_step(self, plan: StepPlan, on_start: Callable[[StepHandle], None]) -> StepOutcome:
-        on_start(StepHandle(extra={"plain": plan.step}))
+        on_start(StepHandle({"ticket": f"plain-{plan.step}"}))
         self.started.append(plan.step)
         done = subprocess.run(list(plan.local.argv), env={**self.environ, **dict(plan.local.env)}, cwd=plan.local.cwd,
                               capture_output=True, check=False)
