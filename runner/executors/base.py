@@ -3,9 +3,10 @@ same shape: run_step = submit + poll + follow the log file, stop = cancel, is_al
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from runner.plan import StepPlan
 from runner.records import StepRecord
@@ -19,6 +20,15 @@ class StepHandle:
     """What an executor records to find its step again (StepRecord.handle): its own keys, JSON values."""
 
     data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EngineCheck:
+    """An image builder's preflight (Executor.engine_checks)."""
+
+    plan: Any = None  # runner.images.ImagePlan of the job's image; None: this executor builds none
+    image_id: str | None = None  # the image's id when it is built already
+    reasons: tuple[str, ...] = ()  # what the engine lacks for this job
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,16 @@ class Executor(Protocol):
         """Called once the image is built, before the first step (Slurm puts it where its nodes find it)."""
         ...
 
+    def engine_checks(self, job: LoadedJob, environ: Mapping[str, str], gpus: bool) -> EngineCheck:
+        """An image builder's preflight: the job's image plan, its id when built already, and what the engine lacks
+        (its GPU runtime only when `gpus`: the steps run on this engine). Other executors: nothing to check."""
+        ...
+
+    def ensure_image(self, job: LoadedJob, plan: Any, log: Path, out: BinaryIO, rebuild: bool,
+                     known_id: str | None) -> dict[str, Any]:
+        """An image builder builds (or finds) the image: {"tag", "id", "built"}."""
+        ...
+
 
 class ExecutorBase:
     """Defaults an executor can keep: no image, the plan as it is, the step's argv on this machine."""
@@ -89,6 +109,14 @@ class ExecutorBase:
 
     def image_ready(self, job: LoadedJob, builder: Any, tag: str, say: Callable[[str], None]) -> None:
         return None
+
+    def engine_checks(self, job: LoadedJob, environ: Mapping[str, str], gpus: bool) -> EngineCheck:
+        return EngineCheck()
+
+    def ensure_image(self, job: LoadedJob, plan: Any, log: Path, out: BinaryIO, rebuild: bool,
+                     known_id: str | None) -> dict[str, Any]:
+        msg = f"executor {self.name} builds no images"
+        raise NotImplementedError(msg)
 
     def release(self, step: StepRecord) -> None:
         return None

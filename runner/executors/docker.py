@@ -6,7 +6,8 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, BinaryIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import docker
 import docker.errors
@@ -14,9 +15,12 @@ from docker.models.containers import Container
 
 from runner.dockerargs import to_sdk_kwargs
 from runner.errors import ExecutorError, ImageError
-from runner.executors.base import ExecutorBase, StepHandle, StepOutcome
+from runner.executors.base import EngineCheck, ExecutorBase, StepHandle, StepOutcome
 from runner.plan import StepPlan
 from runner.records import StepRecord
+
+if TYPE_CHECKING:
+    from runner.spec.load import LoadedJob
 
 INSTALL_HINT = ("Install and start the Docker engine (as root: `apt-get install -y docker.io && dockerd &`, "
                 "or `make setup`), or run with `--executor local` to use this Python environment instead.")
@@ -153,6 +157,25 @@ class DockerExecutor(ExecutorBase):
                 if c.attrs.get("State", {}).get("OOMKilled"):
                     step.detail += "; it was OOM-killed"
                 c.remove(force=True)
+
+    def engine_checks(self, job: LoadedJob, environ: Mapping[str, str], gpus: bool) -> EngineCheck:
+        from runner import preflight
+        from runner.atomic import free_bytes
+        from runner.images import plan_image
+
+        runtimes, cdi, root = self.engine_facts()
+        plan = plan_image(job.spec.image, job.policy, environ)
+        image_id = self.image_id(plan.tag)
+        free = free_bytes(Path(root)) if Path(root).exists() else None
+        facts = preflight.EngineFacts(runtimes if gpus else ("nvidia",), cdi, free, image_id is not None)
+        return EngineCheck(plan, image_id, tuple(preflight.check_engine(job, facts)))
+
+    def ensure_image(self, job: LoadedJob, plan: Any, log: Path, out: BinaryIO, rebuild: bool,
+                     known_id: str | None) -> dict[str, Any]:
+        from runner.executors.docker_build import ensure_image
+
+        result = ensure_image(self.client, plan, log, out, rebuild=rebuild, known_id=known_id)
+        return {"tag": result.tag, "id": result.id, "built": result.built}
 
     def engine_facts(self) -> tuple[tuple[str, ...], bool, str]:
         """(runtimes, CDI GPU devices present, docker root dir)."""

@@ -87,8 +87,12 @@ def test_an_executor_registered_from_outside_runs_a_job(plain: list[PlainExecuto
 
 
 def test_the_orchestrator_names_no_executor() -> None:
-    source = (REPO / "runner" / "orchestrate.py").read_text()
-    assert not [name for name in ('"slurm"', '"local"', "SlurmExecutor", "LocalExecutor") if name in source]
+    """Run preparation, the orchestrator and step running know executors only through their protocol."""
+    for module in ("orchestrate.py", "preparation.py", "stepping.py"):
+        source = (REPO / "runner" / module).read_text()
+        named = [n for n in ('"slurm"', '"local"', '"docker"', "SlurmExecutor", "LocalExecutor", "DockerExecutor",
+                             "runner.executors.docker", "runner.executors.slurm") if n in source]
+        assert not named, (module, named)
 
 
 def test_unknown_executors_are_refused_by_name(tmp_path: Path) -> None:
