@@ -295,35 +295,18 @@ def _runs_dir(a: argparse.Namespace) -> Path:
     return Path(a.runs_dir) if a.runs_dir else Path.cwd() / "runs"
 
 
-_MADE: dict[str, Any] = {}  # one executor a kind (the docker one holds a client)
+def _control() -> Any:
+    from runner.runs import StepControl
 
-
-def _executor_of(step: Any) -> Any:
-    from runner.executors import make_executor
-
-    name = step.executor or "local"
-    if name not in _MADE:
-        _MADE[name] = make_executor(name)
-    return _MADE[name]
-
-
-def _alive() -> Callable[[Any], bool]:
-    return lambda step: bool(_executor_of(step).is_alive(step))
-
-
-def _release(step: Any) -> None:
-    _executor_of(step).release(step)
+    return StepControl()
 
 
 def cmd_ps(a: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from runner.runs import ACTIVE, find_runs, load_all, row, table
+    from runner.runs import ps_rows, table
 
-    paths = find_runs(_runs_dir(a), None)
-    recs = load_all(paths, _alive(), _err, _release)
-    now = datetime.now()
-    rows = [row(r, _record_path(a, r), now) for r in recs if a.all or r.status in ACTIVE]
+    rows = ps_rows(_runs_dir(a), a.all, _control(), _err, datetime.now())
     if not rows:
         print("no runs in progress" + ("" if a.all else " (--all shows finished ones)"))
         return 0
@@ -332,25 +315,12 @@ def cmd_ps(a: argparse.Namespace) -> int:
     return 0
 
 
-def _record_path(a: argparse.Namespace, rec: Any) -> Path:
-    from runner.records import RECORD
-
-    return Path(_runs_dir(a)) / str(rec.job) / str(rec.run_id) / RECORD
-
-
 def cmd_history(a: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from runner.runs import find_runs, load_all, row, table
+    from runner.runs import history_rows, table
 
-    now = datetime.now()
-    rows = []
-    for r in load_all(find_runs(_runs_dir(a), a.job), _alive(), _err, _release):
-        cells = row(r, _record_path(a, r), now)
-        cells["STEPS"] = " ".join(f"{s.name}:{s.status}" + (f"({s.exit_code})" if s.exit_code else "") for s in r.steps)
-        cells["STARTED"] = r.started or "-"
-        cells["COMMIT"] = (r.git.get("commit", "")[:8] + ("+dirty" if r.git.get("dirty") else "")) if r.git else "-"
-        rows.append(cells)
+    rows = history_rows(_runs_dir(a), a.job, _control(), _err, datetime.now())
     if not rows:
         print(f"no runs of {a.job}")
         return 0
@@ -391,7 +361,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
     from runner.runs import compare_row, find_runs, reconcile, table
 
     paths = [find_runs(_runs_dir(a), ref)[-1] for ref in a.refs]
-    recs = [reconcile(p, _alive()) for p in paths]
+    alive = _control().alive
+    recs = [reconcile(p, alive) for p in paths]
     rows = [compare_row(r, p, datetime.now()) for r, p in zip(recs, paths, strict=True)]
     for line in table(rows, ["RUN", "JOB", "STATUS", "DURATION", "STEPS", "LAST LOSS", "BEST VAL", "EVAL MSE",
                              "OVERRIDES"]):
@@ -409,13 +380,10 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 def cmd_logs(a: argparse.Namespace) -> int:
     from runner.records import load, step_log
-    from runner.runs import find_runs, follow, reconcile
+    from runner.runs import follow, log_record, reconcile
 
-    alive = _alive()
-    paths = find_runs(_runs_dir(a), a.ref)
-    path = paths[-1]
-    if a.step:  # the newest run that has this step (a later run may not have run it)
-        path = next((p for p in reversed(paths) if _has_step(p, a.step)), path)
+    alive = _control().alive
+    path = log_record(_runs_dir(a), a.ref, a.step)
     rec = reconcile(path, alive)
     steps = [s for s in rec.steps if step_log(path, s) and (a.step is None or s.name == a.step)]
     if not steps:
@@ -442,29 +410,12 @@ def cmd_logs(a: argparse.Namespace) -> int:
     return 0
 
 
-def _has_step(path: Path, step: str) -> bool:
-    from runner.errors import RecordError
-    from runner.records import load, step_log
-
-    try:
-        return any(s.name == step and step_log(path, s) is not None for s in load(path).steps)
-    except RecordError:
-        return False
-
-
 def cmd_stop(a: argparse.Namespace) -> int:
-    from runner.layout import STOP_GRACE_S
-    from runner.runs import ACTIVE, find_runs, load_all
+    from runner.runs import stop_runs
 
-    stopped = 0
-    for rec in load_all(find_runs(_runs_dir(a), a.ref), _alive(), _err):
-        if rec.status not in ACTIVE:
-            continue
-        for s in rec.steps:
-            grace = a.grace if a.grace is not None else (s.stop_grace_s or STOP_GRACE_S)
-            if s.status == "running" and _stop_step(s, grace):
-                print(f"stopped {rec.job}/{rec.run_id} step {s.name}")
-                stopped += 1
+    stopped = stop_runs(_runs_dir(a), a.ref, a.grace, _control(), _err)
+    for what in stopped:
+        print(f"stopped {what}")
     if not stopped:
         print(f"nothing running for {a.ref}")
     return 0
@@ -492,23 +443,16 @@ def _remove(paths: list[Path], dry_run: bool) -> int:
 
 def cmd_rm(a: argparse.Namespace) -> int:
     """Remove one run's folder (refused while it runs); --checkpoints also removes the lineage it started."""
-    from runner.runs import ACTIVE, find_runs, load_all
+    from runner.errors import BadRunRefError, RunActiveError
+    from runner.runs import rm_targets
 
-    paths = [p for p in find_runs(_runs_dir(a), a.run) if p.parent.name == a.run]
-    if not paths:
-        _err(f"error: {a.run} is not a run id (see `runner history JOB`)")
+    try:
+        targets, kept = rm_targets(_runs_dir(a), a.run, a.checkpoints, _control(), _err)
+    except (BadRunRefError, RunActiveError) as e:
+        _err(f"error: {e.reason}")
         return 2
-    recs = load_all(paths, _alive(), _err, _release)
-    if recs and recs[0].status in ACTIVE:
-        _err(f"error: run {a.run} is {recs[0].status}; stop it first (`runner stop {a.run}`)")
-        return 2
-    targets = [paths[0].parent]
-    lineage = paths[0].parent.parent / "checkpoints" / a.run
-    if lineage.is_dir():
-        if a.checkpoints:
-            targets.append(lineage)
-        else:
-            print(f"kept its checkpoints in {lineage} (add --checkpoints to remove them)")
+    if kept is not None:
+        print(f"kept its checkpoints in {kept} (add --checkpoints to remove them)")
     _remove(targets, a.dry_run)
     return 0
 
@@ -517,37 +461,17 @@ def cmd_gc(a: argparse.Namespace) -> int:
     """Keep each job's newest --keep runs; remove older finished runs, their lineages, set-aside checkpoint
     folders and temp files of killed writers. --dry-run lists what would go."""
     from runner.atomic import remove_stale_temps
-    from runner.runs import ACTIVE, find_runs, load_all
+    from runner.runs import gc_targets
     from runner.spec.types import format_size
 
     runs_dir = _runs_dir(a)
-    paths = find_runs(runs_dir, a.job)
-    by_job: dict[Path, list[Path]] = {}
-    for p in paths:
-        by_job.setdefault(p.parent.parent, []).append(p)
-    targets: list[Path] = []
-    for job_dir, recs in by_job.items():
-        old = recs[: max(0, len(recs) - a.keep)]
-        finished = {r.run_id for r in load_all(old, _alive(), _err, _release) if r.status not in ACTIVE}
-        for p in old:
-            if p.parent.name in finished:
-                targets.append(p.parent)
-                if (job_dir / "checkpoints" / p.parent.name).is_dir():
-                    targets.append(job_dir / "checkpoints" / p.parent.name)
-        targets += sorted((job_dir / "checkpoints").glob("superseded-*"))
-    freed = _remove(targets, a.dry_run)
+    freed = _remove(gc_targets(runs_dir, a.job, a.keep, _control(), _err), a.dry_run)
     temps = [] if a.dry_run else remove_stale_temps(runs_dir, recursive=True) if runs_dir.is_dir() else []
     for t in temps:
         print(f"removed {t} (a temp file of a killed write)")
     print(f"{'would free' if a.dry_run else 'freed'} {format_size(freed) if freed else '0'}"
           + (f", {len(temps)} temp file(s)" if temps else ""))
     return 0
-
-
-def _stop_step(step: Any, grace: float) -> bool:
-    from runner.executors import make_executor
-
-    return bool(make_executor(step.executor or "local").stop(step, grace))
 
 
 def completion_script(parser: argparse.ArgumentParser) -> str:

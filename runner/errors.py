@@ -83,7 +83,7 @@ class RecordError(RunnerError):
     """A run record is missing or unreadable."""
 
     def __init__(self, path: Path, reason: str) -> None:
-        self.path = path
+        self.path, self.reason = path, reason
         super().__init__(f"{path}: {reason}")
 
 
@@ -91,6 +91,10 @@ class BadRunRefError(RecordError):
     """A job or run name from the command line that could name something outside the runs folder."""
 
     exit_code = 2
+
+
+class RunActiveError(RecordError):
+    """The run is still running (or pending): stop it before removing it."""
 
 
 class LockError(RunnerError):

@@ -1,4 +1,5 @@
-"""Looking at runs after the fact: find a run, reconcile a stale 'running', follow a log."""
+"""Runs after the fact: find a run, reconcile a stale 'running' with its executor, follow a log, and the logic of
+`runner ps / history / logs / stop / rm / gc` (runner/cli.py only parses and prints)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from policies.curves import read_metrics, series
 from runner import records
-from runner.errors import BadRunRefError, LockError, RecordError
+from runner.errors import BadRunRefError, LockError, RecordError, RunActiveError
 from runner.inside import exit_file
 from runner.records import JobLock, RunRecord
 
@@ -207,3 +209,125 @@ def table(rows: list[dict[str, str]], columns: list[str]) -> list[str]:
     for r in [{c: c for c in columns}, *rows]:
         lines.append("  ".join([*(r[c].ljust(widths[c]) for c in columns[:-1]), r[columns[-1]]]).rstrip())
     return lines
+
+
+class StepControl:
+    """The executor of each recorded step (one made per kind: the docker one holds a client), to ask whether the
+    step is alive, stop it, or release what it left behind. `make`: runner.executors.make_executor by default."""
+
+    def __init__(self, make: Callable[[str], Any] | None = None) -> None:
+        self._make = make
+        self._made: dict[str, Any] = {}
+
+    def executor(self, step: records.StepRecord) -> Any:
+        name = step.executor or "local"
+        if name not in self._made:
+            if self._make is None:
+                from runner.executors import make_executor
+
+                self._made[name] = make_executor(name)
+            else:
+                self._made[name] = self._make(name)
+        return self._made[name]
+
+    def alive(self, step: records.StepRecord) -> bool:
+        return bool(self.executor(step).is_alive(step))
+
+    def release(self, step: records.StepRecord) -> None:
+        self.executor(step).release(step)
+
+    def stop(self, step: records.StepRecord, grace_s: float) -> bool:
+        return bool(self.executor(step).stop(step, grace_s))
+
+
+def record_path(runs_dir: Path, rec: RunRecord) -> Path:
+    return runs_dir / rec.job / rec.run_id / records.RECORD
+
+
+def ps_rows(runs_dir: Path, everything: bool, control: StepControl, warn: Callable[[str], None],
+            now: datetime) -> list[dict[str, str]]:
+    """`runner ps`: the runs in progress (every run with `everything`), reconciled with their executors."""
+    recs = load_all(find_runs(runs_dir, None), control.alive, warn, control.release)
+    return [row(r, record_path(runs_dir, r), now) for r in recs if everything or r.status in ACTIVE]
+
+
+def history_rows(runs_dir: Path, job: str, control: StepControl, warn: Callable[[str], None],
+                 now: datetime) -> list[dict[str, str]]:
+    """`runner history JOB`: every run of the job with its steps' outcomes and the code it ran."""
+    rows = []
+    for r in load_all(find_runs(runs_dir, job), control.alive, warn, control.release):
+        cells = row(r, record_path(runs_dir, r), now)
+        cells["STEPS"] = " ".join(f"{s.name}:{s.status}" + (f"({s.exit_code})" if s.exit_code else "") for s in r.steps)
+        cells["STARTED"] = r.started or "-"
+        cells["COMMIT"] = (r.git.get("commit", "")[:8] + ("+dirty" if r.git.get("dirty") else "")) if r.git else "-"
+        rows.append(cells)
+    return rows
+
+
+def stop_runs(runs_dir: Path, ref: str, grace_s: float | None, control: StepControl,
+              warn: Callable[[str], None]) -> list[str]:
+    """Stop every running step of `ref` (a job or a run id), each with its own stop_grace_s unless `grace_s`;
+    returns "job/run step name" for each stopped step."""
+    from runner.layout import STOP_GRACE_S
+
+    stopped = []
+    for rec in load_all(find_runs(runs_dir, ref), control.alive, warn):
+        if rec.status not in ACTIVE:
+            continue
+        for s in rec.steps:
+            grace = grace_s if grace_s is not None else (s.stop_grace_s or STOP_GRACE_S)
+            if s.status == "running" and control.stop(s, grace):
+                stopped.append(f"{rec.job}/{rec.run_id} step {s.name}")
+    return stopped
+
+
+def log_record(runs_dir: Path, ref: str, step: str | None) -> Path:
+    """The record whose logs `runner logs REF [STEP]` shows: the newest run of REF (with STEP, the newest that
+    ran it: a later run may not have)."""
+    paths = find_runs(runs_dir, ref)
+    if step:
+        return next((p for p in reversed(paths) if _has_step_log(p, step)), paths[-1])
+    return paths[-1]
+
+
+def _has_step_log(path: Path, step: str) -> bool:
+    try:
+        return any(s.name == step and records.step_log(path, s) is not None for s in records.load(path).steps)
+    except RecordError:
+        return False
+
+
+def rm_targets(runs_dir: Path, run: str, checkpoints: bool, control: StepControl,
+               warn: Callable[[str], None]) -> tuple[list[Path], Path | None]:
+    """What `runner rm RUN` removes: the run's folder, and with `checkpoints` the lineage it started; the lineage
+    kept otherwise is returned second. A run that is not finished is refused."""
+    paths = [p for p in find_runs(runs_dir, run) if p.parent.name == run]
+    if not paths:
+        raise BadRunRefError(runs_dir / run, f"{run} is not a run id (see `runner history JOB`)")
+    recs = load_all(paths, control.alive, warn, control.release)
+    if recs and recs[0].status in ACTIVE:
+        raise RunActiveError(paths[0], f"run {run} is {recs[0].status}; stop it first (`runner stop {run}`)")
+    lineage = paths[0].parent.parent / "checkpoints" / run
+    if not lineage.is_dir():
+        return [paths[0].parent], None
+    return ([paths[0].parent, lineage], None) if checkpoints else ([paths[0].parent], lineage)
+
+
+def gc_targets(runs_dir: Path, job: str | None, keep: int, control: StepControl,
+               warn: Callable[[str], None]) -> list[Path]:
+    """What `runner gc` removes: each job's finished runs older than its newest `keep`, their lineages, and
+    checkpoint folders set aside by a resume (superseded-*)."""
+    by_job: dict[Path, list[Path]] = {}
+    for p in find_runs(runs_dir, job):
+        by_job.setdefault(p.parent.parent, []).append(p)
+    targets: list[Path] = []
+    for job_dir, paths in by_job.items():
+        old = paths[: max(0, len(paths) - keep)]
+        finished = {r.run_id for r in load_all(old, control.alive, warn, control.release) if r.status not in ACTIVE}
+        for p in old:
+            if p.parent.name in finished:
+                targets.append(p.parent)
+                if (job_dir / "checkpoints" / p.parent.name).is_dir():
+                    targets.append(job_dir / "checkpoints" / p.parent.name)
+        targets += sorted((job_dir / "checkpoints").glob("superseded-*"))
+    return targets

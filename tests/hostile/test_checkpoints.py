@@ -61,7 +61,7 @@ def _train(buffer: Path, tmp: Path, steps: int, resume: bool = False, cfg: Dp3Co
 
 
 def test_a_pickle_payload_in_a_checkpoint_never_runs(buffer: Path, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+                                                     caplog: pytest.LogCaptureFixture) -> None:
     _train(buffer, tmp_path, 3)
     marker = tmp_path / "pwned"
     evil = tmp_path / "ckpt" / "step-99.ckpt"  # the highest step: resume tries it first
@@ -69,7 +69,7 @@ def test_a_pickle_payload_in_a_checkpoint_never_runs(buffer: Path, tmp_path: Pat
     said: list[str] = []
     result = _train(buffer, tmp_path, 6, resume=True, say=said)
     assert not marker.exists()
-    assert "refused" in capsys.readouterr().err and any("resumed from" in m and "step-3" in m for m in said)
+    assert "refused" in caplog.text and any("resumed from" in m and "step-3" in m for m in said)
     assert result.global_step == 6
     for loader in (load, checkpoints.load_file):
         with pytest.raises(CheckpointError, match="refused"):
@@ -88,7 +88,7 @@ def test_a_file_that_is_not_a_checkpoint_is_refused_by_name(victim: str) -> None
 
 
 def test_flipped_bytes_are_caught_by_the_manifest_checksum(buffer: Path, tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+                                                           caplog: pytest.LogCaptureFixture) -> None:
     _train(buffer, tmp_path, 3)
     _train(buffer, tmp_path, 6, resume=True)
     newest = tmp_path / "ckpt" / "step-6.ckpt"
@@ -98,12 +98,11 @@ def test_flipped_bytes_are_caught_by_the_manifest_checksum(buffer: Path, tmp_pat
     newest.write_bytes(bytes(data))
     found = checkpoints.load_latest(tmp_path / "ckpt")
     assert found is not None and found[0].name == "step-3.ckpt"
-    err = capsys.readouterr().err
-    assert "step-6.ckpt: checksum mismatch" in err
+    assert "step-6.ckpt: checksum mismatch" in caplog.text
 
 
 def test_foreign_checkpoints_are_skipped_with_the_reason(buffer: Path, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+                                                         caplog: pytest.LogCaptureFixture) -> None:
     _train(buffer, tmp_path, 3, job="a")
     _train(buffer, tmp_path / "other", 6, job="b")  # another job's checkpoint copied in
     (tmp_path / "ckpt" / "step-6.ckpt").write_bytes((tmp_path / "other" / "ckpt" / "step-6.ckpt").read_bytes())
@@ -112,7 +111,7 @@ def test_foreign_checkpoints_are_skipped_with_the_reason(buffer: Path, tmp_path:
     (tmp_path / "ckpt" / "step-9.ckpt").write_bytes((tmp_path / "big" / "ckpt" / "step-9.ckpt").read_bytes())
     said: list[str] = []
     result = _train(buffer, tmp_path, 6, resume=True, say=said)
-    err = capsys.readouterr().err
+    err = caplog.text
     assert "step-9.ckpt: its model configuration differs: down_dims [32, 64, 128] (job: [16, 32, 64])" in err
     assert "step-6.ckpt: it was written by job 'b', not 'a'" in err
     assert any("resumed from" in m and "step-3.ckpt" in m for m in said) and result.global_step == 6
