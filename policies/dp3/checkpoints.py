@@ -2,9 +2,11 @@
 
 `checkpoints/step-<global_step>.ckpt` (torch.save dict), `checkpoints/manifest.json` (complete checkpoints with
 step, epoch, validation loss and sha256), `checkpoints/best.ckpt` (lowest validation loss). The newest complete
-one is the highest step that loads: a truncated, corrupt or altered file (its sha256 differs from the manifest's)
-and another job's or another model configuration's checkpoint are skipped with a warning naming why. Files are
-read by policies.checkpoint_io.load: nothing in a checkpoint can run code.
+one is the highest step that verifies: a truncated, corrupt or altered file (its sha256 differs from the manifest's)
+and another job's or another model configuration's checkpoint are skipped with a warning naming why. The manifest
+records each file's job and model configuration, so finding the newest reads checksums, not whole checkpoints
+(files an older runner recorded without them are loaded to tell). Files are read by policies.checkpoint_io.load:
+nothing in a checkpoint can run code. Finding and pruning is policies/checkpoint_store.py's.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 
 from policies import checkpoint_io
 from policies.checkpoint_io import CheckpointError
+from policies.checkpoint_store import CheckpointStore, mismatch, plain_json
 from runner.atomic import remove_stale_temps, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -35,22 +38,22 @@ def save(folder: Path, step: int, payload: dict[str, Any], *, val_loss: float | 
     folder.mkdir(parents=True, exist_ok=True)
     for stale in remove_stale_temps(folder):
         log.info(f"removed {stale.name}, left by a checkpoint write that was killed")
-    path = folder / f"step-{step}.ckpt"
+    store = Dp3Store(folder)
+    path = store.path(step)
     digest = checkpoint_io.write(payload, path)
     manifest = _read_manifest(folder)
     manifest["checkpoints"] = [c for c in manifest["checkpoints"] if c["step"] != step]
+    cfg = payload.get("cfg") or {}
     manifest["checkpoints"].append({"step": step, "epoch": payload.get("epoch"), "file": path.name, "val_loss": val_loss,
-                                    "sha256": digest})
+                                    "sha256": digest, "cfg": plain_json({"job": cfg.get("job"), "model": cfg.get("model")})})
     best = manifest.get("best")
     if val_loss is not None and (best is None or val_loss < best["val_loss"]):
         tmp = folder / f".best.ckpt.{os.getpid()}.tmp"
         shutil.copyfile(path, tmp)
         os.replace(tmp, folder / "best.ckpt")
         manifest["best"] = {"step": step, "val_loss": val_loss, "sha256": digest}
-    steps = sorted((c["step"] for c in manifest["checkpoints"]), reverse=True)
-    for old in steps[keep:]:
-        (folder / f"step-{old}.ckpt").unlink(missing_ok=True)
-    manifest["checkpoints"] = [c for c in manifest["checkpoints"] if c["step"] in steps[:keep]]
+    gone = {p.name for p in store.prune(keep)}
+    manifest["checkpoints"] = [c for c in manifest["checkpoints"] if c.get("file") not in gone]
     _write_manifest(folder, manifest)
     return path
 
@@ -68,14 +71,20 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     return {**data, "best": data["best"] if isinstance(data.get("best"), dict) else None}
 
 
-def recorded_sha256(folder: Path, path: Path) -> str | None:
-    """The checksum the manifest recorded for `path` (a step file or best.ckpt), or None when it has none."""
+def _entry(folder: Path, path: Path) -> dict[str, Any]:
+    """What the manifest recorded for `path` (a step file or best.ckpt): sha256 and cfg where it has them."""
     manifest = _read_manifest(folder)
     if path.name == "best.ckpt":
-        best = manifest.get("best") or {}
-        return best.get("sha256") if isinstance(best.get("sha256"), str) else None
-    entry = next((c for c in manifest["checkpoints"] if c.get("file") == path.name), None)
-    return entry.get("sha256") if entry and isinstance(entry.get("sha256"), str) else None
+        entry = manifest.get("best") or {}
+    else:
+        entry = next((c for c in manifest["checkpoints"] if c.get("file") == path.name), {})
+    return entry if isinstance(entry, dict) else {}
+
+
+def recorded_sha256(folder: Path, path: Path) -> str | None:
+    """The checksum the manifest recorded for `path` (a step file or best.ckpt), or None when it has none."""
+    sha = _entry(folder, path).get("sha256")
+    return sha if isinstance(sha, str) else None
 
 
 def load_file(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -88,64 +97,57 @@ def load_file(path: Path, map_location: str | torch.device = "cpu") -> dict[str,
 
 
 def foreign(payload: Mapping[str, Any], expect: Mapping[str, Any]) -> str | None:
-    """Why a checkpoint belongs to another job or model configuration than `expect` ({"job", "model"}), or None."""
-    cfg = payload.get("cfg") or {}
-    if expect.get("job") is not None and cfg.get("job") not in (None, expect["job"]):
-        return f"it was written by job {cfg.get('job')!r}, not {expect['job']!r}"
-    mine, theirs = dict(expect.get("model") or {}), dict(cfg.get("model") or {})
-    differ = [k for k in sorted(set(mine) | set(theirs)) if _plain(mine.get(k)) != _plain(theirs.get(k))]
-    if mine and differ:
-        shown = ", ".join(f"{k} {_plain(theirs.get(k))} (job: {_plain(mine.get(k))})" for k in differ[:4])
-        return f"its model configuration differs: {shown}"
-    return None
-
-
-def _plain(v: Any) -> Any:
-    return list(v) if isinstance(v, tuple) else v
+    """Why a loaded checkpoint belongs to another job or model configuration than `expect`, or None."""
+    return mismatch(payload.get("cfg") or {}, expect)
 
 
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=2))
 
 
-def candidates(folder: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every step-N.ckpt, newest step first."""
-    found = [(int(m.group(1)), p) for p in folder.glob("step-*.ckpt") if (m := _NAME.match(p.name))]
-    return sorted(found, reverse=True)
+class Dp3Store(CheckpointStore):
+    """step-<n>.ckpt files (written whole, then renamed: a file present is a finished write)."""
+
+    pattern = _NAME
+
+    def path(self, step: int) -> Path:
+        return self.folder / f"step-{step}.ckpt"
+
+    def incomplete(self, path: Path) -> str | None:
+        return None if path.is_file() else "not a checkpoint file"
+
+    def check(self, path: Path, expect: Mapping[str, Any] | None) -> str | None:
+        entry = _entry(self.folder, path)
+        sha, cfg = entry.get("sha256"), entry.get("cfg")
+        if isinstance(sha, str) and isinstance(cfg, dict):  # recorded by this runner: no need to load the file
+            try:
+                checkpoint_io.check_file(path)
+            except CheckpointError as e:
+                return e.reason
+            if checkpoint_io.sha256(path) != sha:
+                return "checksum mismatch: the file changed after it was written"
+            return mismatch(cfg, expect) if expect else None
+        try:
+            payload = load_file(path)
+        except CheckpointError as e:
+            return e.reason
+        return foreign(payload, expect) if expect else None
 
 
 def load_latest(folder: Path, map_location: str | torch.device = "cpu",
                 expect: Mapping[str, Any] | None = None) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint that loads completely, verifies and (with `expect`) belongs to this job and model;
-    every other one is skipped with a warning that says why."""
-    for _, path in candidates(folder):
-        try:
-            payload = load_file(path, map_location)
-        except CheckpointError as e:
-            log.warning(f"skipping {e}")
-            continue
-        why = foreign(payload, expect) if expect else None
-        if why:
-            log.warning(f"skipping {path}: {why}")
-            continue
-        return path, payload
-    return None
+    """The newest checkpoint that verifies (and, with `expect`, is this job's and model's), loaded; every newer one
+    is skipped with a warning that says why."""
+    found = Dp3Store(folder).latest(expect)
+    return None if found is None else (found[1], load_file(found[1], map_location))
 
 
 def resolve(folder: Path, which: str, expect: Mapping[str, Any] | None = None) -> Path:
     """'latest', 'best', or a path -> a checkpoint file."""
     if which == "best" and (folder / "best.ckpt").exists():
         return folder / "best.ckpt"
-    if which in ("latest", "best"):
-        found = load_latest(folder, expect=expect)
-        if found is None:
-            msg = f"no complete checkpoint in {folder}; train first (`runner train JOB`)"
-            raise FileNotFoundError(msg)
-        return found[0]
-    path = Path(which)
-    if not path.is_absolute():
-        path = folder / path
+    path = Dp3Store(folder).resolve("latest" if which == "best" else which, expect)
     if not path.is_file():
-        msg = f"checkpoint {path} does not exist"
+        msg = f"checkpoint {path} is not a file"
         raise FileNotFoundError(msg)
     return path

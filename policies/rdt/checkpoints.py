@@ -3,23 +3,20 @@
 `<output>/checkpoint-<step>/` holds what accelerate's save_state writes (with DeepSpeed: `pytorch_model/
 mp_rank_00_model_states.pt` with key `module`, optimizer shards, RNG states), the EMA as `ema/model.safetensors`,
 the resolved config, and `COMPLETE`, written last: a folder without it is skipped with a warning.
-`checkpoints_total_limit` is enforced here (upstream passes it to accelerate, which ignores it for named folders).
+Finding, pruning and refusing checkpoints is policies/checkpoint_store.py's; this module says what an RDT one is.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import re
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from policies import checkpoint_io
+from policies.checkpoint_store import CheckpointStore, mismatch
 from runner.atomic import write_text_atomic
-
-log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE = "COMPLETE"
@@ -56,44 +53,22 @@ def verify(folder: Path, expect: Mapping[str, Any] | None = None) -> str | None:
                 checkpoint_io.check_pickles(p)
             except checkpoint_io.CheckpointError as e:
                 return e.reason if p == folder else f"{p.relative_to(folder)}: {e.reason}"
-    if expect and isinstance(config, dict):
-        if expect.get("job") is not None and config.get("job") not in (None, expect["job"]):
-            return f"it was written by job {config.get('job')!r}, not {expect['job']!r}"
-        mine, theirs = expect.get("model") or {}, config.get("model") or {}
-        differ = [k for k in sorted(mine) if k in theirs and json.dumps(mine[k]) != json.dumps(theirs[k])]
-        if differ:
-            return "its model configuration differs: " + ", ".join(f"{k} {theirs[k]} (job: {mine[k]})" for k in differ[:4])
-    return None
+    return mismatch(config, expect) if expect and isinstance(config, dict) else None
 
 
-def complete_checkpoints(output: Path) -> list[tuple[int, Path]]:
-    """(step, folder) of complete checkpoints, newest step first; incomplete ones are reported and skipped."""
-    found = []
-    for p in output.iterdir() if output.is_dir() else []:
-        m = _NAME.match(p.name)
-        if not m or not p.is_dir():
-            continue
-        if not (p / COMPLETE).is_file():
-            log.warning(f"skipping {p}: incomplete checkpoint (no {COMPLETE} marker)")
-            continue
-        found.append((int(m.group(1)), p))
-    return sorted(found, reverse=True)
+class RdtStore(CheckpointStore):
+    """checkpoint-<step>/ folders, complete once COMPLETE is written; `checkpoints_total_limit` is `prune`
+    (upstream passes it to accelerate, which ignores it for named folders)."""
 
+    pattern = _NAME
 
-def latest(output: Path, expect: Mapping[str, Any] | None = None) -> tuple[int, Path] | None:
-    """The newest complete checkpoint that verifies; the others are skipped with a warning saying why."""
-    for step, folder in complete_checkpoints(output):
-        why = verify(folder, expect)
-        if why is None:
-            return step, folder
-        log.warning(f"skipping {folder}: {why}")
-    return None
+    def path(self, step: int) -> Path:
+        return checkpoint_dir(self.folder, step)
 
+    def incomplete(self, path: Path) -> str | None:
+        if not path.is_dir():
+            return "not a checkpoint folder"
+        return None if (path / COMPLETE).is_file() else f"incomplete checkpoint (no {COMPLETE} marker)"
 
-def enforce_limit(output: Path, total_limit: int) -> list[Path]:
-    """Delete the oldest complete checkpoints beyond `total_limit`; returns what was removed."""
-    removed = []
-    for _, folder in complete_checkpoints(output)[total_limit:]:
-        shutil.rmtree(folder)
-        removed.append(folder)
-    return removed
+    def check(self, path: Path, expect: Mapping[str, Any] | None) -> str | None:
+        return verify(path, expect)

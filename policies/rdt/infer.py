@@ -39,7 +39,7 @@ def resolve(path: Path, name: str = "latest") -> Path:
         if why:
             raise checkpoint_io.CheckpointError(folder, f"refused: {why}")
         return folder
-    found = checkpoints.latest(path)
+    found = checkpoints.RdtStore(path).latest()
     if found is None:
         msg = f"no complete RDT checkpoint in {path}; train first (`runner train JOB`)"
         raise FileNotFoundError(msg)

@@ -190,7 +190,7 @@ class _Loop:
             (folder / TRAINER_STATE).write_text(json.dumps({"step": step, "ema_steps": self.engine.ema.steps}))
             checkpoints.mark_complete(folder, {**self.meta, "step": step})
             self.metrics.plot()
-            for old in checkpoints.enforce_limit(self.inputs.output, self.o.checkpoints_total_limit):
+            for old in checkpoints.RdtStore(self.inputs.output).prune(self.o.checkpoints_total_limit):
                 self.say(f"train: removed {old.name} (checkpoints_total_limit {self.o.checkpoints_total_limit})")
         acc.wait_for_everyone()
         self.result.last_checkpoint = folder
@@ -293,7 +293,7 @@ def _resume(acc: Any, engine: AccelerateEngine | FusedEngine, inputs: Inputs, sa
 
 def _resume_point(inputs: Inputs, expect: dict[str, Any]) -> tuple[int, Path] | None:
     if inputs.start is None:
-        return checkpoints.latest(inputs.output, expect)
+        return checkpoints.RdtStore(inputs.output).latest(expect)
     why = checkpoints.verify(inputs.start, expect)
     if why:
         msg = f"cannot start from {inputs.start}: {why}"

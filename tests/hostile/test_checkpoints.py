@@ -216,7 +216,7 @@ def test_an_upstream_payload_with_omegaconf_and_dill_bytes_imports(buffer: Path,
 
 
 def test_rdt_checkpoint_pickles_are_checked_before_accelerate_or_deepspeed_load_them(tmp_path: Path) -> None:
-    from policies.rdt.checkpoints import COMPLETE, latest, verify
+    from policies.rdt.checkpoints import COMPLETE, RdtStore, verify
 
     marker = tmp_path / "pwned"
     good, bad = tmp_path / "checkpoint-1", tmp_path / "checkpoint-2"
@@ -227,7 +227,7 @@ def test_rdt_checkpoint_pickles_are_checked_before_accelerate_or_deepspeed_load_
     torch.save({"x": Payload(marker)}, bad / "random_states_0.pkl")
     why = verify(bad)
     assert why is not None and why.startswith("random_states_0.pkl: refused: it names io.open")
-    found = latest(tmp_path)
+    found = RdtStore(tmp_path).latest()
     assert found is not None and found[1] == good and not marker.exists()
 
 
@@ -268,3 +268,23 @@ def test_the_official_file_layouts_are_read_without_running_code(tmp_path: Path,
     with pytest.raises(WeightsError, match="refused"):
         read_state_dict(tmp_path)
     assert not marker.exists()
+
+
+def test_finding_the_newest_reads_checksums_not_whole_checkpoints(buffer: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The manifest records each file's job and model: only a file an older runner recorded without them is loaded
+    to tell whether it is this job's."""
+    _train(buffer, tmp_path, 6)  # checkpoints at 3 and 6
+    loaded: list[str] = []
+    real = checkpoints.load_file
+    monkeypatch.setattr(checkpoints, "load_file", lambda p, m="cpu": loaded.append(p.name) or real(p, m))
+    store = checkpoints.Dp3Store(tmp_path / "ckpt")
+    assert store.latest({"job": "a", "model": asdict(CFG)}) == (6, tmp_path / "ckpt" / "step-6.ckpt")
+    assert loaded == []
+    assert store.check(tmp_path / "ckpt" / "step-6.ckpt", {"job": "b"}) == "it was written by job 'a', not 'b'"
+    manifest = json.loads((tmp_path / "ckpt" / checkpoints.MANIFEST).read_text())
+    for c in manifest["checkpoints"]:
+        c.pop("cfg")  # as a runner before the store wrote it
+    (tmp_path / "ckpt" / checkpoints.MANIFEST).write_text(json.dumps(manifest))
+    assert store.latest({"job": "a", "model": asdict(CFG)}) == (6, tmp_path / "ckpt" / "step-6.ckpt")
+    assert loaded == ["step-6.ckpt"]

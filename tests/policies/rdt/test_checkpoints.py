@@ -3,13 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from policies.rdt.checkpoints import (
-    checkpoint_dir,
-    complete_checkpoints,
-    enforce_limit,
-    latest,
-    mark_complete,
-)
+from policies.rdt.checkpoints import RdtStore, checkpoint_dir, mark_complete
 from policies.rdt.launch import render_deepspeed_config
 
 
@@ -27,17 +21,17 @@ def test_newest_complete_by_step_not_name_order(tmp_path: Path, caplog: pytest.L
         make(tmp_path, step)
     make(tmp_path, 12500, complete=False)  # killed while saving
     (tmp_path / "checkpoint-notanumber").mkdir()
-    assert latest(tmp_path) == (10000, tmp_path / "checkpoint-10000")  # not "checkpoint-500" by name
+    assert RdtStore(tmp_path).latest() == (10000, tmp_path / "checkpoint-10000")  # not "checkpoint-500" by name
     assert "skipping" in caplog.text and "checkpoint-12500" in caplog.text
-    assert latest(tmp_path / "none") is None
+    assert RdtStore(tmp_path / "none").latest() is None
 
 
 def test_total_limit_is_enforced(tmp_path: Path) -> None:
     for step in range(1000, 6000, 1000):
         make(tmp_path, step)
-    removed = enforce_limit(tmp_path, 2)
+    removed = RdtStore(tmp_path).prune(2)
     assert sorted(p.name for p in removed) == ["checkpoint-1000", "checkpoint-2000", "checkpoint-3000"]
-    assert [s for s, _ in complete_checkpoints(tmp_path)] == [5000, 4000]
+    assert [s for s, _ in RdtStore(tmp_path).entries()] == [5000, 4000]
 
 
 def test_deepspeed_zero2_config() -> None:
