@@ -26,8 +26,9 @@ from policies.dp3.config import Dp3Train
 from policies.dp3.data import ReplayData, WindowSampler, window_table
 from policies.dp3.infer import GraphedPredictor
 from policies.dp3.model import DP3, Dp3Config, GemmConv1d
-from policies.dp3.optim_step import Ema, GraphedStep, train_step
+from policies.dp3.optim_step import GraphedStep, train_step
 from policies.dp3.train import cosine_with_warmup, make_optimizer
+from policies.ema import Ema
 
 CFG = Dp3Config(state_dim=8, action_dim=8, num_points=1024)
 
@@ -63,7 +64,7 @@ class UpstreamStyleDataset(torch.utils.data.Dataset[dict[str, np.ndarray]]):
 
 def bench_baseline(data: ReplayData, table: torch.Tensor, args: argparse.Namespace, dev: torch.device) -> tuple[float, int]:
     model = new_model(data, dev)
-    ema = Ema(model)
+    ema = Ema(model, copy_module=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6)
     loader = torch.utils.data.DataLoader(UpstreamStyleDataset(data, table), batch_size=args.batch, shuffle=True,
                                          num_workers=args.workers, pin_memory=True, drop_last=True)
@@ -83,7 +84,7 @@ def bench_baseline(data: ReplayData, table: torch.Tensor, args: argparse.Namespa
                 d = ema.decay()
                 for e, p in zip(ema.model.parameters(), model.parameters(), strict=True):
                     e.mul_(d).add_(p.detach(), alpha=1 - d)
-                ema.step_count += 1
+                ema.steps += 1
             done += 1
             seen += args.batch
             if done == args.warmup + args.steps:
@@ -98,7 +99,7 @@ def bench_ours(data: ReplayData, table: torch.Tensor, args: argparse.Namespace, 
     gdata = data.to(dev)
     torch.manual_seed(0)
     model = new_model(gdata, dev)
-    ema = Ema(model)
+    ema = Ema(model, copy_module=True)
     opt = make_optimizer(model, Dp3Train(), dev, graphed)
     sched = cosine_with_warmup(opt, 500, 100000)
     sampler = WindowSampler(gdata, table)

@@ -21,8 +21,9 @@ from dp3 import CFG, new_model, synthetic  # type: ignore[import-not-found]
 
 from policies.dp3.config import Dp3Train
 from policies.dp3.data import WindowSampler, window_table
-from policies.dp3.optim_step import Ema, GraphedStep
+from policies.dp3.optim_step import GraphedStep
 from policies.dp3.train import cosine_with_warmup, make_optimizer
+from policies.ema import Ema
 
 
 def main() -> None:
@@ -46,7 +47,7 @@ def main() -> None:
         pc, pos = data.point_cloud[None, :3], data.state[None, :3]
         kernel_table(lambda: predictor(pc, pos), a.steps)
         return
-    ema = Ema(model)
+    ema = Ema(model, copy_module=True)
     opt = make_optimizer(model, Dp3Train(), dev, graphed=a.graph)
     gen = torch.Generator(dev).manual_seed(0)
     rows = torch.arange(a.batch, device=dev)

@@ -84,7 +84,7 @@ def ours(n: int, rows: int, compiled: bool) -> None:
           f"(peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB)")
     if not compiled:
         print(kernels(step, rows))
-        from policies.rdt.engine import Ema
+        from policies.ema import Ema
         from policies.rdt.fused import MasterWeights
 
         opt = MasterWeights(model.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8,

@@ -10,35 +10,7 @@ import torch
 from policies.cuda_graph import compile_failed, compile_unavailable
 from policies.dp3.model import DP3
 from policies.dp3.sharded import ShardedAdamW
-from policies.ema import ema_decay
-
-
-class Ema:
-    """EMA of the weights with upstream's warm-up schedule (inv_gamma 1, power 0.75, max 0.9999)."""
-
-    def __init__(self, model: torch.nn.Module, power: float = 0.75, max_value: float = 0.9999) -> None:
-        import copy
-
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.power, self.max_value, self.step_count = power, max_value, 0
-
-    def decay(self) -> float:
-        return ema_decay(self.step_count, self.power, max_value=self.max_value)
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        d = self.decay()
-        pairs = list(zip(self.model.parameters(), model.parameters(), strict=True))
-        learned = [(e, p) for e, p in pairs if p.requires_grad and p.numel()]
-        if learned:
-            ema_ps: list[torch.Tensor] = [e for e, _ in learned]
-            ps = [p.detach() for _, p in learned]
-            torch._foreach_mul_(ema_ps, d)  # one fused pass over all weights instead of one kernel per tensor
-            torch._foreach_add_(ema_ps, ps, alpha=1 - d)
-        for e, p in pairs:
-            if not p.requires_grad:
-                e.copy_(p)
-        self.step_count += 1
+from policies.ema import Ema
 
 
 def train_step(loss_fn: torch.nn.Module, model: DP3, opt: torch.optim.Optimizer,
@@ -227,7 +199,7 @@ class GraphedStep:
                 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
                 self.sched.step()
         if self.ema is not None:
-            self.ema.step_count += 1
+            self.ema.steps += 1
         return self.loss
 
 

@@ -20,7 +20,8 @@ from policies.dp3 import checkpoints, distributed
 from policies.dp3.config import Dp3Train
 from policies.dp3.data import ReplayData, WindowSampler, val_mask, window_table, worker_batches
 from policies.dp3.model import DP3, Dp3Config
-from policies.dp3.optim_step import Ema, GraphedStep, train_step
+from policies.dp3.optim_step import GraphedStep, train_step
+from policies.ema import Ema
 from policies.metrics import Metrics, SmoothRate, progress
 from policies.signals import StopFlag
 from policies.training import TrainResult, lr_scheduler
@@ -108,7 +109,7 @@ class _Run:
         val_rows = window_table(self.data.episode_ends, self.mask, cfg.horizon, *pad)
         self.sampler, self.val_sampler = WindowSampler(self.data, train_rows), WindowSampler(self.data, val_rows)
         self.model = build_model(cfg, self.data, train_rows, device)
-        self.ema = Ema(self.model) if s.ema else None
+        self.ema = Ema(self.model, copy_module=True) if s.ema else None
         self.graphed = s.cuda_graph and device.type == "cuda"
         self.opt = make_optimizer(self.model, s, device, self.graphed)
         self.per_epoch = math.ceil(len(self.sampler) / s.batch_size)
@@ -138,7 +139,7 @@ class _Run:
         self.model.load_state_dict(payload["state_dicts"]["model"], strict=True)
         if self.ema is not None and payload["state_dicts"].get("ema_model") is not None:
             self.ema.model.load_state_dict(payload["state_dicts"]["ema_model"], strict=True)
-            self.ema.step_count = payload["loop"]["ema_steps"]
+            self.ema.steps = payload["loop"]["ema_steps"]
         self.opt.load_state_dict(payload["state_dicts"]["optimizer"])
         self.sched.load_state_dict(payload["state_dicts"]["lr_scheduler"])
         _set_rng(payload["rng"], self.gens)
@@ -171,7 +172,7 @@ class _Run:
                                 "optimizer": self.opt.state_dict(), "lr_scheduler": self.sched.state_dict()},
                 "pickles": {"global_step": self.global_step, "epoch": next_epoch},
                 "loop": {"epoch": next_epoch, "batch_in_epoch": next_batch, "global_step": self.global_step,
-                         "perm_state": p_state, "ema_steps": ema.step_count if ema else 0},
+                         "perm_state": p_state, "ema_steps": ema.steps if ema else 0},
                 "rng": _rng_state(self.gens), "val_episodes": np.nonzero(self.mask)[0].tolist(), "epoch": next_epoch,
             }
             path = checkpoints.save(self.ckpt_dir, self.global_step, payload, val_loss=val_loss, keep=s.keep_checkpoints)
@@ -271,7 +272,7 @@ class _Run:
             self.stepper.gather(optimizer=False)  # every rank (ZeRO-1: the EMA shards)
         if self.ranks.main and validating:
             model = self.ema.model if self.ema else self.model
-            val_loss = validate(model, self.val_sampler, s.batch_size, self.device)  # type: ignore[arg-type]
+            val_loss = validate(model, self.val_sampler, s.batch_size, self.device)
             assert self.metrics is not None
             self.metrics.log(self.global_step, {"val_loss": val_loss, "epoch": epoch})
             self.say(f"train: epoch {epoch} validation loss {val_loss:.5f}")

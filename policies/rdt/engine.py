@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from policies import checkpoint_io
-from policies.ema import ema_decay
+from policies.ema import Ema
 from policies.rdt.config import RdtTrain
 from policies.rdt.fused import MasterWeights
 from policies.rdt.launch import deepspeed_config
@@ -31,54 +31,6 @@ LossFn = Callable[[Any, dict[str, torch.Tensor], torch.Generator], torch.Tensor]
 
 class ResumeError(Exception):
     """A checkpoint that cannot be restored in full: training stops instead of continuing from weights only."""
-
-
-class Ema:
-    """upstream's EMAModel schedule (power 0.75, max 0.9999) over fp32 copies of the weights, by parameter name."""
-
-    def __init__(self, model: torch.nn.Module, power: float = 0.75, inv_gamma: float = 1.0, max_value: float = 0.9999) -> None:
-        self.params = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
-        self.power, self.inv_gamma, self.max_value = power, inv_gamma, max_value
-        self.steps = 0
-
-    def decay(self) -> float:
-        return ema_decay(self.steps, self.power, self.inv_gamma, self.max_value)
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        """From a module's weights (any dtype), one tensor at a time (no second full-size copy)."""
-        d = self.decay()  # from the updates done so far, as upstream (the count goes up after the update)
-        for k, v in model.state_dict().items():
-            self.params[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
-        self.steps += 1
-
-    @torch.no_grad()
-    def update_from(self, masters: list[torch.Tensor]) -> None:
-        """From fp32 tensors in state_dict order (the fused engine's masters): one multi-tensor lerp."""
-        d = self.decay()
-        torch._foreach_lerp_(list(self.params.values()), masters, 1.0 - d)
-        self.steps += 1
-
-    def to(self, device: torch.device) -> Ema:
-        self.params = {k: v.to(device) for k, v in self.params.items()}
-        return self
-
-    def save(self, folder: Path) -> None:
-        from safetensors.torch import save_file
-
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous().cpu() for k, v in self.params.items()}, str(folder / "model.safetensors"))
-
-    def load(self, folder: Path, steps: int) -> None:
-        from safetensors.torch import load_file
-
-        state = load_file(str(folder / "model.safetensors"))
-        if set(state) != set(self.params):
-            msg = f"{folder}: the EMA weights do not match the model"
-            raise ResumeError(msg)
-        for k, v in state.items():
-            self.params[k].copy_(v)
-        self.steps = steps
 
 
 def make_accelerator(o: RdtTrain, fused: bool = False) -> tuple[Any, str, dict[str, Any] | None]:

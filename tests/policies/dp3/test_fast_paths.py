@@ -11,8 +11,9 @@ import torch
 from policies.dp3.config import Dp3Train
 from policies.dp3.infer import GraphedPredictor, Policy
 from policies.dp3.model import DP3, Dp3Config
-from policies.dp3.optim_step import Ema, GraphedStep, flatten_into_one, train_step
+from policies.dp3.optim_step import GraphedStep, flatten_into_one, train_step
 from policies.dp3.train import make_optimizer
+from policies.ema import Ema
 from policies.training import lr_scheduler
 
 TINY = Dp3Config(state_dim=8, action_dim=8, num_points=64, down_dims=(32, 64, 128), n_groups=8)
@@ -69,7 +70,7 @@ cuda = pytest.mark.gpu
 def _run_steps(graphed: bool, compile: bool, steps: int = 8) -> tuple[list[float], DP3, Ema]:
     dev = torch.device("cuda")
     m = fitted(TINY, "cuda")
-    ema = Ema(m)
+    ema = Ema(m, copy_module=True)
     opt = make_optimizer(m, Dp3Train(lr=1e-4), dev, graphed=graphed)
     sched = lr_scheduler(opt, "cosine", 2, 100)
     gen = torch.Generator(dev).manual_seed(0)

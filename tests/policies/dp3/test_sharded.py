@@ -10,8 +10,9 @@ import torch.multiprocessing as mp
 
 from policies.dp3.config import Dp3Train
 from policies.dp3.model import DP3, Dp3Config
-from policies.dp3.optim_step import Ema, flatten_into_one
+from policies.dp3.optim_step import flatten_into_one
 from policies.dp3.sharded import ShardedAdamW
+from policies.ema import Ema
 from policies.training import lr_scheduler
 
 TINY = Dp3Config(state_dim=8, action_dim=8, num_points=32, down_dims=(16, 32, 64))
@@ -40,7 +41,7 @@ def _worker(rank: int, world: int, store: str, backend: str, low: bool) -> None:
                         "point_cloud": torch.randn(50, 32, 6, generator=g)})
     ref = ref.to(dev)
     sh = copy.deepcopy(ref)
-    ema_ref, ema_sh = Ema(ref), Ema(sh)
+    ema_ref, ema_sh = Ema(ref, copy_module=True), Ema(sh, copy_module=True)
     opt_ref, opt_sh = _adamw(ref), _adamw(sh)
     sched_ref, sched_sh = lr_scheduler(opt_ref, "cosine", 1, 10), lr_scheduler(opt_sh, "cosine", 1, 10)
     params = _learned(sh, sh)
@@ -79,7 +80,7 @@ def _worker(rank: int, world: int, store: str, backend: str, low: bool) -> None:
         # the reduction itself (fused AdamW leaves the gradient divided by its grad_scale)
         assert torch.equal(sharded.shard.grad, summed[sharded.lo:sharded.hi].to(flat.dtype) / sharded.divisor)
         sched_sh.step()
-        ema_sh.step_count += 1
+        ema_sh.steps += 1
     # bf16 sums: the clip factor applied before or inside AdamW rounds differently, amplified where v ~ 0; the
     # next steps' gradients then differ by that and may round to the neighbouring bf16 value (1/256 apart)
     w_atol, s_rtol = (1e-4, 1e-2) if low else (1e-6, 1e-4)
