@@ -58,11 +58,14 @@ def run(log_path: Path, cmd: list[str]) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signum)
 
+        stopped_by: list[int] = []
+
         def forward(signum: int, _frame: object) -> None:
             if child.poll() is not None:
                 return
             kill_group(signum)
             if signum in (signal.SIGTERM, signal.SIGINT):
+                stopped_by.append(signum)
                 # Whoever stops us may not be able to reach the step's group: escalate ourselves.
                 timer = threading.Timer(_grace_s(), kill_group, args=(signal.SIGKILL,))
                 timer.daemon = True
@@ -89,6 +92,11 @@ def run(log_path: Path, cmd: list[str]) -> int:
         rc = child.wait()
         code = 128 - rc if rc < 0 else rc
         log.write(_stamp(f"step exited with code {code}"))
+        if stopped_by and code not in (0, 128 + stopped_by[0]):
+            # Launchers report their own stop as a failure (torchrun: SignalException, exit 1) after the ranks
+            # have saved and exited: the step was stopped, and is recorded as such.
+            code = 128 + stopped_by[0]
+            log.write(_stamp(f"stopped by {signal.Signals(stopped_by[0]).name}: recorded as exit {code}"))
     _leave_exit(log_path, code)
     return code
 

@@ -44,3 +44,32 @@ def test_missing_command_is_127_with_a_message(tmp_path: Path) -> None:
     p = start(log, "no-such-command-xyz")
     out, _ = p.communicate(timeout=30)
     assert p.returncode == 127 and b"cannot start 'no-such-command-xyz'" in out
+
+
+def _stopped(tmp_path: Path, code_on_sigterm: int) -> tuple[int, str]:
+    """A step that answers SIGTERM by exiting with `code_on_sigterm`, stopped: (inside's exit code, the log)."""
+    log = tmp_path / "s.log"
+    script = ("import signal, sys, time\n"
+              f"signal.signal(signal.SIGTERM, lambda *_: sys.exit({code_on_sigterm}))\n"
+              "print('up', flush=True)\ntime.sleep(30)\n")
+    p = start(log, sys.executable, "-c", script)
+    deadline = time.monotonic() + 10
+    while "up" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=10)
+    assert json.loads(exit_file(log).read_text())["exit_code"] == p.returncode
+    return p.returncode, log.read_text()
+
+
+def test_a_launcher_that_reports_its_stop_as_a_failure_is_recorded_as_stopped(tmp_path: Path) -> None:
+    """torchrun's agent answers SIGTERM with a SignalException and exit 1 after its ranks saved and left (seen on
+    two H200s, `runner stop` of a 2-GPU DP3 run): the step was stopped, not failed."""
+    code, text = _stopped(tmp_path, 1)
+    assert code == 143
+    assert "step exited with code 1" in text and "stopped by SIGTERM: recorded as exit 143" in text
+
+
+def test_a_step_that_succeeds_after_a_stop_signal_keeps_its_code(tmp_path: Path) -> None:
+    code, text = _stopped(tmp_path, 0)
+    assert code == 0 and "recorded as" not in text
