@@ -1,8 +1,8 @@
 #!/bin/bash
 # DP3 training throughput through `runner train` itself (local executor) on 1 and 2 GPUs, and `runner stop` of a
 # 2-GPU run. Run from the repository root on a machine with two GPUs:   bash bench/dp3_runner_scaling.sh
-# Writes sample_data/raw/scale (80 generated episodes x 100 frames), sample_data/converted_scale,
-# jobs/scale_dp3.yaml and runs/scale_dp3/; prints the median samples/s of each run (its metrics.jsonl after the
+# Writes sample_data/raw/scale (80 generated episodes x 100 frames), sample_data/converted_scale, and
+# $OUT/jobs/scale_dp3.yaml with its runs in $OUT/runs; prints the median samples/s of each run (its metrics.jsonl after the
 # first three logged windows) and the 2-GPU / 1-GPU ratio. Results: docs/dp3.md.
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
@@ -10,11 +10,14 @@ OUT=${OUT:-/tmp/dp3_runner_scaling}; mkdir -p "$OUT"
 t0=$(date +%s); el() { echo "$(( $(date +%s) - t0 ))s"; }
 python3 -c "from pathlib import Path; from policies.data.sample import generate; generate(Path('sample_data/raw/scale'), episodes=80, steps=100)"
 echo "generated $(el)"
-cat > jobs/scale_dp3.yaml <<'YAML'
+mkdir -p $OUT/jobs
+JOB=$OUT/jobs/scale_dp3.yaml
+cat > $JOB <<YAML
 name: scale_dp3
 policy: dp3
 task: scale
-data: {raw: sample_data/raw/scale, converted: sample_data/converted_scale}
+data: {raw: $PWD/sample_data/raw/scale, converted: $PWD/sample_data/converted_scale}
+outputs: {runs_dir: $OUT/runs}
 resources: {gpus: 1, shm: 1g}
 steps:
   convert:
@@ -25,14 +28,15 @@ steps:
   train: {epochs: 100000, max_steps: 160, batch_size: 256, checkpoint_every: 100000, val_every: 100000, compile: false, lr_warmup_steps: 10}
 YAML
 R="python3 -m runner.cli"
-timeout 150 $R convert jobs/scale_dp3.yaml --executor local > $OUT/s_convert.txt 2>&1; echo "convert rc=$? $(el)"; tail -2 $OUT/s_convert.txt
+timeout 150 $R convert $JOB --executor local > $OUT/s_convert.txt 2>&1; echo "convert rc=$? $(el)"; tail -2 $OUT/s_convert.txt
 for g in 1 2; do
-  timeout 120 $R train jobs/scale_dp3.yaml --executor local resources.gpus=$g steps.train.batch_size=$((256*g)) > $OUT/s_train$g.txt 2>&1; echo "train $g GPU(s) rc=$? $(el)"
+  timeout 120 $R train $JOB --executor local resources.gpus=$g steps.train.batch_size=$((256*g)) > $OUT/s_train$g.txt 2>&1; echo "train $g GPU(s) rc=$? $(el)"
   grep -E "parameters|step 160/" $OUT/s_train$g.txt | tail -2
 done
-python3 - <<'PY'
+OUT=$OUT python3 - <<'PY'
 import glob, json, statistics
-runs = sorted(glob.glob("runs/scale_dp3/*/metrics.jsonl"))
+import os
+runs = sorted(glob.glob(os.environ["OUT"] + "/runs/scale_dp3/*/metrics.jsonl"))
 rates = []
 for path in runs:
     rows = [json.loads(l) for l in open(path) if "samples_per_s" in l]
@@ -42,8 +46,8 @@ for path in runs:
 if len(rates) == 2 and rates[0]:
     print(f"2 GPUs / 1 GPU through runner train: {rates[1] / rates[0]:.2f}x")
 PY
-( timeout 120 $R train jobs/scale_dp3.yaml --executor local resources.gpus=2 steps.train.batch_size=512 steps.train.max_steps=100000 > $OUT/s_stop.txt 2>&1; echo "stopped run rc=$?" > $OUT/s_stop_rc.txt ) &
+( timeout 120 $R train $JOB --executor local resources.gpus=2 steps.train.batch_size=512 steps.train.max_steps=100000 > $OUT/s_stop.txt 2>&1; echo "stopped run rc=$?" > $OUT/s_stop_rc.txt ) &
 for i in $(seq 1 80); do grep -q "samples/s" $OUT/s_stop.txt 2>/dev/null && break; sleep 1; done
-$R stop scale_dp3 > $OUT/s_stop_cmd.txt 2>&1; echo "runner stop rc=$? $(el)"; cat $OUT/s_stop_cmd.txt
+$R stop scale_dp3 --runs-dir $OUT/runs > $OUT/s_stop_cmd.txt 2>&1; echo "runner stop rc=$? $(el)"; cat $OUT/s_stop_cmd.txt
 wait; cat $OUT/s_stop_rc.txt; grep -E "stopped|recorded as|interrupted|failed" $OUT/s_stop.txt | tail -4
 echo "left: $(pgrep -fc 'policies.dp3.steps' || true) step processes $(el)"
