@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import layout
-from runner.dockerargs import BindMount, DockerRunArgs, EnvVar, GpuRequest, Ulimit, render_cli, render_shell
+from runner.dockerargs import BindMount, DockerRunArgs, EnvVar, GpuRequest, Ulimit
 from runner.netif import Interface, choose_nccl_ifname
 from runner.plugins import resolve
 from runner.spec.load import LoadedJob
@@ -388,12 +388,10 @@ def redact_spec(data: dict[str, Any], extra: Iterable[str] | None = None) -> dic
 
 def render_plan_text(plan: StepPlan) -> str:
     """What `runner plan` prints: the exact command, then why each non-obvious option is there."""
+    from runner.executors import render_command
+
     executor = plan.executor
-    if executor == "docker":
-        cmd = render_shell(render_cli(plan.docker))
-    else:
-        env = " ".join(f"{k}=<secret>" if k in plan.local.secrets else f"{k}={shlex.quote(v)}" for k, v in plan.local.env)
-        cmd = f"cd {shlex.quote(plan.local.cwd)} && env {env} \\\n    " + " ".join(shlex.quote(x) for x in plan.local.argv)
+    cmd, _ = render_command(plan)
     lines = [f"# {plan.job} / {plan.step}  (run {plan.run_id}, executor {executor})", cmd, "", "# why:"]
     lines += [f"#   {opt}: {reason}" for opt, reason in plan.why]
     lines += _preview_lines(plan)

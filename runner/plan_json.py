@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from runner.dockerargs import render_cli
+from runner.executors import render_command
 from runner.plan import StepPlan
 
 PLAN_SCHEMA = 1
@@ -17,7 +17,7 @@ def plan_to_dict(p: StepPlan) -> dict[str, Any]:
     docker["env"] = [{"name": e.name, "value": None if e.secret else e.value, "secret": e.secret}
                      for e in p.docker.env]
     return {"job": p.job, "step": p.step, "run_id": p.run_id, "executor": p.executor,
-            "argv": render_cli(p.docker) if p.executor == "docker" else list(p.local.argv),
+            "argv": render_command(p)[1],
             "docker": docker, "local": _local(p),
             "why": [{"option": o, "reason": r} for o, r in p.why], "warnings": list(p.warnings),
             "options": {name: {"value": value, "set_by_job": mine} for name, value, mine in p.options},

@@ -44,12 +44,26 @@ def names() -> list[str]:
     return sorted({**_BUILTIN, **_plugins(), **_REGISTERED})
 
 
-def make_executor(name: str, environ: Mapping[str, str] | None = None, out: BinaryIO | None = None) -> Executor:
-    """The executor called `name`; UnknownExecutor (naming the known ones) otherwise."""
+def factory(name: str) -> Callable[..., Any]:
+    """The factory (usually the class) of executor `name`, not called; UnknownExecutor otherwise."""
     target = _REGISTERED.get(name) or _plugins().get(name) or _BUILTIN.get(name)
     if target is None:
         raise UnknownExecutor(name, names())
-    if isinstance(target, str):
-        target = resolve(target)
-    executor: Executor = target(environ=environ, out=out)
+    found: Callable[..., Any] = resolve(target) if isinstance(target, str) else target
+    return found
+
+
+def make_executor(name: str, environ: Mapping[str, str] | None = None, out: BinaryIO | None = None) -> Executor:
+    """The executor called `name`; UnknownExecutor (naming the known ones) otherwise."""
+    executor: Executor = factory(name)(environ=environ, out=out)
     return executor
+
+
+def render_command(plan: Any) -> tuple[str, list[str]]:
+    """(the command as `runner plan` prints it, its argv) for the plan's executor, without making the executor
+    (no engine is contacted): its class's `render_command`, else ExecutorBase's (the step's process here)."""
+    from runner.executors.base import ExecutorBase
+
+    render = getattr(factory(plan.executor), "render_command", ExecutorBase.render_command)
+    out: tuple[str, list[str]] = render(plan)
+    return out

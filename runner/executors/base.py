@@ -107,6 +107,16 @@ class ExecutorBase:
     def recorded_command(self, plan: StepPlan) -> list[str]:
         return list(plan.local.argv)
 
+    @staticmethod
+    def render_command(plan: StepPlan) -> tuple[str, list[str]]:
+        """(what `runner plan` prints, the argv): the step's process on this machine, secrets by name only."""
+        import shlex
+
+        local = plan.local
+        env = " ".join(f"{k}=<secret>" if k in local.secrets else f"{k}={shlex.quote(v)}" for k, v in local.env)
+        text = f"cd {shlex.quote(local.cwd)} && env {env} \\\n    " + " ".join(shlex.quote(x) for x in local.argv)
+        return text, list(local.argv)
+
     def image_ready(self, job: LoadedJob, builder: Any, tag: str, say: Callable[[str], None]) -> None:
         return None
 

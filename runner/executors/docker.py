@@ -60,6 +60,14 @@ class DockerExecutor(ExecutorBase):
 
         return render_cli(plan.docker)
 
+    @staticmethod
+    def render_command(plan: StepPlan) -> tuple[str, list[str]]:
+        """The `docker run` line, rendered from the same DockerRunArgs the SDK call gets."""
+        from runner.dockerargs import render_cli, render_shell
+
+        argv = render_cli(plan.docker)
+        return render_shell(argv), argv
+
     def __init__(self, client: Any = None, environ: Mapping[str, str] | None = None,
                  out: BinaryIO | None = None, grace_s: float | None = None) -> None:
         self._client = client

@@ -103,3 +103,20 @@ def test_unknown_executors_are_refused_by_name(tmp_path: Path) -> None:
     job_file.write_text(JOB.replace("plain", "slurrm").replace("RUNS", str(tmp_path)))
     with pytest.raises(SpecError, match=r"bad.yaml:3.*executor.*did you mean 'slurm'"):
         load_job(job_file, os.environ)
+
+
+def test_plans_render_through_the_executor_class_without_making_one(plain: list[PlainExecutor], tmp_path: Path) -> None:
+    """`runner plan` shows a registered executor's command from its class (ExecutorBase's process rendering here);
+    nothing is constructed, so no engine is contacted."""
+    from runner.machine import gather_machine
+    from runner.plan import build_plan, render_plan_text
+    from runner.plan_json import plan_to_dict
+
+    job_file = tmp_path / "reg.yaml"
+    job_file.write_text(JOB.replace("RUNS", str(tmp_path / "runs")))
+    p = build_plan(load_job(job_file, os.environ), "hello", gather_machine(os.environ), run_id="r1", image="")
+    assert p.executor == "plain"
+    text = render_plan_text(p)
+    assert "executor plain" in text and "echo hello from $RUNNER_STEP" in text and "docker run" not in text
+    assert plan_to_dict(p)["argv"] == list(p.local.argv)
+    assert plain == []
