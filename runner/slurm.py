@@ -11,6 +11,7 @@ from typing import Any
 
 import jinja2
 
+from runner import layout
 from runner.dockerargs import DockerRunArgs, render_cli
 from runner.errors import RunnerError
 from runner.plan import StepPlan
@@ -100,16 +101,49 @@ def image_archive(cache: Path | None, tag: str) -> Path:
 
 
 def image_check(tag: str, cache: Path | None) -> str:
-    """The per-node command that makes sure `tag` is in the node's engine: docker load from the cache, or a
-    message naming the node when there is no cache to load it from."""
+    """The per-node shell that makes sure `tag` is in the node's engine: docker load from the cache, or a message
+    naming the node when there is no cache to load it from (exit 125)."""
     have = f"docker image inspect {shlex.quote(tag)} >/dev/null 2>&1"
     if cache is None:
         fix = (f'echo "[runner] node $(hostname): image {tag} is not in its Docker engine; set slurm.image_cache to '
                'a folder every node sees" >&2; exit 125')
-        return "bash -c " + shlex.quote(f"{have} || {{ {fix}; }}")
+        return f"{have} || {{ {fix}; }}"
     archive = image_archive(cache, tag)
-    load = f'echo "[runner] node $(hostname): loading {tag} from {archive}"; docker load -q -i {shlex.quote(str(archive))}'
-    return "bash -c " + shlex.quote(f"{have} || {{ {load}; }}")
+    load = (f'echo "[runner] node $(hostname): loading {tag} from {archive}"; docker load -q -i {shlex.quote(str(archive))}'
+            " || exit 125")
+    return f"{have} || {{ {load}; }}"
+
+
+def path_checks(plan: StepPlan) -> list[str]:
+    """Shell tests, one a path, that fail naming the node and the path when a node cannot see what the step needs
+    at the same path as the submitting machine: the code, the run folder (written), the data and weights."""
+    paths = {_code_dir(plan): ("the runner code", False)}
+    for m in plan.docker.mounts:
+        if m.target != str(layout.CODE):
+            paths.setdefault(m.source, (f"mounted at {m.target}", not m.read_only))
+    checks = []
+    for path, (what, writes) in paths.items():
+        test = f"[ -d {shlex.quote(path)} ] || [ -f {shlex.quote(path)} ]"
+        if writes:
+            test = f"{{ {test}; }} && [ -w {shlex.quote(path)} ]"
+        need = "see and write" if writes else "see"
+        msg = (f"[runner] node $(hostname) cannot {need} {_dq(path)} ({what}): every node needs it at the same path, "
+               "on storage they share (NFS, Lustre, ...)")
+        checks.append(f'{test} || {{ echo "{msg}" >&2; exit 2; }}')
+    return checks
+
+
+def _dq(text: str) -> str:
+    """`text` safe inside a double-quoted shell string (where $(hostname) beside it still expands)."""
+    return "".join("\\" + c if c in '"$`\\' else c for c in text)
+
+
+def node_check(plan: StepPlan, runtime: str, cache: Path | None) -> str:
+    """The command every node runs before the step: the paths it needs, then (docker) the step's image."""
+    script = "; ".join(path_checks(plan))
+    if runtime == "docker":
+        script += "; " + image_check(plan.docker.image, cache)
+    return "bash -c " + shlex.quote(script)
 
 
 def _code_dir(plan: StepPlan) -> str:
@@ -147,6 +181,6 @@ def render_sbatch(job: LoadedJob, plan: StepPlan, host_python: str) -> str:
         "max_requeues": s.slurm.max_requeues, "port": s.slurm.port, "extra": s.slurm.extra,
         "srun_extra": srun_extra, "python": f"env PYTHONPATH={shlex.quote(_code_dir(plan))} {python}",
         "node_args": " ".join(node_args), "command": command,
-        "image_check": image_check(plan.docker.image, s.slurm.image_cache) if rt == "docker" else None,
+        "node_check": node_check(plan, rt, s.slurm.image_cache),
     }
     return env.get_template("sbatch.j2").render(**values)

@@ -6,6 +6,7 @@ import difflib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -15,8 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from runner.machine import gather_machine
 from runner.plan import Machine, build_plan
-from runner.slurm import render_sbatch
+from runner.slurm import node_check, render_sbatch
 from runner.spec.load import load_job
 
 REPO = Path(__file__).resolve().parents[2]
@@ -214,3 +216,23 @@ def test_node_helper_finds_the_route_and_checks_the_rendezvous() -> None:
     assert results == {0: None, 1: None}
     problem = check_reach(1, 2, "127.0.0.1", port, 2)  # nobody listens any more
     assert problem is not None and f"cannot reach 127.0.0.1:{port}" in problem
+
+
+def test_every_node_checks_it_sees_the_code_run_folder_and_data(write_job: Callable[..., Path], tmp_path: Path) -> None:
+    """Nodes see the code and the run folder only through shared storage: a node that does not is named, with the
+    path, before any step starts (here: the preflight run on this machine, as srun runs it on each node)."""
+    (tmp_path / "conv").mkdir()
+    job = load_job(write_job("name: vis\npolicy: dp3\ndata: {converted: " + str(tmp_path / "conv") + "}\n"
+                             "slurm: {runtime: local}\nsteps: {train: }\n"), {})
+    machine = gather_machine(os.environ)  # this checkout's code folder, which exists here
+    plan = build_plan(job, "train", machine, run_id="r1", image="", executor="slurm")
+    text = render_sbatch(job, plan, machine.python)
+    assert "srun --ntasks-per-node=1 bash -c" in text and 'scancel --signal=TERM "$SLURM_JOB_ID.1"' in text
+    plan.run_dir.mkdir(parents=True)
+    ok = subprocess.run(["bash", "-c", node_check(plan, "local", None)], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    (tmp_path / "conv").rmdir()
+    gone = subprocess.run(["bash", "-c", node_check(plan, "local", None)], capture_output=True, text=True, check=False)
+    assert gone.returncode == 2
+    assert f"cannot see {tmp_path / 'conv'} (mounted at /data/converted): every node needs it at the same path" in gone.stderr
+    assert socket.gethostname() in gone.stderr
