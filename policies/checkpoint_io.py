@@ -204,6 +204,49 @@ def pickle_globals(data: bytes) -> list[tuple[str, str]]:
     return found
 
 
+_GETATTR = frozenset({("__builtin__", "getattr"), ("builtins", "getattr")})
+#: The classes a framework pickles members of by name, getattr(<class>, "<member>") (Python's enum pickling).
+ENUM_CLASSES: frozenset[tuple[str, str]] = frozenset({("deepspeed.runtime.zero.config", "ZeroStageEnum")})
+_MEMO_OPS = frozenset({"BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"})
+_GET_OPS = frozenset({"BINGET", "LONG_BINGET", "GET"})
+
+
+def getattr_only_names_members(data: bytes, classes: frozenset[tuple[str, str]] = ENUM_CLASSES) -> bool:
+    """Whether every use of `getattr` in a pickle is `getattr(<one of classes>, "<public name>")`: how Python pickles
+    an enum member by name (DeepSpeed's ZeroStageEnum in its optimizer state). Each time the stream pushes getattr
+    (by GLOBAL or from its memo), the next operations must push one of `classes`, a string naming a public
+    attribute, build the pair and call: anything else (getattr on another object, a private or dunder name) is
+    refused, since getattr could otherwise reach any callable."""
+    import pickletools
+
+    pushed: list[tuple[str, Any]] = []  # (operation, what it pushed) for every operation but memo writes
+    memo: dict[int, Any] = {}
+    for op, arg, _ in pickletools.genops(data):
+        if op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+            memo[int(str(arg))] = pushed[-1][1] if pushed else None
+        elif op.name == "MEMOIZE":
+            memo[len(memo)] = pushed[-1][1] if pushed else None
+        elif op.name in ("GLOBAL", "INST"):
+            pushed.append((op.name, tuple(str(arg).split(" ", 1))))
+        elif op.name in _STRING_OPS:
+            pushed.append((op.name, str(arg)))
+        elif op.name in _GET_OPS:
+            pushed.append((op.name, memo.get(int(str(arg)))))
+        else:
+            pushed.append((op.name, None))
+    for i, (_, value) in enumerate(pushed):
+        if value not in _GETATTR:
+            continue
+        window = pushed[i + 1:i + 5]
+        if len(window) < 4:
+            return False
+        (_, cls), (_, name), (pair, _), (call, _) = window
+        if not (cls in classes and isinstance(name, str) and name.isidentifier() and not name.startswith("_")
+                and pair == "TUPLE2" and call == "REDUCE"):
+            return False
+    return True
+
+
 def check_pickles(path: Path, allowed: frozenset[tuple[str, str]] = FRAMEWORK_GLOBALS) -> None:
     """Refuse a torch.save file (zip) whose pickles name anything outside `allowed`, before any loader sees it:
     DeepSpeed and accelerate load their own files with the full unpickler."""
@@ -214,7 +257,14 @@ def check_pickles(path: Path, allowed: frozenset[tuple[str, str]] = FRAMEWORK_GL
         with zipfile.ZipFile(path) as z:
             pickles = [n for n in z.namelist() if n.endswith(".pkl")]
             for name in pickles:
-                for module, attr in pickle_globals(z.read(name)):
+                data = z.read(name)
+                safe_getattr = None
+                for module, attr in pickle_globals(data):
+                    if (module, attr) in _GETATTR:
+                        if safe_getattr is None:
+                            safe_getattr = getattr_only_names_members(data)
+                        if safe_getattr:
+                            continue
                     storage = module == "torch" and attr.endswith("Storage")  # torch maps these to storage types
                     if (module, attr) not in allowed and not storage and not module.startswith(_FRAMEWORK_PREFIXES):
                         raise CheckpointError(path, f"refused: it names {module}.{attr}, which a checkpoint of this "

@@ -288,3 +288,28 @@ def test_finding_the_newest_reads_checksums_not_whole_checkpoints(buffer: Path, 
     (tmp_path / "ckpt" / checkpoints.MANIFEST).write_text(json.dumps(manifest))
     assert store.latest({"job": "a", "model": asdict(CFG)}) == (6, tmp_path / "ckpt" / "step-6.ckpt")
     assert loaded == ["step-6.ckpt"]
+
+
+def _getattr_pickle(cls: bytes, name: bytes, again: bytes = b"") -> bytes:
+    """A protocol-2 stream calling getattr(<cls>, <name>) as Python pickles an enum member by name, then `again`."""
+    n = len(name).to_bytes(4, "little")
+    return (b"\x80\x02c__builtin__\ngetattr\nq\x00c" + cls + b"\nq\x01X" + n + name + b"q\x02\x86R" + again + b".")
+
+
+def test_getattr_is_allowed_only_to_name_a_framework_enum_member() -> None:
+    """DeepSpeed's optimizer state (bookworm's Python 3.11) pickles ZeroStageEnum.gradients as
+    getattr(ZeroStageEnum, 'gradients'); `runner run jobs/sample_rdt.yaml` refused every checkpoint until this was
+    allowed. getattr on anything else, or of a private name, could reach any callable and stays refused."""
+    from policies.checkpoint_io import getattr_only_names_members, pickle_globals
+
+    enum = b"deepspeed.runtime.zero.config ZeroStageEnum".replace(b" ", b"\n")
+    good = _getattr_pickle(enum, b"gradients")
+    assert ("__builtin__", "getattr") in pickle_globals(good)
+    assert getattr_only_names_members(good)
+    # the memoised getattr and class, used again the same way (as a second member would be)
+    reused = _getattr_pickle(enum, b"gradients", b"0h\x00h\x01X\x0a\x00\x00\x00optimizers\x86R")
+    assert getattr_only_names_members(reused)
+    for bad in (_getattr_pickle(enum, b"__class__"), _getattr_pickle(enum, b"_value2member_map_"),
+                _getattr_pickle(b"os\nsystem", b"x"), _getattr_pickle(b"builtins\nstr", b"join"),
+                _getattr_pickle(enum, b"gradients", b"0h\x00cos\nsystem\nX\x01\x00\x00\x00x\x86R")):
+        assert not getattr_only_names_members(bad), bad
