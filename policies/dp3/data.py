@@ -7,7 +7,7 @@ one gather on the device.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,11 +145,21 @@ class _BatchWindows(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor, t
 
 
 def worker_batches(sampler: WindowSampler, batches: list[torch.Tensor], workers: int, device: torch.device
-                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+                   ) -> Generator[tuple[torch.Tensor, torch.Tensor, torch.Tensor], None, None]:
     """The given batches, in order, cut by `workers` processes and moved to `device` (upstream's way, for data
     kept in host memory; the runner sizes /dev/shm for it from num_workers)."""
     loader = torch.utils.data.DataLoader(_BatchWindows(sampler, batches), batch_size=None, shuffle=False,
                                          num_workers=workers, pin_memory=device.type == "cuda",
                                          worker_init_fn=ignore_stop_signals)
-    for pc, pos, act in loader:
-        yield (pc.to(device, non_blocking=True), pos.to(device, non_blocking=True), act.to(device, non_blocking=True))
+    it = iter(loader)
+    try:
+        for pc, pos, act in it:
+            yield (pc.to(device, non_blocking=True), pos.to(device, non_blocking=True),
+                   act.to(device, non_blocking=True))
+    finally:
+        # Left early (max_steps or a stop inside the epoch), or done: the workers go now. They ignore SIGTERM
+        # (policies.signals), and a loader kept alive until exit made multiprocessing's exit handler wait on them
+        # forever (a test process that never exited, seen in CI).
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()

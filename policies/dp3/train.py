@@ -213,10 +213,18 @@ class _Run:
                   for bi in range(self.batch0, self.per_epoch)]
         batches = (worker_batches(self.sampler, chunks, s.num_workers, self.device) if s.num_workers
                    else (self.sampler.batch(rows) for rows in chunks))
+        try:
+            return self._steps(chunks, batches, len(perm))
+        finally:
+            batches.close()  # an epoch left early stops its loader's workers now, not at exit
+
+    def _steps(self, chunks: list[torch.Tensor], batches: Any, n: int) -> bool:
+        """The epoch's optimizer steps over `batches`; True when training stops among them."""
+        s, ranks, gens = self.s, self.ranks, self.gens
         for bi, rows, batch in zip(range(self.batch0, self.per_epoch), chunks, batches, strict=True):
             if self.stepper is not None:
                 # the same choice on every rank: full batches replay the graph (whose collectives all join)
-                loss = self.stepper(batch, gens["noise"], full=(bi + 1) * s.batch_size <= len(perm))
+                loss = self.stepper(batch, gens["noise"], full=(bi + 1) * s.batch_size <= n)
             else:
                 loss = train_step(self.loss_fn, self.model, self.opt, self.sched, self.ema, batch, gens["noise"],
                                   s.grad_clip)

@@ -1,3 +1,4 @@
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -178,6 +179,9 @@ def test_dataloader_workers_give_the_same_training(buffer: Path, tmp_path: Path)
     """num_workers > 0 (buffer in host memory, batches cut in worker processes) trains exactly as the default."""
     a = run(buffer, tmp_path / "a", FAST.model_copy(update={"max_steps": 6}))
     b = run(buffer, tmp_path / "b", FAST.model_copy(update={"max_steps": 6, "num_workers": 2}))
+    # Stopped inside an epoch: its loader's workers are gone when train returns. Left alive (they ignore SIGTERM),
+    # they kept a CI test process waiting at exit.
+    assert not multiprocessing.active_children()
     wa = checkpoints.load_file(a.last_checkpoint)["state_dicts"]["model"]
     wb = checkpoints.load_file(b.last_checkpoint)["state_dicts"]["model"]
     assert all(torch.equal(v, wb[k]) for k, v in wa.items())
