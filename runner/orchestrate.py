@@ -16,12 +16,10 @@ from runner.errors import PreflightError, RunnerError
 from runner.executors.base import Executor
 from runner.machine import gather_machine
 from runner.plan import Machine, job_dir
-from runner.preparation import check_steps, new_record, pipeline_steps, preflight_reasons, prepare_inputs, redact_text
+from runner.preparation import Say, check_steps, new_record, pipeline_steps, preflight_reasons, prepare_inputs, redact_text
 from runner.records import JobLock, RunRecord
 from runner.spec.load import LoadedJob
 from runner.stepping import STOP_CODES, StepRunner
-
-Say = Callable[[str], None]
 
 
 @dataclass

@@ -19,6 +19,7 @@ from runner.plugins import resolve
 from runner.records import RunRecord
 from runner.spec.load import LoadedJob
 
+#: How run preparation, the orchestrator and step running tell the user what happens (one line at a time).
 Say = Callable[[str], None]
 
 

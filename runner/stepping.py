@@ -13,13 +13,13 @@ from runner.diagnose import FailureFacts, classify, tail_text
 from runner.errors import RunnerError
 from runner.executors.base import Executor, StepHandle
 from runner.plan import Machine, StepPlan, build_plan
+from runner.preparation import Say
 from runner.records import RunRecord, StepRecord
 from runner.spec.load import LoadedJob
 
 if TYPE_CHECKING:
     from runner.orchestrate import RunRequest
 
-Say = Callable[[str], None]
 #: Exit codes of a step ended by SIGINT / SIGTERM (Ctrl-C, `runner stop`, `docker stop`).
 STOP_CODES = (130, 143)
 
