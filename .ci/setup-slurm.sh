@@ -14,6 +14,8 @@ cat > /etc/slurm/slurm.conf <<CONF
 ClusterName=rr
 SlurmctldHost=$host
 AuthType=auth/munge
+# A requeued job may start again after cred_expire seconds (default 120): short here, so requeue tests do not idle.
+AuthInfo=cred_expire=10
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SwitchType=switch/none
@@ -47,8 +49,10 @@ fi
 chown -R munge:munge /etc/munge /run/munge 2>/dev/null || true
 chmod 400 /etc/munge/munge.key
 pgrep -x munged >/dev/null || munged --force
-pgrep -x slurmctld >/dev/null || slurmctld
-pgrep -x slurmd >/dev/null || slurmd
+# By pid file: the two-node test cluster (setup-slurm-2node.sh) runs its own slurmctld and slurmds beside these.
+alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+alive "$dir/slurmctld.pid" || slurmctld
+alive "$dir/slurmd.pid" || slurmd
 for _ in $(seq 1 30); do
   if sinfo -h -o %T 2>/dev/null | grep -qE 'idle|mixed|allocated'; then echo "slurm: $host up ($cpus CPUs)"; exit 0; fi
   scontrol update nodename="$host" state=resume >/dev/null 2>&1 || true

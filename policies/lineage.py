@@ -10,6 +10,7 @@ in `checkpoints/`) are the lineage `.`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,11 @@ class Choice:
     start: Path | None  # a checkpoint to start from (a branch), else the folder's newest
     resume: bool  # look for a checkpoint to continue at all
     note: str  # what the step says about it
+
+
+def main_rank() -> bool:
+    """Whether this process says the step's notes: global rank 0 of torchrun or accelerate (RANK), or the only one."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def lineages(root: Path, pattern: str) -> list[Path]:

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -91,7 +92,9 @@ def run(log_path: Path, cmd: list[str]) -> int:
                     terminal_ok = False  # the reader went away; the log file still gets everything
         rc = child.wait()
         code = 128 - rc if rc < 0 else rc
-        log.write(_stamp(f"step exited with code {code}"))
+        several = int(os.environ.get("RUNNER_NUM_MACHINES", "1") or 1) > 1
+        node = f" on node {os.environ.get('SLURMD_NODENAME') or socket.gethostname()}" if several else ""
+        log.write(_stamp(f"step exited with code {code}{node}"))
         if stopped_by and code not in (0, 128 + stopped_by[0]):
             # Launchers report their own stop as a failure (torchrun: SignalException, exit 1) after the ranks
             # have saved and exited: the step was stopped, and is recorded as such.
@@ -103,7 +106,7 @@ def run(log_path: Path, cmd: list[str]) -> int:
 
 def _leave_exit(log_path: Path, code: int) -> None:
     target = exit_file(log_path)
-    tmp = target.with_name(target.name + ".tmp")
+    tmp = target.with_name(f"{target.name}.{socket.gethostname()}.{os.getpid()}.tmp")  # each node of a step its own
     tmp.write_text(json.dumps({"exit_code": code, "ended": time.time()}))
     os.replace(tmp, target)
 

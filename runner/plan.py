@@ -312,7 +312,7 @@ def _cuda_visible(value: Any) -> list[tuple[str, str]]:
 
 def _env(job: LoadedJob, step: str, opts: StepSpec, run_id: str, nccl: str, gpus: bool) -> list[EnvVar]:
     env: dict[str, str] = {"PYTHONUNBUFFERED": "1", **layout.NVLS_OFF, "NCCL_SOCKET_IFNAME": nccl,
-                           "RUNNER_STOP_GRACE_S": f"{opts.stop_grace_s:g}"}
+                           "GLOO_SOCKET_IFNAME": nccl, "RUNNER_STOP_GRACE_S": f"{opts.stop_grace_s:g}"}
     if gpus:
         env["NVIDIA_DRIVER_CAPABILITIES"] = "compute,utility,graphics" if step == "eval" else "compute,utility"
     env.update({"RUNNER_JOB": job.name, "RUNNER_STEP": step, "RUNNER_RUN_ID": run_id,

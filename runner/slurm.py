@@ -15,14 +15,13 @@ from runner import layout
 from runner.dockerargs import DockerRunArgs, render_cli
 from runner.errors import RunnerError
 from runner.plan import StepPlan
+from runner.slurm_node import NODE_ENV
 from runner.spec.load import LoadedJob
+from runner.spec.models import SlurmSpec
 from runner.spec.types import format_size
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-#: Set on each node by the batch script / runner.slurm_node and passed into the container by name.
-NODE_ENV = ("MASTER_ADDR", "MASTER_PORT", "RUNNER_NUM_MACHINES", "RUNNER_MACHINE_RANK", "NCCL_SOCKET_IFNAME",
-            "SLURM_JOB_ID", "SLURM_RESTART_COUNT", "RUNNER_SLURM_GRACE_S", "PET_NNODES", "PET_NODE_RANK",
-            "PET_MASTER_ADDR", "PET_MASTER_PORT")
+
 
 
 class SlurmRenderError(RunnerError):
@@ -64,8 +63,7 @@ def _q(argv: list[str]) -> str:
 SLURM_GPUS = '--gpus "\\"device=${SLURM_STEP_GPUS:-${SLURM_JOB_GPUS:-}}\\""'
 
 
-def container_command(plan: StepPlan, runtime: str, apptainer_image: str | None = None,
-                      gpus: bool = False) -> tuple[str, str]:
+def container_command(plan: StepPlan, runtime: str, sif: str | None = None, gpus: bool = False) -> tuple[str, str]:
     """(extra srun options, the per-node command) for a runtime. Under Slurm the step gets the GPUs Slurm
     allocated on that node, never the device ids a job names for a single workstation."""
     d = plan.docker
@@ -75,12 +73,12 @@ def container_command(plan: StepPlan, runtime: str, apptainer_image: str | None 
         return "", f"{head} {_q(argv[2:])}"
     if runtime == "pyxis":
         mounts = ",".join(f"{m.source}:{m.target}" + (":ro" if m.read_only else "") for m in d.mounts)
-        extra = f"--container-image={shlex.quote(d.image)} --container-mounts={shlex.quote(mounts)} " \
+        extra = f"--container-image={shlex.quote(pyxis_image(d.image))} --container-mounts={shlex.quote(mounts)} " \
                 f"--container-workdir={shlex.quote(d.workdir)} "
         env = [f"{e.name}={e.value}" for e in d.env if not e.secret and e.name not in NODE_ENV]
         return extra, _q(["env", *env, *d.command])
     if runtime == "apptainer":
-        image = apptainer_image or f"docker-daemon://{d.image}"
+        image = sif or apptainer_image(d.image)
         argv = ["apptainer", "exec", "--nv", "--containall", "--pwd", d.workdir]
         for m in d.mounts:
             argv += ["--bind", f"{m.source}:{m.target}" + (":ro" if m.read_only else "")]
@@ -93,22 +91,61 @@ def container_command(plan: StepPlan, runtime: str, apptainer_image: str | None 
     return "", _q(["env", *env, *plan.local.argv])
 
 
-def image_archive(cache: Path | None, tag: str) -> Path:
-    """Where the image with content tag `tag` is saved for the nodes: one file a tag, so an unchanged image is
-    never shipped twice."""
-    assert cache is not None
-    return cache / (tag.replace("/", "_").replace(":", "_") + ".tar")
+#: What each container runtime keeps in slurm.image_cache: a `docker save` archive, an enroot squashfs, a SIF.
+CACHE_SUFFIX = {"docker": ".tar", "pyxis": ".sqsh", "apptainer": ".sif"}
 
 
-def image_check(tag: str, cache: Path | None) -> str:
-    """The per-node shell that makes sure `tag` is in the node's engine: docker load from the cache, or a message
-    naming the node when there is no cache to load it from (exit 125)."""
+def cache_file(cache: Path, tag: str, runtime: str = "docker") -> Path:
+    """Where the image with content tag `tag` is kept for the nodes: one file a tag and runtime, so an unchanged
+    image is never made or shipped twice."""
+    return cache / (tag.replace("/", "_").replace(":", "_") + CACHE_SUFFIX[runtime])
+
+
+def node_image(slurm: SlurmSpec, tag: str) -> str:
+    """The image the nodes run, for the image built here as `tag`: its name in slurm.registry, the squashfs or SIF
+    in slurm.image_cache (pyxis, Apptainer), or the tag itself (docker: loaded from the cache, or there already)."""
+    if slurm.registry:
+        return f"{slurm.registry.rstrip('/')}/{tag}"
+    if slurm.image_cache is not None and slurm.runtime in ("pyxis", "apptainer"):
+        return str(cache_file(slurm.image_cache, tag, slurm.runtime))
+    return tag
+
+
+def _registry_host(ref: str) -> tuple[str, str] | None:
+    """(registry, the rest) when `ref` names a registry (its first part has a '.' or ':', or is localhost)."""
+    first, _, rest = ref.partition("/")
+    return (first, rest) if rest and ("." in first or ":" in first or first == "localhost") else None
+
+
+def pyxis_image(ref: str) -> str:
+    """pyxis/enroot spell a registry image `registry#repo:tag`; a file path stays as it is."""
+    if ref.startswith("/"):
+        return ref
+    split = _registry_host(ref)
+    return f"{split[0]}#{split[1]}" if split else ref
+
+
+def apptainer_image(ref: str) -> str:
+    """A SIF path as it is; a registry image as docker://; an image in the node's Docker engine as docker-daemon://."""
+    if ref.startswith("/"):
+        return ref
+    return ("docker://" if _registry_host(ref) else "docker-daemon://") + ref
+
+
+def image_check(tag: str, cache: Path | None, registry: bool = False) -> str:
+    """The per-node shell that makes sure `tag` is in the node's engine: pulled from the registry, loaded from the
+    cache, or a message naming the node when it has no way to get it (exit 125)."""
     have = f"docker image inspect {shlex.quote(tag)} >/dev/null 2>&1"
+    if registry:
+        get = (f'echo "[runner] node $(hostname): pulling {tag}"; docker pull -q {shlex.quote(tag)} >/dev/null || '
+               f'{{ echo "[runner] node $(hostname) cannot pull {tag}: is the registry reachable from it, and does '
+               'its Docker engine trust it (insecure-registries, certificates, docker login)?" >&2; exit 125; }')
+        return f"{have} || {{ {get}; }}"
     if cache is None:
         fix = (f'echo "[runner] node $(hostname): image {tag} is not in its Docker engine; set slurm.image_cache to '
-               'a folder every node sees" >&2; exit 125')
+               'a folder every node sees, or slurm.registry" >&2; exit 125')
         return f"{have} || {{ {fix}; }}"
-    archive = image_archive(cache, tag)
+    archive = cache_file(cache, tag)
     load = (f'echo "[runner] node $(hostname): loading {tag} from {archive}"; docker load -q -i {shlex.quote(str(archive))}'
             " || exit 125")
     return f"{have} || {{ {load}; }}"
@@ -138,11 +175,11 @@ def _dq(text: str) -> str:
     return "".join("\\" + c if c in '"$`\\' else c for c in text)
 
 
-def node_check(plan: StepPlan, runtime: str, cache: Path | None) -> str:
+def node_check(plan: StepPlan, runtime: str, cache: Path | None, registry: bool = False) -> str:
     """The command every node runs before the step: the paths it needs, then (docker) the step's image."""
     script = "; ".join(path_checks(plan))
     if runtime == "docker":
-        script += "; " + image_check(plan.docker.image, cache)
+        script += "; " + image_check(plan.docker.image, cache, registry)
     return "bash -c " + shlex.quote(script)
 
 
@@ -162,10 +199,12 @@ def render_sbatch(job: LoadedJob, plan: StepPlan, host_python: str) -> str:
     container runtimes run the node helper with the nodes' python3."""
     s = job.spec
     rt = s.slurm.runtime
+    if rt != "local":  # the nodes run the image where they find it: the registry, the cache, their engine
+        plan = replace(plan, docker=replace(plan.docker, image=node_image(s.slurm, plan.docker.image)))
     python = host_python if rt == "local" else "python3"
     gpus = gpus_per_node(job)
     srun_extra, command = container_command(plan, rt, s.slurm.apptainer_image, gpus=gpus > 0)
-    node_args = ["--check-port"] if s.resources.nodes > 1 else []
+    node_args = ["--check-port", "--reach-timeout", str(s.slurm.reach_timeout_s)] if s.resources.nodes > 1 else []
     if s.resources.nccl_socket_ifname:
         node_args += ["--ifname", s.resources.nccl_socket_ifname]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
@@ -181,6 +220,6 @@ def render_sbatch(job: LoadedJob, plan: StepPlan, host_python: str) -> str:
         "max_requeues": s.slurm.max_requeues, "port": s.slurm.port, "extra": s.slurm.extra,
         "srun_extra": srun_extra, "python": f"env PYTHONPATH={shlex.quote(_code_dir(plan))} {python}",
         "node_args": " ".join(node_args), "command": command,
-        "node_check": node_check(plan, rt, s.slurm.image_cache),
+        "node_check": node_check(plan, rt, s.slurm.image_cache, registry=bool(s.slurm.registry)),
     }
     return env.get_template("sbatch.j2").render(**values)

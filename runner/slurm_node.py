@@ -12,44 +12,65 @@ import subprocess
 import sys
 import time
 
+#: Set on each node by the batch script and this helper, and passed into the container by name.
+NODE_ENV = ("MASTER_ADDR", "MASTER_PORT", "RUNNER_NUM_MACHINES", "RUNNER_MACHINE_RANK", "NCCL_SOCKET_IFNAME",
+            "GLOO_SOCKET_IFNAME", "SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SLURMD_NODENAME", "RUNNER_SLURM_GRACE_S",
+            "PET_NNODES", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
+
 
 def route_interface(addr: str) -> str | None:
-    """The interface the kernel uses to reach `addr` (`ip route get`), or None."""
+    """The interface the kernel uses to reach `addr` (`ip route get`), or None. On the node that holds `addr` (the
+    rendezvous node itself) the route is `local ... dev lo`: the interface is then the one carrying that address,
+    which the other nodes reach it through; lo only when `addr` is a loopback address."""
     try:
         ip = socket.gethostbyname(addr)
-        out = subprocess.run(["ip", "-o", "route", "get", ip], capture_output=True, text=True, timeout=5).stdout
+        out = _ip("route", "get", ip)
+        words = out.split()
+        if words[:1] == ["local"] and not ip.startswith("127."):
+            words = _ip("-4", "addr", "show", "to", ip).replace(":", " ").split()[1:2]
+            return words[0] if words else None
     except (OSError, subprocess.SubprocessError):
         return None
-    words = out.split()
     return words[words.index("dev") + 1] if "dev" in words else None
 
 
-def check_reach(rank: int, nodes: int, addr: str, port: int, timeout_s: float = 60.0) -> str | None:
-    """Rank 0 accepts one connection from every other node on `port`; the others connect. None when all is well."""
+def _ip(*args: str) -> str:
+    return subprocess.run(["ip", "-o", *args], capture_output=True, text=True, timeout=5).stdout
+
+
+def check_reach(rank: int, nodes: int, addr: str, port: int, timeout_s: float = 60.0, node: str = "") -> str | None:
+    """Rank 0 accepts one connection from every other node on `port`; the others connect and say their name. None
+    when all is well. Rank 0 waits a little longer than the others, so that a node which cannot reach it fails first,
+    with its own name and interface."""
     if rank == 0:
+        heard: list[str] = []
         with socket.socket() as srv:
             srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             srv.bind(("", port))
             srv.listen(nodes)
-            srv.settimeout(timeout_s)
-            seen = 0
+            deadline = time.monotonic() + timeout_s + 10
             try:
-                while seen < nodes - 1:
-                    conn, _ = srv.accept()
-                    conn.close()
-                    seen += 1
+                while len(heard) < nodes - 1:
+                    srv.settimeout(max(0.1, deadline - time.monotonic()))
+                    conn, peer = srv.accept()
+                    with conn:
+                        conn.settimeout(5)
+                        heard.append(conn.recv(256).decode(errors="replace").strip() or peer[0])
             except TimeoutError:
-                return f"only {seen} of {nodes - 1} other node(s) reached {addr}:{port} within {timeout_s:g} s"
+                got = f" (heard from {', '.join(heard)})" if heard else ""
+                return f"only {len(heard)} of {nodes - 1} other node(s) reached {addr}:{port} within {timeout_s + 10:g} s{got}"
         return None
     deadline = time.monotonic() + timeout_s
+    last: OSError | None = None
     while time.monotonic() < deadline:
         try:
-            socket.create_connection((addr, port), timeout=5).close()
+            with socket.create_connection((addr, port), timeout=min(5.0, max(0.1, deadline - time.monotonic()))) as c:
+                c.sendall((node or socket.gethostname()).encode())
             return None
         except OSError as e:
             last = e
             time.sleep(1)
-    return f"cannot reach {addr}:{port} ({last})"
+    return f"cannot reach {addr}:{port} within {timeout_s:g} s ({last})"
 
 
 def free_port_pair(tries: int = 50) -> int:
@@ -77,11 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="runner.slurm_node")
     ap.add_argument("--ifname", help="NCCL_SOCKET_IFNAME from the job (no detection)")
     ap.add_argument("--check-port", action="store_true", help="check MASTER_ADDR:MASTER_PORT+1 from every node first")
+    ap.add_argument("--reach-timeout", type=float, default=60.0, help="seconds the check waits for every node")
     ap.add_argument("command", nargs=argparse.REMAINDER)
     a = ap.parse_args(argv)
     cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
     env = os.environ
-    node = socket.gethostname()
+    node = env.get("SLURMD_NODENAME") or socket.gethostname()
     rank = int(env.get("SLURM_NODEID", "0"))
     env["RUNNER_MACHINE_RANK"] = str(rank)
     master = env.get("MASTER_ADDR", "127.0.0.1")
@@ -90,17 +112,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[runner] node {node}: no interface routes to MASTER_ADDR={master}; set resources.nccl_socket_ifname",
               file=sys.stderr)
         return 2
-    env["NCCL_SOCKET_IFNAME"] = ifname
+    env["NCCL_SOCKET_IFNAME"] = env["GLOO_SOCKET_IFNAME"] = ifname  # gloo: CPU training and torch's CPU collectives
     # torchrun (DP3) reads its multi-node arguments from PET_*; accelerate (RDT) gets them from policies/rdt/launch.py.
     env.update({"PET_NNODES": env.get("RUNNER_NUM_MACHINES", "1"), "PET_NODE_RANK": str(rank),
                 "PET_MASTER_ADDR": master, "PET_MASTER_PORT": env.get("MASTER_PORT", "29500")})
     print(f"[runner] node {node}: rank {rank} of {env.get('RUNNER_NUM_MACHINES', '1')}, NCCL_SOCKET_IFNAME={ifname} "
           f"(routes to {master})", flush=True)
     if a.check_port:
-        problem = check_reach(rank, int(env.get("RUNNER_NUM_MACHINES", "1")), master, int(env["MASTER_PORT"]) + 1)
+        problem = check_reach(rank, int(env.get("RUNNER_NUM_MACHINES", "1")), master, int(env["MASTER_PORT"]) + 1,
+                              a.reach_timeout, node)
         if problem:
             print(f"[runner] node {node} (interface {ifname}): {problem}", file=sys.stderr)
             return 2
+    if os.path.basename(cmd[0]) in ("apptainer", "singularity"):
+        # `apptainer exec --containall` starts from a clean environment: these reach it through APPTAINERENV_*.
+        env.update({f"APPTAINERENV_{k}": env[k] for k in NODE_ENV if k in env})
     os.execvpe(cmd[0], cmd, env)
 
 

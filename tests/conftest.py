@@ -75,3 +75,10 @@ def write_job(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def slurm_image_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One slurm.image_cache for the session's Docker-runtime Slurm tests: an image is saved there once per content
+    tag, as on a cluster, and not again by each test."""
+    return tmp_path_factory.mktemp("image-cache")

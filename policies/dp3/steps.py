@@ -108,7 +108,8 @@ def step_train(ctx: StepContext) -> int:
              "job": ctx.job, "task": ctx.task}
     try:
         choice = lineage.choose(ctx.path("checkpoints"), ctx.run_id, ctx.resume, ctx.resume_from, PATTERN)
-        print(choice.note, flush=True)
+        if lineage.main_rank():
+            print(choice.note, flush=True)
         result = train(cfg, data, o, ckpt_dir=choice.folder, run_dir=ctx.run_dir, device=_device(o),
                        resume=choice.resume, extra=extra, say=lambda m: print(m, flush=True), stop=stop_flag(),
                        start=choice.start)

@@ -95,7 +95,8 @@ def step_train(ctx: StepContext) -> int:
         print("warning: weights.rdt is not set: fine-tuning RDT-1B from random weights", file=sys.stderr)
     try:
         choice = lineage.choose(ctx.path("checkpoints"), ctx.run_id, ctx.resume, ctx.resume_from, PATTERN)
-        print(choice.note, flush=True)
+        if lineage.main_rank():
+            print(choice.note, flush=True)
         inputs = Inputs(data=_rdt_data(ctx, o.dataset), siglip=Path(weights["siglip"]), output=choice.folder,
                         run_dir=ctx.run_dir, pretrained=Path(pretrained) if pretrained else None, start=choice.start)
         result = train(o, inputs, resume=choice.resume, stop=stop_flag(),

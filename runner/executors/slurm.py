@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from runner.errors import RunnerError
@@ -15,7 +16,7 @@ from runner.executors.base import ExecutorBase, StepHandle, StepOutcome
 from runner.plan import StepPlan
 from runner.records import StepRecord
 from runner.runs import follow
-from runner.slurm import script_path
+from runner.slurm import node_image, script_path
 
 #: Job states after which nothing more happens (a requeued job goes back to PENDING and is followed on).
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
@@ -104,25 +105,13 @@ class SlurmExecutor(ExecutorBase):
         return ["sbatch", "--parsable", str(script_path(plan))]
 
     def image_ready(self, job: Any, builder: Any, tag: str, say: Callable[[str], None]) -> None:
-        """`docker save` the image into the shared cache once per content tag; nodes `docker load` it from there."""
-        import os
-
-        from runner.slurm import image_archive
-
-        cache = job.spec.slurm.image_cache
-        if cache is None:
-            return
-        target = image_archive(cache, tag)
-        if target.is_file():
-            say(f"image {tag} already in {cache}")
-            return
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        say(f"saving image {tag} to {target} for the Slurm nodes")
-        with open(tmp, "wb") as f:
-            for chunk in builder.client.images.get(tag).save(named=True):
-                f.write(chunk)
-        os.replace(tmp, target)
+        """Put the image where the nodes get it: pushed to slurm.registry, or made once per content tag into
+        slurm.image_cache (docker save; an enroot squashfs for pyxis; a SIF for Apptainer)."""
+        slurm = job.spec.slurm
+        if slurm.registry:
+            push_image(builder.client, tag, node_image(slurm, tag), say)
+        elif slurm.image_cache is not None:
+            cache_image(builder.client, tag, slurm.image_cache, slurm.runtime, say)
 
     def run_step(self, plan: StepPlan, on_start: Callable[[StepHandle], None]) -> StepOutcome:
         if plan.sbatch is None:
@@ -181,3 +170,65 @@ class SlurmExecutor(ExecutorBase):
 
     def release(self, step: StepRecord) -> None:
         """Slurm ends the job's processes itself."""
+
+
+def push_image(client: Any, tag: str, ref: str, say: Callable[[str], None]) -> None:
+    """Tag the image as `ref` and push it, unless the registry has that content tag already."""
+    import docker.errors
+
+    repo, _, version = ref.rpartition(":")
+    client.images.get(tag).tag(repo, version)
+    try:
+        client.images.get_registry_data(ref)
+        say(f"image {ref} already in the registry")
+        return
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as e:
+        if "manifest unknown" not in str(e) and "not found" not in str(e).lower():
+            msg = f"cannot reach the registry of {ref} from this machine's Docker engine: {e.explanation or e}"
+            raise SlurmError(msg) from e
+    say(f"pushing image {ref} for the Slurm nodes")
+    for line in client.images.push(repo, version, stream=True, decode=True):
+        if "error" in line:
+            msg = f"docker push {ref}: {line['error']} (check slurm.registry, and docker login for it on this machine)"
+            raise SlurmError(msg)
+
+
+#: What makes the cache file of a runtime from the image in this machine's Docker engine (TARGET, TAG filled in).
+CONVERTERS = {"pyxis": ["enroot", "import", "--output", "TARGET", "dockerd://TAG"],
+              "apptainer": ["apptainer", "build", "TARGET", "docker-daemon://TAG"]}
+
+
+def cache_image(client: Any, tag: str, cache: Path, runtime: str, say: Callable[[str], None]) -> None:
+    """Make the runtime's file of the image in `cache` once per content tag, under a temp name then renamed."""
+    import os
+    import shutil
+
+    from runner.slurm import cache_file
+
+    target = cache_file(cache, tag, runtime)
+    if target.is_file():
+        say(f"image {tag} already in {cache}")
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp{target.suffix}")
+    say(f"saving image {tag} to {target} for the Slurm nodes")
+    try:
+        if runtime == "docker":
+            with open(tmp, "wb") as f:
+                for chunk in client.images.get(tag).save(named=True):
+                    f.write(chunk)
+        else:
+            argv = [a.replace("TARGET", str(tmp)).replace("TAG", tag) for a in CONVERTERS[runtime]]
+            if shutil.which(argv[0]) is None:
+                msg = (f"slurm.runtime {runtime} with slurm.image_cache makes the image's {target.suffix} file here "
+                       f"with {argv[0]}, which this machine lacks: install it, or set slurm.registry (the nodes pull)")
+                raise SlurmError(msg)
+            r = subprocess.run(argv, capture_output=True, text=True, check=False)
+            if r.returncode != 0 or not tmp.is_file():
+                msg = f"{' '.join(argv)} failed (exit {r.returncode}): {(r.stderr or r.stdout).strip()[-2000:]}"
+                raise SlurmError(msg)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)

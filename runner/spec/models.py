@@ -136,10 +136,25 @@ class SlurmSpec(Model):
     max_requeues: int = Field(default=3, ge=0, description="requeues after preemption/time limit before giving up")
     port: int | None = Field(default=None, gt=1023, lt=65536,
                              description="MASTER_PORT; default a free port on the first node, chosen at start")
+    reach_timeout_s: int = Field(default=60, ge=1, description="several nodes: how long each node tries to reach the "
+                                 "rendezvous (MASTER_ADDR, MASTER_PORT+1) before the step fails naming node and interface")
     image_cache: Path | None = Field(
         default=None, description="a folder every node sees: the image is saved there once per content tag "
-        "(docker save) and loaded by a node that lacks it (docker load); unset: every node has it already")
+        "(docker: docker save, loaded by a node that lacks it; pyxis: an enroot squashfs; apptainer: a SIF, both "
+        "made here at submit and run from there); unset, and no registry: every node has it already")
+    registry: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?$",
+        description="a registry every node pulls from, e.g. registry.lab:5000/robo-runner: the image is pushed there "
+        "at submit under its content tag (not again while it is there) and a node that lacks it pulls it")
     extra: list[str] = Field(default_factory=list, description="extra #SBATCH options, e.g. --constraint=h100")
+
+    @model_validator(mode="after")
+    def _one_way_to_the_nodes(self) -> SlurmSpec:
+        if self.registry and self.image_cache:
+            msg = ("slurm.registry and slurm.image_cache both say how the nodes get the image: set one (a registry "
+                   "the nodes pull from, or a shared folder)")
+            raise ValueError(msg)
+        return self
 
 
 class ImageSpec(Model):

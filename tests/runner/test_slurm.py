@@ -99,11 +99,11 @@ def _slurm() -> None:
         pytest.skip("no running Slurm (.ci/setup-slurm.sh starts one)")
 
 
-def _job(cwd: Path, name: str, runtime: str = "local", **train: object) -> None:
+def _job(cwd: Path, name: str, runtime: str = "local", image_cache: Path | None = None, **train: object) -> None:
     spec = yaml.safe_load((REPO / "jobs" / "sample_dp3.yaml").read_text())
     slurm = {"runtime": runtime, "grace_s": 30, "max_requeues": 2}
-    if runtime == "docker":  # the nodes load the image from a folder they all see (here: this machine's)
-        slurm["image_cache"] = str(cwd / "image-cache")
+    if image_cache:  # the nodes load the image from a folder they all see (here: this machine's)
+        slurm["image_cache"] = str(image_cache)
     spec.update(name=name, executor="slurm", slurm=slurm)
     spec["steps"]["train"].update(train)
     (cwd / "jobs").mkdir(exist_ok=True)
@@ -128,9 +128,11 @@ def _wait_for(path_glob: Callable[[], list[Path]], text: str, timeout: float = 3
 
 @pytest.mark.slurm
 @pytest.mark.parametrize("runtime", ["local", pytest.param("docker", marks=[pytest.mark.docker, pytest.mark.slow])])
-def test_preempted_training_checkpoints_requeues_and_resumes(tmp_path: Path, runtime: str) -> None:
+def test_preempted_training_checkpoints_requeues_and_resumes(tmp_path: Path, runtime: str,
+                                                             request: pytest.FixtureRequest) -> None:
     _slurm()
-    _job(tmp_path, "preempt", runtime, epochs=40, checkpoint_every=1000)
+    cache = request.getfixturevalue("slurm_image_cache") if runtime == "docker" else None
+    _job(tmp_path, "preempt", runtime, cache, epochs=40, checkpoint_every=1000)
     conv = _runner("convert", "preempt", "--executor", "local", cwd=tmp_path)
     assert conv.wait(timeout=300) == 0, conv.stdout.read() if conv.stdout else ""
     proc = _runner("submit", "preempt", "train", cwd=tmp_path)
@@ -155,7 +157,7 @@ def test_preempted_training_checkpoints_requeues_and_resumes(tmp_path: Path, run
     assert final["steps"][0]["requeues"] == 1  # recorded in the run record too
     if runtime == "docker":
         assert final["image"]["tag"].startswith("robo-runner/dp3:")  # built at submit, not an empty reference
-        assert list((tmp_path / "image-cache").glob("robo-runner_dp3_*.tar"))  # saved once for the nodes
+        assert list(cache.glob("robo-runner_dp3_*.tar"))  # saved once for the nodes
         assert "--gpus" not in (log.parent / "train.sbatch").read_text()  # no GPUs allocated, none asked
 
 
@@ -236,3 +238,126 @@ def test_every_node_checks_it_sees_the_code_run_folder_and_data(write_job: Calla
     assert gone.returncode == 2
     assert f"cannot see {tmp_path / 'conv'} (mounted at /data/converted): every node needs it at the same path" in gone.stderr
     assert socket.gethostname() in gone.stderr
+
+
+def test_on_the_master_node_the_interface_is_the_one_carrying_its_address_not_lo() -> None:
+    """`ip route get` of the node's own address says `local ... dev lo`; the other nodes reach it through the
+    interface that carries the address, which NCCL and gloo must use there."""
+    from runner.netif import read_interfaces
+    from runner.slurm_node import route_interface
+
+    if shutil.which("ip") is None:
+        pytest.skip("no `ip` command here")
+    own = [i for i in read_interfaces() if i.up and not i.loopback and i.ipv4]
+    if not own:
+        pytest.skip("no non-loopback IPv4 address here")
+    for i in own:
+        assert route_interface(str(i.ipv4)) == i.name
+
+
+def test_apptainer_gets_the_node_values_through_its_clean_environment(tmp_path: Path) -> None:
+    """`apptainer exec --containall` drops the caller's environment: the node helper hands MASTER_ADDR and the rest
+    over as APPTAINERENV_*, which Apptainer sets inside."""
+    fake = tmp_path / "apptainer"
+    fake.write_text("#!/bin/sh\nenv | grep '^APPTAINERENV_' | sort\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29400",
+           "RUNNER_NUM_MACHINES": "1", "SLURM_NODEID": "0"}
+    out = subprocess.run([sys.executable, "-m", "runner.slurm_node", "--", str(fake), "exec", "img"], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert "APPTAINERENV_MASTER_ADDR=127.0.0.1" in out and "APPTAINERENV_MASTER_PORT=29400" in out
+    assert "APPTAINERENV_NCCL_SOCKET_IFNAME=lo" in out and "APPTAINERENV_PET_NODE_RANK=0" in out
+
+
+@pytest.mark.parametrize(("runtime", "slurm", "expect"), [
+    ("docker", "registry: registry.lab:5000/rr", ["docker pull -q registry.lab:5000/rr/robo-runner/rdt:1",
+                                                 "registry.lab:5000/rr/robo-runner/rdt:1 python3 -m runner.inside"]),
+    ("pyxis", "registry: registry.lab:5000/rr", ["--container-image='registry.lab:5000#rr/robo-runner/rdt:1'"]),
+    ("apptainer", "registry: registry.lab:5000/rr", ["docker://registry.lab:5000/rr/robo-runner/rdt:1 python3"]),
+    ("pyxis", "image_cache: /lab/images", ["--container-image=/lab/images/robo-runner_rdt_1.sqsh"]),
+    ("apptainer", "image_cache: /lab/images", ["/lab/images/robo-runner_rdt_1.sif python3 -m runner.inside"]),
+    ("apptainer", "{}", ["docker-daemon://robo-runner/rdt:1 python3"]),
+    ("docker", "image_cache: /lab/images", ["docker load -q -i /lab/images/robo-runner_rdt_1.tar"]),
+])
+def test_each_runtime_runs_the_image_where_the_nodes_get_it(runtime: str, slurm: str, expect: list[str],
+                                                            machine: Machine, write_job: Callable[..., Path]) -> None:
+    text = MULTI.replace("RUNTIME", runtime).replace(", apptainer_image: /lab/rdt.sif", "")
+    text = text.replace("runtime: ", f"{slurm.strip('{}')}, runtime: " if slurm != "{}" else "runtime: ")
+    job = load_job(write_job(text), {})
+    plan = build_plan(job, "train", machine, run_id="r1", image="robo-runner/rdt:1", executor="slurm")
+    script = render_sbatch(job, plan, machine.python)
+    for line in expect:
+        assert line in script, line
+
+
+def test_registry_and_image_cache_are_one_or_the_other(write_job: Callable[..., Path]) -> None:
+    from runner.errors import SpecError
+
+    with pytest.raises(SpecError, match=r"slurm\.registry and slurm\.image_cache both say how the nodes get the image"):
+        load_job(write_job("name: x\npolicy: dp3\nslurm: {registry: 'r.lab:5000/x', image_cache: /lab/c}\n"), {})
+    with pytest.raises(SpecError, match="registry"):
+        load_job(write_job("name: x\npolicy: dp3\nslurm: {registry: 'https://r.lab/x'}\n"), {})
+
+
+@pytest.mark.parametrize("runtime", ["pyxis", "apptainer"])
+def test_squashfs_and_sif_are_made_once_per_tag_into_the_cache(runtime: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyxis and Apptainer run a file from the shared cache, made here at submit by enroot / apptainer (stand-ins
+    that record their arguments and write the file), under a temp name and renamed; an existing one is reused."""
+    from runner.executors.slurm import SlurmError, cache_image
+    from runner.slurm import cache_file
+
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    tool = "enroot" if runtime == "pyxis" else "apptainer"
+    calls = tmp_path / "calls"
+    out_arg = '"$3"' if runtime == "pyxis" else '"$2"'
+    (tools / tool).write_text(f'#!/bin/sh\necho "$@" >> {calls}\nprintf image > {out_arg}\n')
+    (tools / tool).chmod(0o755)
+    cache = tmp_path / "cache"
+    said: list[str] = []
+    monkeypatch.setenv("PATH", str(tools), prepend=os.pathsep)
+    cache_image(None, "robo-runner/dp3:abc", cache, runtime, said.append)
+    target = cache_file(cache, "robo-runner/dp3:abc", runtime)
+    assert target.read_text() == "image" and [p.name for p in cache.iterdir()] == [target.name]  # no temp left
+    argv = calls.read_text().split()
+    assert argv[-1] in ("dockerd://robo-runner/dp3:abc", "docker-daemon://robo-runner/dp3:abc")
+    cache_image(None, "robo-runner/dp3:abc", cache, runtime, said.append)
+    assert len(calls.read_text().splitlines()) == 1 and "already in" in said[-1]  # made once per tag
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(SlurmError, match=f"with {tool}, which this machine lacks"):
+        cache_image(None, "robo-runner/dp3:new", cache, runtime, said.append)
+
+
+@pytest.mark.docker
+def test_registry_push_once_and_a_node_pulls(tmp_path: Path) -> None:
+    """Against a real registry (Debian's docker-registry, `.ci/setup-registry.sh`): the image is pushed under its
+    content tag, not again when the registry has it; a node without it pulls it; an unreachable registry is named."""
+    import docker
+
+    from runner.executors.slurm import SlurmError, push_image
+    from runner.slurm import image_check
+
+    if os.geteuid() != 0 and "docker" not in os.environ.get("RUNNER_REQUIRE", ""):
+        pytest.skip("starting the test registry needs root")
+    r = subprocess.run(["bash", str(REPO / ".ci" / "setup-registry.sh")], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    client = docker.from_env()
+    tag = "robo-runner/os:bookworm"  # the small local base image stands in for a policy image
+    ref = f"localhost:5000/rr-test-{os.getpid()}/{tag}"
+    said: list[str] = []
+    push_image(client, tag, ref, said.append)
+    assert said == [f"pushing image {ref} for the Slurm nodes"]
+    push_image(client, tag, ref, said.append)
+    assert said[-1] == f"image {ref} already in the registry"
+    client.images.remove(ref)  # a node that lacks it
+    check = subprocess.run(["bash", "-c", image_check(ref, None, registry=True)], capture_output=True, text=True)
+    assert check.returncode == 0 and "pulling" in check.stdout, check.stderr
+    assert client.images.get(ref).id == client.images.get(tag).id
+    bad = subprocess.run(["bash", "-c", image_check("localhost:5999/x/y:1", None, registry=True)], capture_output=True,
+                         text=True)
+    assert bad.returncode == 125 and "cannot pull localhost:5999/x/y:1: is the registry reachable" in bad.stderr
+    with pytest.raises(SlurmError, match="localhost:5999"):
+        push_image(client, tag, "localhost:5999/x/" + tag, said.append)
+    client.images.remove(ref)
+    client.images.remove("localhost:5999/x/" + tag)
