@@ -27,8 +27,9 @@ from policies.dp3.data import ReplayData, WindowSampler, window_table
 from policies.dp3.infer import GraphedPredictor
 from policies.dp3.model import DP3, Dp3Config, GemmConv1d
 from policies.dp3.optim_step import GraphedStep, train_step
-from policies.dp3.train import cosine_with_warmup, make_optimizer
+from policies.dp3.train import make_optimizer
 from policies.ema import Ema
+from policies.training import lr_scheduler
 
 CFG = Dp3Config(state_dim=8, action_dim=8, num_points=1024)
 
@@ -101,7 +102,7 @@ def bench_ours(data: ReplayData, table: torch.Tensor, args: argparse.Namespace, 
     model = new_model(gdata, dev)
     ema = Ema(model, copy_module=True)
     opt = make_optimizer(model, Dp3Train(), dev, graphed)
-    sched = cosine_with_warmup(opt, 500, 100000)
+    sched = lr_scheduler(opt, "cosine", 500, 100000)
     sampler = WindowSampler(gdata, table)
     gen = torch.Generator(dev).manual_seed(0)
     perm = torch.randperm(len(sampler), generator=torch.Generator().manual_seed(0)).to(dev)

@@ -22,8 +22,9 @@ from dp3 import CFG, new_model, synthetic  # type: ignore[import-not-found]
 from policies.dp3.config import Dp3Train
 from policies.dp3.data import WindowSampler, window_table
 from policies.dp3.optim_step import GraphedStep
-from policies.dp3.train import cosine_with_warmup, make_optimizer
+from policies.dp3.train import make_optimizer
 from policies.ema import Ema
+from policies.training import lr_scheduler
 
 
 def main() -> None:
@@ -53,7 +54,7 @@ def main() -> None:
     rows = torch.arange(a.batch, device=dev)
     batch = sampler.batch(rows)
     if a.graph:
-        profile_graph(GraphedStep(model, opt, cosine_with_warmup(opt, 500, 10**5), ema, 1.0, compile=a.compile,
+        profile_graph(GraphedStep(model, opt, lr_scheduler(opt, "cosine", 500, 10**5), ema, 1.0, compile=a.compile,
                                   say=print), batch, gen, a.steps)
         return
     ev = [torch.cuda.Event(enable_timing=True) for _ in range(5)]

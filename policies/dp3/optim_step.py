@@ -60,6 +60,9 @@ class GraphedStep:
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: list[torch.Tensor] = []
+        # An epoch's short last batch: its own graph per batch shape, of the uncompiled step (no recompile).
+        self.short_graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, list[torch.Tensor]]] = {}
+        self.short_seen: dict[tuple[int, ...], int] = {}
         self.say = say or (lambda _m: None)
         dev = next(model.parameters()).device
         self.loss = torch.zeros((), device=dev)
@@ -151,21 +154,45 @@ class GraphedStep:
         """Free the graph and the DDP wrapper. Before the process group is destroyed: NCCL cannot tear down a
         communicator whose all-reduces a live graph still holds (the process hangs at exit)."""
         torch.cuda.synchronize(self.loss.device)
+        for graph, _ in self.short_graphs.values():
+            graph.reset()
+        self.short_graphs.clear()
         if self.graph is not None:
             self.graph.reset()
             self.graph = None
         self.module = self.model
 
+    def _short(self, inputs: list[torch.Tensor]) -> None:
+        """An epoch's short last batch, uncompiled (its shape never recompiles the full step): eagerly the first
+        time a shape is seen (its warm-up, after the full graph exists), then from a CUDA graph of its own, so the
+        epoch boundary no longer launches the step's ~2,000 kernels from Python. Every rank reaches this at the same
+        step (its rows may differ by one); the graph's collectives are the full graph's."""
+        key = tuple(inputs[0].shape)
+        if self.graph is None or self.short_seen.get(key, 0) < 1:
+            self.short_seen[key] = self.short_seen.get(key, 0) + 1
+            self._eager(self._eager_loss, inputs)
+            return
+        if key not in self.short_graphs:
+            static = [t.clone() for t in inputs]
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=self.stream):
+                self._body(self._eager_loss, *static)
+            self.short_graphs[key] = graph, static
+        graph, static = self.short_graphs[key]
+        for dst, src in zip(static, inputs, strict=True):
+            dst.copy_(src)
+        graph.replay()
+
     def __call__(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], generator: torch.Generator,
                  full: bool = True) -> torch.Tensor:
-        """One optimizer step. full=False (an epoch's short last batch): eagerly and uncompiled, so its shape
-        neither recompiles nor recaptures; it must be the same choice on every rank."""
+        """One optimizer step. full=False (an epoch's short last batch): uncompiled, from its own graph once seen
+        (`_short`); it must be the same choice on every rank."""
         noise, steps = self.model.draw_noise(batch[2], generator)
         if self.ema is not None:
             self.keep.fill_(1 - self.ema.decay())
         inputs = [*batch, noise, steps]
         if not full:
-            self._eager(self._eager_loss, inputs)
+            self._short(inputs)
         elif self.calls < self.warmup:
             if self.compiled and self.calls == 0:
                 self.say("train: compiling the training step (torch.compile): about two minutes on one GPU, four "

@@ -113,7 +113,7 @@ def step_train(ctx: StepContext) -> int:
         result = train(cfg, data, o, ckpt_dir=choice.folder, run_dir=ctx.run_dir, device=_device(o),
                        resume=choice.resume, extra=extra, say=lambda m: print(m, flush=True), stop=stop_flag(),
                        start=choice.start)
-    except (lineage.LineageError, CheckpointError) as e:
+    except (lineage.LineageError, CheckpointError, DataShapeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return exit_code(result.stopped_by)

@@ -3,7 +3,6 @@ checkpoints that resume exactly (same weights as an uninterrupted run on CPU), s
 
 from __future__ import annotations
 
-import math
 import random
 import sys
 import time
@@ -18,7 +17,7 @@ import torch
 from policies.checkpoint_io import CheckpointError
 from policies.dp3 import checkpoints, distributed
 from policies.dp3.config import Dp3Train
-from policies.dp3.data import ReplayData, WindowSampler, val_mask, window_table, worker_batches
+from policies.dp3.data import DataShapeError, ReplayData, WindowSampler, val_mask, window_table, worker_batches
 from policies.dp3.model import DP3, Dp3Config
 from policies.dp3.optim_step import GraphedStep, train_step
 from policies.ema import Ema
@@ -112,7 +111,14 @@ class _Run:
         self.ema = Ema(self.model, copy_module=True) if s.ema else None
         self.graphed = s.cuda_graph and device.type == "cuda"
         self.opt = make_optimizer(self.model, s, device, self.graphed)
-        self.per_epoch = math.ceil(len(self.sampler) / s.batch_size)
+        # A last batch with fewer rows than processes would leave a rank with none (its loss NaN, averaged into
+        # every rank's gradients): the epoch then ends with the last full batch.
+        rest = len(self.sampler) % s.batch_size
+        self.per_epoch = len(self.sampler) // s.batch_size + (1 if rest >= ranks.world else 0)
+        if self.per_epoch == 0:
+            msg = (f"{len(self.sampler)} training windows are fewer than the {ranks.world} processes that share each "
+                   "batch: record more episodes, or train on fewer GPUs")
+            raise DataShapeError(msg)
         self.total = self.per_epoch * s.epochs if s.max_steps is None else min(self.per_epoch * s.epochs, s.max_steps)
         self.sched = lr_scheduler(self.opt, "cosine", s.lr_warmup_steps, self.per_epoch * s.epochs)
         self.gens = {"sample": torch.Generator().manual_seed(s.seed),

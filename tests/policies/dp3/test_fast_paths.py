@@ -67,7 +67,10 @@ def test_flatten_into_one_keeps_values_and_parameters() -> None:
 cuda = pytest.mark.gpu
 
 
-def _run_steps(graphed: bool, compile: bool, steps: int = 8) -> tuple[list[float], DP3, Ema]:
+def _run_steps(graphed: bool, compile: bool, steps: int = 8, short: tuple[int, ...] = (7,),
+               short_graph: bool = True) -> tuple[list[float], DP3, Ema, int]:
+    """`short`: the steps that get an epoch's short last batch (8 rows, not 16). short_graph=False: the graphed step
+    runs them eagerly, as it did before they had a graph of their own."""
     dev = torch.device("cuda")
     m = fitted(TINY, "cuda")
     ema = Ema(m, copy_module=True)
@@ -75,29 +78,47 @@ def _run_steps(graphed: bool, compile: bool, steps: int = 8) -> tuple[list[float
     sched = lr_scheduler(opt, "cosine", 2, 100)
     gen = torch.Generator(dev).manual_seed(0)
     stepper = GraphedStep(m, opt, sched, ema, 1.0, compile=compile) if graphed else None
+    if stepper is not None and not short_graph:
+        stepper._short = lambda inputs: stepper._eager(stepper._eager_loss, inputs)  # type: ignore[method-assign]
     losses = []
     for i in range(steps):
-        n = 16 if i < steps - 1 else 8  # the last: an epoch's short batch, eager in the graphed step
+        n = 8 if i in short else 16
         pc, pos = obs(replace(TINY, n_obs_steps=TINY.horizon), "cuda", batch=n, seed=i)
         act = torch.randn(n, TINY.horizon, TINY.action_dim, generator=torch.Generator().manual_seed(100 + i)).cuda()
         batch = (pc, pos, act)
         loss = stepper(batch, gen, full=n == 16) if stepper else train_step(m, m, opt, sched, ema, batch, gen, 1.0)
         losses.append(float(loss.detach()))
-    return losses, m, ema
+    return losses, m, ema, len(stepper.short_graphs) if stepper else 0
+
+
+def _close_models(a: tuple[DP3, Ema], b: tuple[DP3, Ema], atol: float) -> None:
+    for ma, mb in ((a[0], b[0]), (a[1].model, b[1].model)):
+        for (name, pa), pb in zip(ma.named_parameters(), mb.parameters(), strict=True):
+            torch.testing.assert_close(pb, pa, rtol=0, atol=atol, msg=name)
 
 
 @cuda
 @pytest.mark.parametrize("compile", [False, True])
 def test_graphed_step_follows_the_eager_step(compile: bool) -> None:
-    eager, m_e, ema_e = _run_steps(graphed=False, compile=False)
-    graph, m_g, ema_g = _run_steps(graphed=True, compile=compile)
+    eager, m_e, ema_e, _ = _run_steps(graphed=False, compile=False)
+    graph, m_g, ema_g, _ = _run_steps(graphed=True, compile=compile)
     torch.testing.assert_close(torch.tensor(graph), torch.tensor(eager), rtol=2e-2 if compile else 1e-3, atol=1e-4)
     # Adam moves a weight by at most ~lr (1e-4) a step, so a gradient that rounds differently (bf16 kernels fused
     # differently when compiled) can move it by 2 lr a step; the uncompiled graph runs the eager kernels.
-    atol = 8 * 2e-4 if compile else 2e-4
-    for a, b in ((m_e, m_g), (ema_e.model, ema_g.model)):
-        for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
-            torch.testing.assert_close(pb, pa, rtol=0, atol=atol, msg=name)
+    _close_models((m_e, ema_e), (m_g, ema_g), 8 * 2e-4 if compile else 2e-4)
+
+
+@cuda
+def test_short_batches_graph_equals_running_them_eagerly() -> None:
+    """Epochs' short last batches: the first before the full graph exists and the next of their shape run eagerly,
+    then one graph of their own is captured and replayed. It runs the same kernels on the same numbers as running
+    them eagerly inside the graphed step (the behaviour before), so both give the same losses and weights."""
+    short = (2, 5, 8, 11)
+    eager, m_e, ema_e, none = _run_steps(graphed=True, compile=False, steps=12, short=short, short_graph=False)
+    graph, m_g, ema_g, captured = _run_steps(graphed=True, compile=False, steps=12, short=short)
+    assert (none, captured) == (0, 1)
+    torch.testing.assert_close(torch.tensor(graph), torch.tensor(eager), rtol=1e-5, atol=1e-6)
+    _close_models((m_e, ema_e), (m_g, ema_g), 1e-6)
 
 
 @cuda

@@ -1,3 +1,4 @@
+import math
 import multiprocessing
 import os
 import signal
@@ -129,7 +130,8 @@ from policies.dp3.model import Dp3Config
 from policies.dp3.config import Dp3Train
 from policies.dp3.train import train
 cfg = Dp3Config(state_dim=8, action_dim=8, num_points=64, down_dims=(16, 32, 64))
-s = Dp3Train(epochs=100, batch_size=16, checkpoint_every=1000, val_every=1000, log_every=1, max_steps=int(sys.argv[4]))
+batch = int(sys.argv[6]) if len(sys.argv) > 6 else 16
+s = Dp3Train(epochs=100, batch_size=batch, checkpoint_every=1000, val_every=1000, log_every=1, max_steps=int(sys.argv[4]))
 r = train(cfg, load_buffer(Path(sys.argv[1])), s, ckpt_dir=Path(sys.argv[2]), run_dir=Path(sys.argv[3]),
           device=torch.device("cpu"), resume=sys.argv[5] == "1", say=lambda m: print(m, flush=True))
 """
@@ -152,6 +154,28 @@ def test_two_processes_train_and_one_resumes(buffer: Path, tmp_path: Path) -> No
                          timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
     assert "resumed from" in one.stdout and "at step 6" in one.stdout
+
+
+def test_a_last_batch_too_short_for_every_process_is_left_out(buffer: Path, tmp_path: Path) -> None:
+    """One row left over for two processes would give one of them an empty batch, whose NaN loss DDP averages into
+    both: the epoch ends with its last full batch instead."""
+    from policies.dp3.data import val_mask, window_table
+
+    data, s = load_buffer(buffer), Dp3Train()
+    rows = window_table(data.episode_ends, ~val_mask(data.n_episodes, s.val_ratio, s.seed), CFG.horizon,
+                        CFG.n_obs_steps - 1, CFG.n_action_steps - 1)
+    batch = len(rows) - 1  # one window left over
+    (tmp_path / "run").mkdir()
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), str(buffer), str(tmp_path / "ckpt"), str(tmp_path / "run"), "3", "0", str(batch)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
+    assert f"{len(rows)} training windows" in two.stdout and "1 batches an epoch" in two.stdout
+    losses = [float(line.split(" loss ")[1].split()[0]) for line in two.stdout.splitlines() if " loss " in line]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses), two.stdout
 
 
 def test_export_to_upstream_layout_and_back(buffer: Path, tmp_path: Path) -> None:
