@@ -8,7 +8,8 @@ port="${RUNNER_REGISTRY_PORT:-5000}"
 up() { python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/v2/', timeout=2)" 2>/dev/null; }
 up && { echo "registry: localhost:$port up"; exit 0; }
 if ! command -v docker-registry >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-registry >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-registry >/dev/null 2>&1 \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-registry >/dev/null; }
 fi
 mkdir -p "$dir/data"
 cat > "$dir/config.yml" <<CONF

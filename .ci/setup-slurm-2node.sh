@@ -56,36 +56,20 @@ cat > "$dir/taskprolog.sh" <<PROLOG
 exit 0
 PROLOG
 chmod +x "$dir/taskprolog.sh"
+cp "$(dirname "$0")/slurm-common.conf" "$dir/common.conf"
 cat > "$conf.tmp" <<CONF
+Include $dir/common.conf
 ClusterName=rr2
 SlurmctldHost=$(hostname -s)($net.1)
 SlurmctldPort=6827
 SlurmdPort=6828
-AuthType=auth/munge
-# A requeued job may start again after cred_expire seconds (default 120): short here, so requeue tests do not idle.
-AuthInfo=cred_expire=10
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SwitchType=switch/none
-MpiDefault=none
-ReturnToService=2
 SlurmctldPidFile=$dir/slurmctld.pid
 SlurmdPidFile=$dir/slurmd-%n.pid
 SlurmdSpoolDir=$dir/spool-%n
 StateSaveLocation=$dir/state
-SlurmUser=root
-SlurmdUser=root
 SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=$dir/log/slurmd-%n.log
 TaskProlog=$dir/taskprolog.sh
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-JobRequeue=1
-KillWait=30
-MinJobAge=600
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
 NodeName=rrnode1 NodeAddr=$net.1 CPUs=$(nproc) RealMemory=$mem_mb State=UNKNOWN
 NodeName=rrnode2 NodeAddr=$net.2 CPUs=$(nproc) RealMemory=$mem_mb State=UNKNOWN
 PartitionName=two Nodes=rrnode1,rrnode2 Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES

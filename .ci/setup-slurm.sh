@@ -10,33 +10,17 @@ mkdir -p "$dir"/{state,spool,log} /run/munge /etc/slurm
 host="$(hostname -s)"
 cpus="$(nproc)"
 mem_mb="$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))"
+cp "$(dirname "$0")/slurm-common.conf" "$dir/common.conf"
 cat > /etc/slurm/slurm.conf <<CONF
+Include $dir/common.conf
 ClusterName=rr
 SlurmctldHost=$host
-AuthType=auth/munge
-# A requeued job may start again after cred_expire seconds (default 120): short here, so requeue tests do not idle.
-AuthInfo=cred_expire=10
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SwitchType=switch/none
-MpiDefault=none
-ReturnToService=2
 SlurmctldPidFile=$dir/slurmctld.pid
 SlurmdPidFile=$dir/slurmd.pid
 SlurmdSpoolDir=$dir/spool
 StateSaveLocation=$dir/state
-SlurmUser=root
-SlurmdUser=root
 SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=$dir/log/slurmd.log
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-JobRequeue=1
-KillWait=30
-MinJobAge=600
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/filetxt
 JobCompLoc=$dir/log/jobcomp.txt
 NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN

@@ -21,7 +21,7 @@ class CheckpointStore:
     """The checkpoints of one lineage folder. Subclasses set `pattern` (one group: the step) and override
     `incomplete` and `check`."""
 
-    pattern: re.Pattern[str] = re.compile(r"^step-(\d+)$")
+    pattern: re.Pattern[str]  # each store's names, one group: the step
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder

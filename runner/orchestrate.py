@@ -57,8 +57,8 @@ class Orchestrator:
         check_steps(job, steps)
         executor_name = req.executor or job.spec.executor
         prepare_inputs(job, steps, self.say)
-        reasons = preflight_reasons(job, steps)
         executor = self._make_executor(executor_name)
+        reasons = preflight_reasons(job, steps, executor.runs_here)
         # The image is built here by the engine the executor names (docker for docker, and for Slurm's container
         # runtimes: the nodes run this image).
         builder_name = executor.image_builder(job)

@@ -69,13 +69,14 @@ def prepare_inputs(job: LoadedJob, steps: list[str], say: Say) -> None:
         resolve(maker)(dict(job.spec.weights), list(getattr(opts, "instructions", [])), say)
 
 
-def preflight_reasons(job: LoadedJob, steps: list[str]) -> list[str]:
+def preflight_reasons(job: LoadedJob, steps: list[str], here: bool = True) -> list[str]:
     """What stops the run before anything starts: missing or unreadable inputs (the converted data may be missing
-    when convert runs first), disk and memory."""
+    when convert runs first), disk and (`here`: the steps run on this machine, not on Slurm's nodes) memory."""
     reasons = [str(i) for s in steps for i in preflight.check_paths(job, s)
                if not (i.key == "data.converted" and i.problem == "missing" and "convert" in steps)]
     reasons += preflight.check_disk(job.spec.outputs.runs_dir, free_bytes(job.spec.outputs.runs_dir))
-    reasons += preflight.check_memory(job, steps, preflight.gather_memory())
+    if here:
+        reasons += preflight.check_memory(job, steps, preflight.gather_memory())
     return list(dict.fromkeys(reasons))
 
 

@@ -43,6 +43,8 @@ class StepOutcome:
 class Executor(Protocol):
     name: str
     checks_gpu_runtime: bool
+    #: Whether the steps run on this machine (its memory bounds them); Slurm's run on the nodes.
+    runs_here: bool
     context_key: str
 
     def run_step(self, plan: StepPlan, on_start: Callable[[StepHandle], None]) -> StepOutcome:
@@ -94,6 +96,7 @@ class ExecutorBase:
     name = "base"
     #: Whether the engine's GPU runtime must exist here (the steps run on this machine's engine).
     checks_gpu_runtime = False
+    runs_here = True
     #: Which of the plan's step contexts the step reads: paths as the container sees them ("docker") or as this
     #: machine does ("local").
     context_key = "local"

@@ -84,6 +84,7 @@ class SlurmExecutor(ExecutorBase):
     """Submits each step as a batch job; the nodes run it in the job's container runtime (docker by default)."""
 
     name = "slurm"
+    runs_here = False
 
     def __init__(self, out: BinaryIO | None = None, poll_s: float = 1.0, environ: Any = None) -> None:
         self.out = out or sys.stdout.buffer

@@ -33,3 +33,13 @@ def test_paths_needed_per_step(write_job: Callable[..., Path], tmp_path: Path) -
     (tmp_path / "conv").mkdir()
     (tmp_path / "raw").rmdir()  # the demos deleted after converting: training does not mount them
     assert check_paths(job, "train") == [] and [i.key for i in check_paths(job, "convert")] == ["data.raw"]
+
+
+def test_memory_is_checked_against_this_machine_only_when_the_steps_run_here(write_job: Callable[..., Path]) -> None:
+    """A Slurm submission asks the nodes for memory; the submitting machine's own RAM does not bound it."""
+    from runner.executors.slurm import SlurmExecutor
+    from runner.preparation import preflight_reasons
+
+    job = load_job(write_job("name: big\npolicy: dp3\nresources: {memory: 1000t}\nsteps: {train: }\n"), {})
+    assert any("resources.memory is 1000t but this machine has" in r for r in preflight_reasons(job, ["train"]))
+    assert not any("memory" in r for r in preflight_reasons(job, ["train"], here=SlurmExecutor.runs_here))
