@@ -88,6 +88,10 @@ def classify(f: FailureFacts) -> Diagnosis | None:
                          "check resources.nccl_socket_ifname reaches the other ranks; "
                          "on one machine leave it unset (loopback)")
     m = _MISSING.search(tail)
+    if m and "/" not in m.group(1) and "." not in m.group(1):
+        # a bare name (no folder, no suffix): a program a launcher tried to start, not a data file
+        return Diagnosis("command_not_found", f"a program the step starts is missing: {m.group(1)}",
+                         "install it in the image (image.pip / image.apt) or put it on PATH where the step runs")
     if m:
         return Diagnosis("missing_file", f"a file the step needs is missing: {m.group(1)}",
                          "check the data/weights paths in the job and that the step before this one ran")

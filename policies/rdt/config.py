@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from policies.convert_options import ConvertCommon
 from robot.options import Deploy
@@ -95,3 +95,13 @@ class RdtSteps(StepsModel):
 class RdtJob(JobCommon):
     policy: Literal["rdt"]
     steps: RdtSteps = Field(default_factory=RdtSteps)
+
+    @model_validator(mode="after")
+    def _several_machines_need_gpus(self) -> RdtJob:
+        r = self.resources
+        if r.nodes > 1 and r.gpus in (0, []):
+            # accelerate forms no process group for DeepSpeed on CPUs: each machine would train alone
+            msg = (f"resources.nodes is {r.nodes} but resources.gpus is {r.gpus!r}: RDT trains on several machines "
+                   "only with GPUs; on CPUs, set resources.nodes: 1")
+            raise ValueError(msg)
+        return self

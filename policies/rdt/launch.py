@@ -118,6 +118,12 @@ def accelerate_argv(python: str, options: RdtTrain, gpus: Any, visible: int, env
     if not 0 <= rank < machines:
         msg = f"RUNNER_MACHINE_RANK={rank} is outside 0..{machines - 1} (RUNNER_NUM_MACHINES={machines})"
         raise LaunchError(msg)
+    if machines > 1 and not visible:
+        # accelerate forms no process group for a DeepSpeed run on CPUs: each node would train alone, both writing
+        # the same checkpoints. Several machines are for GPUs.
+        msg = (f"RDT on {machines} machines needs GPUs (resources.gpus is {gpus!r}): on CPUs it trains on one "
+               "machine, one process (resources.nodes: 1)")
+        raise LaunchError(msg)
     precision = options.mixed_precision if visible else "no"
     argv = [python, "-m", "accelerate.commands.launch", "--num_machines", str(machines), "--machine_rank", str(rank),
             "--num_processes", str(per_machine * machines), "--mixed_precision", precision, "--dynamo_backend", "no"]
@@ -131,6 +137,10 @@ def accelerate_argv(python: str, options: RdtTrain, gpus: Any, visible: int, env
     if options.zero_stage > 0 and not _fused(options, per_machine * machines, visible):
         argv += ["--use_deepspeed", "--zero_stage", str(options.zero_stage),
                  "--gradient_accumulation_steps", str(options.gradient_accumulation_steps)]
+        if machines > 1:
+            # Each node runs its own launch (srun starts one a node): torchrun's per-node launch, not accelerate's
+            # default pdsh launcher, which would ssh to the others through the `deepspeed` command.
+            argv += ["--deepspeed_multinode_launcher", "standard"]
     elif per_machine * machines > 1:
         argv += ["--multi_gpu"]
     return [*argv, "-m", "policies.rdt.steps", "train"]

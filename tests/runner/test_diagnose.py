@@ -22,6 +22,7 @@ def test_shm_bus_error_suggests_the_size_that_would_have_been_needed() -> None:
     ("Killed", 137, "host_oom"),
     ("RuntimeError: mat1 and mat2 shapes cannot be multiplied (768x8 and 14x64)", 1, "shape_mismatch"),
     ("FileNotFoundError: [Errno 2] No such file or directory: '/data/converted/x.zarr'", 1, "missing_file"),
+    ("FileNotFoundError: [Errno 2] No such file or directory: 'deepspeed'", 1, "command_not_found"),  # a launcher's
     ("NCCL WARN socket connect to 10.0.0.2<29500> failed: Connection refused", 1, "nccl_connect"),
     ("sh: 1: trainx: not found", 127, "command_not_found"),
     ("", 143, "interrupted"),

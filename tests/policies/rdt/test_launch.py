@@ -1,6 +1,9 @@
 """How RDT training is launched: one process a GPU, DeepSpeed when asked, a refusal before anything starts when
 the job's GPUs are not visible, and the multi-machine arguments from the Slurm script's variables."""
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 
 from policies.rdt.config import RdtTrain
@@ -42,6 +45,12 @@ def test_several_machines_take_the_rendezvous_from_the_environment() -> None:
     assert arg(argv, "--num_machines") == "2" and arg(argv, "--machine_rank") == "1"
     assert arg(argv, "--num_processes") == "8"  # processes in total, as accelerate counts them
     assert arg(argv, "--main_process_ip") == "node01" and arg(argv, "--main_process_port") == "23456"
+    # each node launches its own processes (srun starts one launch a node), not through pdsh/ssh
+    assert arg(argv, "--deepspeed_multinode_launcher") == "standard"
+    assert "--deepspeed_multinode_launcher" not in accelerate_argv("python3", OPTS, 4, 4, {}, port=1)
+    # accelerate forms no process group for DeepSpeed on CPUs: two machines would each train alone
+    with pytest.raises(LaunchError, match=r"RDT on 2 machines needs GPUs \(resources.gpus is 0\)"):
+        accelerate_argv("python3", OPTS, 0, 0, env)
     with pytest.raises(LaunchError, match="MASTER_ADDR and MASTER_PORT"):
         accelerate_argv("python3", OPTS, 4, 4, {"RUNNER_NUM_MACHINES": "2"})
     with pytest.raises(LaunchError, match=r"outside 0\.\.1"):
@@ -57,3 +66,12 @@ def test_one_gpu_in_bf16_runs_the_fused_engine_without_deepspeed() -> None:
     assert "--use_deepspeed" in fp32  # the fused engine is bf16 only
     with pytest.raises(LaunchError, match=r"engine: fused runs one process on one GPU in bf16; this run has 2"):
         accelerate_argv("python3", OPTS.model_copy(update={"engine": "fused"}), 2, 2, {}, port=1)
+
+
+def test_an_rdt_job_on_several_machines_without_gpus_is_refused_by_name(write_job: Callable[..., Path]) -> None:
+    from runner.errors import SpecError
+    from runner.spec.load import load_job
+
+    with pytest.raises(SpecError, match=r"resources\.nodes is 2 but resources\.gpus is 0: RDT trains on several"):
+        load_job(write_job("name: r\npolicy: rdt\nresources: {nodes: 2}\n"), {})
+    assert load_job(write_job("name: r\npolicy: rdt\nresources: {nodes: 2, gpus: 4}\n"), {}).spec.resources.nodes == 2
