@@ -215,9 +215,7 @@ class _Loop:
                     rate = n_log / max(1e-9, time.perf_counter() - t_log)
                     self._log(global_step, float(acc.reduce(loss.detach().float(), "mean")), rate, smooth, per_step)
                     t_log, n_log = time.perf_counter(), 0
-                flags = torch.tensor([self.stop.signal is not None, self.stop.save_now], dtype=torch.float32,
-                                     device=acc.device)
-                stopping, saving = (bool(x) for x in acc.reduce(flags, "max").tolist())
+                stopping, saving = self._agreed_flags(global_step)
                 if global_step % o.checkpointing_period == 0 or global_step == total or stopping or saving:
                     self.say(f"train: checkpoint {self.save(global_step)}")
                     self.stop.save_now = False
@@ -236,6 +234,20 @@ class _Loop:
             acc.end_training()
         self.result.global_step = global_step
         return self.result
+
+    def _agreed_flags(self, step: int) -> tuple[bool, bool]:
+        """(stop, save now), the same on every process. One process reads its own flags, with no GPU round trip;
+        several agree through a reduction at log steps only: reading its result makes the host wait for the GPU,
+        and a wait every step would keep the host from queueing the next step while the GPU runs this one."""
+        acc = self.acc
+        local = (self.stop.signal is not None, self.stop.save_now)
+        if acc.num_processes == 1:
+            return local
+        if step % self.o.log_every and step != self.o.max_train_steps:
+            return False, False
+        flags = torch.tensor(local, dtype=torch.float32, device=acc.device)
+        stopping, saving = (bool(x) for x in acc.reduce(flags, "max").tolist())
+        return stopping, saving
 
     def _log(self, step: int, value: float, rate: float, smooth: SmoothRate, per_step: int) -> None:
         self.result.losses.append(value)
