@@ -14,11 +14,19 @@ conf="$dir/slurm.conf"
 dock2="/run/rr-docker2"
 
 down() {
+  local pids=()
   for f in "$dir"/slurmd-rrnode1.pid "$dir"/slurmd-rrnode2.pid "$dir"/slurmctld.pid "$dock2.pid"; do
-    [ -s "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
+    pid="$(cat "$f" 2>/dev/null || true)"  # read once: a daemon removes its pid file as it exits
+    if [ -n "$pid" ] && kill "$pid" 2>/dev/null; then pids+=("$pid"); fi
   done
-  sleep 2
+  for _ in $(seq 1 30); do  # a namespace lives on while a process is in it (dockerd stops in a few seconds)
+    alive_any=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive_any=1; done
+    [ "$alive_any" = 0 ] && break
+    sleep 1
+  done
   ip netns del rrn2 2>/dev/null || true
+  ip link del rrv2 2>/dev/null || true
   ip link del rrbr0 2>/dev/null || true
 }
 if [ "${1:-}" = "--down" ]; then down; exit 0; fi
@@ -26,6 +34,9 @@ alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 if [ "$(id -u)" != 0 ]; then echo "the two-node test cluster needs root (network namespaces)" >&2; exit 1; fi
 command -v slurmctld >/dev/null || { echo "run .ci/setup-slurm.sh first (Slurm and munge)" >&2; exit 1; }
+for tool in ip:iproute2 iptables:iptables nsenter:util-linux; do
+  command -v "${tool%%:*}" >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${tool#*:}" >/dev/null
+done
 mkdir -p "$dir"/{state,log} "$dir/docker2"
 
 # The network: a bridge on the host, a namespace for the second node.
@@ -34,7 +45,9 @@ if ! ip link show rrbr0 >/dev/null 2>&1; then
   ip addr add "$net.1/24" dev rrbr0
   ip link set rrbr0 up
 fi
-if ! ip netns list | grep -qw rrn2; then
+if ! ip netns list | grep -qw rrn2 || ! nsenter --net=/run/netns/rrn2 ip link show eth0 >/dev/null 2>&1; then
+  ip netns del rrn2 2>/dev/null || true
+  ip link del rrv2 2>/dev/null || true  # left by a namespace that outlived its name
   ip netns add rrn2
   ip link add rrv2 type veth peer name eth0 netns rrn2
   ip link set rrv2 master rrbr0 up

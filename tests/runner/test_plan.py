@@ -90,7 +90,8 @@ def test_explicit_shm_below_need_warns(write_job: Callable[..., Path], machine: 
 
 
 def test_bad_explicit_nccl_interface_is_a_warning_naming_real_ones(write_job: Callable[..., Path], machine: Machine) -> None:
-    job = load_job(write_job("name: a\npolicy: rdt\nresources: {nodes: 2, gpus: 2, nccl_socket_ifname: eth0}\nsteps: {train: }\n"), {})
+    job = load_job(write_job("name: a\npolicy: rdt\nresources: {nodes: 2, gpus: 2, nccl_socket_ifname: eth0}\n"
+                             "steps: {train: }\n"), {})
     p = plan(job, "train", machine, executor="docker")
     assert any("no interface matching eth0" in w and "enp5s0" in w for w in p.warnings)
 
