@@ -172,6 +172,8 @@ FRAMEWORK_GLOBALS: frozenset[tuple[str, str]] = _REAL | frozenset({
 _FRAMEWORK_PREFIXES = ("numpy.dtypes.",)  # numpy 2's dtype classes (UInt32DType, ...)
 _STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING",
                          "STRING"})
+_PUT_OPS = frozenset({"BINPUT", "LONG_BINPUT", "PUT"})  # memo writes at an explicit index (MEMOIZE: the next one)
+_GET_OPS = frozenset({"BINGET", "LONG_BINGET", "GET"})
 
 
 def pickle_globals(data: bytes) -> list[tuple[str, str]]:
@@ -193,11 +195,11 @@ def pickle_globals(data: bytes) -> list[tuple[str, str]]:
             recent.append(None)
         elif op.name in _STRING_OPS:
             recent.append(arg)
-        elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+        elif op.name in _PUT_OPS:
             memo[int(str(arg))] = recent[-1] if recent else None
         elif op.name == "MEMOIZE":
             memo[len(memo)] = recent[-1] if recent else None
-        elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+        elif op.name in _GET_OPS:
             recent.append(memo.get(int(str(arg))))
         elif op.name in ("REDUCE", "BUILD", "NEWOBJ", "NEWOBJ_EX", "OBJ"):
             recent.append(None)
@@ -207,8 +209,6 @@ def pickle_globals(data: bytes) -> list[tuple[str, str]]:
 _GETATTR = frozenset({("__builtin__", "getattr"), ("builtins", "getattr")})
 #: The classes a framework pickles members of by name, getattr(<class>, "<member>") (Python's enum pickling).
 ENUM_CLASSES: frozenset[tuple[str, str]] = frozenset({("deepspeed.runtime.zero.config", "ZeroStageEnum")})
-_MEMO_OPS = frozenset({"BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"})
-_GET_OPS = frozenset({"BINGET", "LONG_BINGET", "GET"})
 
 
 def getattr_only_names_members(data: bytes, classes: frozenset[tuple[str, str]] = ENUM_CLASSES) -> bool:
@@ -222,7 +222,7 @@ def getattr_only_names_members(data: bytes, classes: frozenset[tuple[str, str]] 
     pushed: list[tuple[str, Any]] = []  # (operation, what it pushed) for every operation but memo writes
     memo: dict[int, Any] = {}
     for op, arg, _ in pickletools.genops(data):
-        if op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+        if op.name in _PUT_OPS:
             memo[int(str(arg))] = pushed[-1][1] if pushed else None
         elif op.name == "MEMOIZE":
             memo[len(memo)] = pushed[-1][1] if pushed else None

@@ -23,7 +23,6 @@ from runner.spec.types import format_size
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
-
 class SlurmRenderError(RunnerError):
     """The job cannot be expressed for Slurm as written (names the field)."""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from policies.signals import ignore_stop_signals
+from policies.signals import ignore_stop_signals, stop_workers
 
 
 class DataShapeError(ValueError):
@@ -157,9 +157,4 @@ def worker_batches(sampler: WindowSampler, batches: list[torch.Tensor], workers:
             yield (pc.to(device, non_blocking=True), pos.to(device, non_blocking=True),
                    act.to(device, non_blocking=True))
     finally:
-        # Left early (max_steps or a stop inside the epoch), or done: the workers go now. They ignore SIGTERM
-        # (policies.signals), and a loader kept alive until exit made multiprocessing's exit handler wait on them
-        # forever (a test process that never exited, seen in CI).
-        shutdown = getattr(it, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
+        stop_workers(it)  # left early (max_steps or a stop inside the epoch), or done: the workers go now

@@ -35,7 +35,7 @@ from policies.rdt.launch import fused_applies
 from policies.rdt.model import RdtConfig, RdtRunner, schedulers
 from policies.rdt.state_space import FRANKA, StateMap
 from policies.rdt.weights import WeightsError, load_strict, read_state_dict
-from policies.signals import StopFlag, ignore_stop_signals
+from policies.signals import StopFlag, ignore_stop_signals, stop_workers
 from policies.training import TrainResult, lr_scheduler
 
 TRAINER_STATE = "trainer_state.json"
@@ -225,11 +225,7 @@ class _Loop:
                              "`runner resume JOB`")
                     break
         finally:
-            # The loader never runs dry (its sampler is endless): its workers are stopped here, because they ignore
-            # SIGTERM (policies.signals) and multiprocessing's exit handler would wait for them forever.
-            shutdown = getattr(batches, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
+            stop_workers(batches)  # the loader never runs dry (its sampler is endless)
             self.metrics.close()
             acc.end_training()
         self.result.global_step = global_step

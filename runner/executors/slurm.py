@@ -16,7 +16,7 @@ from runner.executors.base import ExecutorBase, StepHandle, StepOutcome
 from runner.plan import StepPlan
 from runner.records import StepRecord
 from runner.runs import follow
-from runner.slurm import node_image, script_path
+from runner.slurm import cache_file, node_image, script_path
 
 #: Job states after which nothing more happens (a requeued job goes back to PENDING and is followed on).
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
@@ -205,8 +205,6 @@ def cache_image(client: Any, tag: str, cache: Path, runtime: str, say: Callable[
     """Make the runtime's file of the image in `cache` once per content tag, under a temp name then renamed."""
     import os
     import shutil
-
-    from runner.slurm import cache_file
 
     target = cache_file(cache, tag, runtime)
     if target.is_file():
