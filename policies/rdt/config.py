@@ -48,8 +48,9 @@ class RdtTrain(StepSpec):
     mixed_precision: Literal["no", "fp16", "bf16"] = "bf16"
     zero_stage: Literal[0, 1, 2, 3] = 2
     engine: Literal["auto", "fused", "accelerate"] = Field(
-        default="auto", description="auto: the fused one-GPU engine on one GPU in bf16 (bf16 weights, fp32 masters, "
-        "fused AdamW, compiled model and SigLIP; docs/rdt.md), accelerate + DeepSpeed ZeRO (zero_stage) otherwise; "
+        default="auto", description="auto: the fused engine on GPUs in bf16 (bf16 weights, fp32 masters, fused AdamW, "
+        "compiled model and SigLIP, DDP on several GPUs; docs/rdt.md), accelerate + DeepSpeed ZeRO (zero_stage) "
+        "otherwise, or on several GPUs too small for the whole optimizer state on each; "
         "accelerate: always accelerate, as upstream trains")
     compile: bool = Field(default=True, description="torch.compile RDT and SigLIP in the fused engine (GPU only)")
     precomp_lang_embed: bool = True

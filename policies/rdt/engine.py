@@ -1,14 +1,18 @@
 """How one RDT optimizer step runs: two engines with one interface, chosen by the job's `engine` option.
 
-* `fused` (the default on one GPU in bf16, `engine: auto`): the model in bf16 with fp32 master weights, a fused
+* `fused` (the default on GPUs in bf16, `engine: auto`): the model in bf16 with fp32 master weights, a fused
   AdamW and a multi-tensor EMA (policies/rdt/fused.py), the model and SigLIP compiled. DeepSpeed's bf16 arithmetic
-  without its single-GPU bookkeeping. Its checkpoint keeps the model where DeepSpeed writes it
+  without its bookkeeping. On several GPUs the model is wrapped in DDP (bf16 gradients averaged in buckets while
+  the backward runs, as ZeRO-2 reduces them in bf16) and every GPU keeps the whole optimizer state, so a checkpoint
+  is the same on any GPU count and resumes on any other. Its checkpoint keeps the model where DeepSpeed writes it
   (`pytorch_model/mp_rank_00_model_states.pt`, key `module`), so everything that reads weights reads both.
-* `accelerate`: accelerate with DeepSpeed ZeRO (`zero_stage` > 0) or DDP, as upstream trains; several GPUs.
+* `accelerate`: accelerate with DeepSpeed ZeRO (`zero_stage` > 0) or DDP, as upstream trains: `auto` picks it on
+  several GPUs too small for the fused engine's full optimizer state (launch.fits_fused).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -86,20 +90,20 @@ class AccelerateEngine:
 
     def load(self, folder: Path) -> None:
         if (folder / FUSED_OPTIMIZER).is_file():
-            msg = (f"{folder} was written by the fused one-GPU engine, whose optimizer state accelerate cannot read: "
-                   "resume it on one GPU (engine: auto or fused), or start a new lineage from its weights "
+            msg = (f"{folder} was written by the fused engine, whose optimizer state accelerate cannot read: "
+                   "resume it with engine: auto or fused (on any GPU count), or start a new lineage from its weights "
                    f"(weights.rdt={folder / MODEL_FILE} with `runner train JOB`)")
             raise ResumeError(msg)
         self.acc.load_state(str(folder))
 
 
 class FusedEngine:
-    """bf16 model + fp32 masters + fused AdamW + multi-tensor EMA on one GPU; the model compiled when asked."""
+    """bf16 model + fp32 masters + fused AdamW + multi-tensor EMA; DDP over several processes; compiled when asked."""
 
     name = "fused"
 
     def __init__(self, acc: Any, model: torch.nn.Module, o: RdtTrain, compile: bool) -> None:
-        self.acc, self.accum = acc, o.gradient_accumulation_steps
+        self.acc, self.accum, self.compiled = acc, o.gradient_accumulation_steps, compile
         names = [n for n, _ in model.named_parameters()]
         self.ema = Ema(model).to(acc.device)
         if list(self.ema.params) != names:
@@ -111,35 +115,61 @@ class FusedEngine:
         self.master = MasterWeights(model.parameters(), max_grad_norm=o.max_grad_norm, **adamw_args(o))
         self.model = model.to(torch.bfloat16)
         self.optimizer = self.master.optimizer
-        self.forward: Any = torch.compile(self.model) if compile else self.model
+        self.wrapped: Any = self.model
+        if acc.num_processes > 1:
+            self._replicate()
+        self.forward: Any = torch.compile(self.wrapped) if compile else self.wrapped
+
+    def _replicate(self) -> None:
+        """Every process starts from process 0's masters (and so weights and EMA), then DDP averages gradients."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        with torch.no_grad():
+            for m in self.master.master:
+                torch.distributed.broadcast(m, 0)
+            torch._foreach_copy_([p.data for p in self.master.params], self.master.master)
+            torch._foreach_copy_(list(self.ema.params.values()), self.master.master)
+        cuda = self.acc.device.type == "cuda"
+        self.wrapped = DistributedDataParallel(self.model, device_ids=[self.acc.device] if cuda else None,
+                                               broadcast_buffers=False, gradient_as_bucket_view=True)
 
     @property
     def module(self) -> torch.nn.Module:
         return self.model
 
     def step(self, micro: Iterable[tuple[dict[str, torch.Tensor], torch.Generator]], loss_fn: LossFn) -> torch.Tensor:
-        for b, gen in micro:
-            loss = loss_fn(self.forward, b, gen)
-            (loss / self.accum).backward()  # type: ignore[no-untyped-call]
+        batches = list(micro)
+        for i, (b, gen) in enumerate(batches):
+            with self._accumulating(i < len(batches) - 1):
+                loss = loss_fn(self.forward, b, gen)
+                (loss / self.accum).backward()  # type: ignore[no-untyped-call]
         self.master.step()
         self.master.zero_grad()
         self.ema.update_from(self.master.master)
         return loss
 
+    def _accumulating(self, more: bool) -> Any:
+        """DDP's no_sync for a micro-batch that another follows (uncompiled: a compiled DDP module reduces at
+        every backward, which costs time, not correctness)."""
+        if more and self.wrapped is not self.model and not self.compiled:
+            return self.wrapped.no_sync()
+        return contextlib.nullcontext()
+
     def save(self, folder: Path) -> None:
-        self.acc.save_state(str(folder))  # RNG states and the LR scheduler registered for checkpointing
-        (folder / MODEL_FILE).parent.mkdir(parents=True, exist_ok=True)
-        checkpoint_io.write({"module": self.model.state_dict()}, folder / MODEL_FILE)
-        checkpoint_io.write(self.master.state_dict(), folder / FUSED_OPTIMIZER)
+        self.acc.save_state(str(folder))  # RNG states (one file a process) and the LR scheduler
+        if self.acc.is_main_process:  # the same on every process
+            (folder / MODEL_FILE).parent.mkdir(parents=True, exist_ok=True)
+            checkpoint_io.write({"module": self.model.state_dict()}, folder / MODEL_FILE)
+            checkpoint_io.write(self.master.state_dict(), folder / FUSED_OPTIMIZER)
 
     def load(self, folder: Path) -> None:
         if not (folder / FUSED_OPTIMIZER).is_file():
             shards = list((folder / "pytorch_model").glob("*optim_states.pt"))
-            msg = (f"{folder} was written by {'DeepSpeed' if shards else 'accelerate'}, not the fused one-GPU engine: "
+            msg = (f"{folder} was written by {'DeepSpeed' if shards else 'accelerate'}, not the fused engine: "
                    "resume it with engine: accelerate (and the GPU count it was written with), or start a new lineage "
                    f"from its weights (weights.rdt={folder / MODEL_FILE} with `runner train JOB`)")
             raise ResumeError(msg)
-        self.acc.load_state(str(folder))
+        self.acc.load_state(str(folder))  # a process the checkpoint has no RNG file for keeps its seeded state
         # The fp32 masters define the bf16 weights (MODEL_FILE is their rounding, kept for readers of weights).
         self.master.load_state_dict(checkpoint_io.load(folder / FUSED_OPTIMIZER, self.acc.device))
 

@@ -38,23 +38,53 @@ def processes_per_machine(gpus: Any, visible: int) -> int:
     return wanted
 
 
-def _fused(options: RdtTrain, processes: int, visible: int) -> bool:
-    """Whether the step trains with the fused one-GPU engine (then accelerate starts it without DeepSpeed)."""
+#: Bytes each parameter takes on every GPU in the fused engine: the bf16 weight and gradient, the fp32 master and
+#: its gradient copy, AdamW's two fp32 moments and the fp32 EMA. ZeRO-2 splits all but the first two across GPUs.
+FUSED_BYTES_PER_PARAM = 2 + 2 + 4 + 4 + 8 + 4
+#: Parameters of each model size (RDT-1B: 1,228,319,872 with SigLIP so400m's token width).
+MODEL_PARAMS = {"1b": 1_228_319_872, "tiny": 2_000_000}
+#: Activations, SigLIP and workspace a sample of the micro-batch (RDT-1B on one H200, bf16, bench/rdt.py: peak
+#: 41.4 GiB at batch 16 and 56.6 GiB at 32 over the 27.4 GiB of state above).
+ACTIVATION_BYTES_PER_SAMPLE = {"1b": 1 << 30, "tiny": 16 << 20}
+
+
+def fused_memory(model_size: str, micro_batch: int) -> int:
+    """What one GPU needs for the fused engine (bytes), by the constants above."""
+    return MODEL_PARAMS[model_size] * FUSED_BYTES_PER_PARAM + micro_batch * ACTIVATION_BYTES_PER_SAMPLE[model_size]
+
+
+def gpu_memory() -> int | None:
+    """The first visible GPU's memory in bytes, or None without one."""
+    import torch
+
+    return int(torch.cuda.get_device_properties(0).total_memory) if torch.cuda.is_available() else None
+
+
+def _fused(options: RdtTrain, processes: int, visible: int, gpu_bytes: int | None = None) -> bool:
+    """Whether the step trains with the fused engine (then accelerate starts it without DeepSpeed)."""
     try:
-        return fused_applies(options.engine, processes, visible > 0,
-                             options.mixed_precision if visible else "no")
+        return fused_applies(options.engine, processes, visible > 0, options.mixed_precision if visible else "no",
+                             fits=fits_fused(options, gpu_bytes))
     except ValueError as e:
         raise LaunchError(str(e)) from e
 
 
-def fused_applies(engine: str, processes: int, cuda: bool, precision: str) -> bool:
-    """Whether the fused engine runs: `fused`, or `auto` on one CUDA process in bf16. Raises when `fused` cannot."""
-    fits = cuda and processes == 1 and precision == "bf16"
-    if engine == "fused" and not fits:
-        msg = (f"engine: fused runs one process on one GPU in bf16; this run has {processes} process(es), "
-               f"{'a GPU' if cuda else 'no GPU'} and mixed_precision {precision}: use engine: auto or accelerate")
+def fits_fused(options: RdtTrain, gpu_bytes: int | None) -> bool:
+    """Whether a GPU of `gpu_bytes` holds the fused engine's full optimizer state (unknown: assumed to)."""
+    return gpu_bytes is None or fused_memory(options.model_size, options.train_batch_size) <= gpu_bytes
+
+
+def fused_applies(engine: str, processes: int, cuda: bool, precision: str, fits: bool = True) -> bool:
+    """Whether the fused engine runs: `fused`, or `auto` on GPUs in bf16 (on several GPUs when each holds the whole
+    optimizer state, `fits`; else ZeRO splits it). Raises when `fused` cannot run."""
+    able = cuda and precision == "bf16"
+    if engine == "fused" and not able:
+        msg = (f"engine: fused runs on GPUs in bf16; this run has {'GPUs' if cuda else 'no GPU'} and mixed_precision "
+               f"{precision}: use engine: auto or accelerate")
         raise ValueError(msg)
-    return engine != "accelerate" and fits
+    if engine == "accelerate" or not able:
+        return False
+    return engine == "fused" or processes == 1 or fits
 
 
 def render_deepspeed_config(*, zero_stage: int, mixed_precision: str, grad_accum: int, micro_batch: int,
@@ -93,11 +123,16 @@ def preview(step: str, options: StepSpec, gpus: Any, nodes: int) -> dict[str, An
     if nodes == 1:
         argv[argv.index("--main_process_port") + 1] = "<a free port>"
     processes = processes_per_machine(gpus, visible) * nodes
-    fused = _fused(options, processes, visible)
+    fused = _fused(options, processes, visible)  # the GPUs' memory is known where the step runs
     out: dict[str, Any] = {"launch": argv, "engine": "fused" if fused else "accelerate"}
+    need = f"{fused_memory(options.model_size, options.train_batch_size) / (1 << 30):.0f} GiB"
     if gpus == "all":
-        out["note"] = ("resources.gpus is all: shown for one GPU; with several the step launches one process a GPU "
-                       "with DeepSpeed ZeRO (zero_stage)")
+        out["note"] = ("resources.gpus is all: shown for one GPU; with several the step launches one process a GPU: "
+                       f"the fused engine with DDP, or DeepSpeed ZeRO-{options.zero_stage} where a GPU has less than "
+                       f"{need} (the whole optimizer state and a micro-batch)")
+    elif fused and processes > 1 and options.engine == "auto":
+        out["note"] = (f"fused engine with DDP; the step switches to DeepSpeed ZeRO-{options.zero_stage} instead where "
+                       f"a GPU has less than {need} (the whole optimizer state and a micro-batch)")
     if not fused and options.zero_stage > 0 and visible:
         out["deepspeed_config.json"] = deepspeed_config(options, options.mixed_precision)
     return out
@@ -110,8 +145,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def accelerate_argv(python: str, options: RdtTrain, gpus: Any, visible: int, env: Mapping[str, str],
-                    port: int | None = None) -> list[str]:
-    """The `accelerate launch` command line for this machine (pure apart from the port when none is given)."""
+                    port: int | None = None, gpu_bytes: int | None = None) -> list[str]:
+    """The `accelerate launch` command line for this machine (pure apart from the port when none is given);
+    `gpu_bytes`: a GPU's memory, which decides between the fused engine and ZeRO on several GPUs."""
     per_machine = processes_per_machine(gpus, visible)
     machines = int(env.get("RUNNER_NUM_MACHINES", "1"))
     rank = int(env.get("RUNNER_MACHINE_RANK", "0"))
@@ -134,7 +170,7 @@ def accelerate_argv(python: str, options: RdtTrain, gpus: Any, visible: int, env
         argv += ["--main_process_ip", env["MASTER_ADDR"], "--main_process_port", env["MASTER_PORT"]]
     else:
         argv += ["--main_process_port", str(port if port is not None else free_port())]
-    if options.zero_stage > 0 and not _fused(options, per_machine * machines, visible):
+    if options.zero_stage > 0 and not _fused(options, per_machine * machines, visible, gpu_bytes):
         argv += ["--use_deepspeed", "--zero_stage", str(options.zero_stage),
                  "--gradient_accumulation_steps", str(options.gradient_accumulation_steps)]
         if machines > 1:

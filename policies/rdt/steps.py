@@ -122,11 +122,11 @@ def _checkpoint_folder(ctx: StepContext, name: str) -> Path:
 def _launch(ctx: StepContext) -> int:
     import torch
 
-    from policies.rdt.launch import LaunchError, accelerate_argv
+    from policies.rdt.launch import LaunchError, accelerate_argv, gpu_memory
 
     try:
         argv = accelerate_argv(sys.executable, ctx.typed(RdtTrain), ctx.spec["resources"]["gpus"], torch.cuda.device_count(),
-                               os.environ)
+                               os.environ, gpu_bytes=gpu_memory())
     except LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -31,7 +31,7 @@ from policies.rdt.batches import ItemRules, StepIndices, TrainItems, collate
 from policies.rdt.config import RdtTrain
 from policies.rdt.dataset import EpisodeIndex, RdtSamples, dataset_stat, index_episodes
 from policies.rdt.engine import MODEL_FILE, AccelerateEngine, FusedEngine, ResumeError, make_accelerator, world_size
-from policies.rdt.launch import fused_applies
+from policies.rdt.launch import fits_fused, fused_applies, gpu_memory
 from policies.rdt.model import RdtConfig, RdtRunner, schedulers
 from policies.rdt.state_space import FRANKA, StateMap
 from policies.rdt.weights import WeightsError, load_strict, read_state_dict
@@ -84,7 +84,8 @@ def train(o: RdtTrain, inputs: Inputs, *, resume: bool, stop: StopFlag, extra: d
     from accelerate.utils import set_seed
 
     cuda = torch.cuda.is_available()
-    fused = fused_applies(o.engine, world_size(), cuda, o.mixed_precision if cuda else "no")
+    fused = fused_applies(o.engine, world_size(), cuda, o.mixed_precision if cuda else "no",
+                          fits=fits_fused(o, gpu_memory()))  # as launch.py decided
     acc, precision, ds_config = make_accelerator(o, fused)
     main = acc.is_main_process
     if not main:
@@ -128,7 +129,7 @@ def train(o: RdtTrain, inputs: Inputs, *, resume: bool, stop: StopFlag, extra: d
 
 def _engine_words(name: str, o: RdtTrain, ds_config: dict[str, Any] | None) -> str:
     if name == "fused":
-        return f"fused one-GPU engine (bf16 weights, fp32 masters, fused AdamW{', compiled' if o.compile else ''})"
+        return f"fused engine (bf16 weights, fp32 masters, fused AdamW{', compiled' if o.compile else ''})"
     return f"DeepSpeed ZeRO-{o.zero_stage}" if ds_config is not None else "no DeepSpeed"
 
 

@@ -151,12 +151,18 @@ def test_bash_completion_completes_verbs_options_and_job_names(tmp_path: Path, w
 def test_plan_shows_what_rdt_launches_inside_the_step_and_its_options() -> None:
     import json
 
-    two = cli("plan", "jobs/sample_rdt.yaml", "train", "resources.gpus=2", "--executor", "local", cwd=REPO)
+    fused = cli("plan", "jobs/sample_rdt.yaml", "train", "resources.gpus=2", "--executor", "local", cwd=REPO)
+    assert fused.returncode == 0, fused.stderr
+    assert "# inside the step, it launches (engine fused):" in fused.stdout and "--multi_gpu" in fused.stdout
+    assert "DeepSpeed ZeRO-2 instead where a GPU has less than" in fused.stdout  # decided where the step runs
+    two = cli("plan", "jobs/sample_rdt.yaml", "train", "resources.gpus=2", "steps.train.engine=accelerate",
+              "--executor", "local", cwd=REPO)
     assert two.returncode == 0, two.stderr
     assert "# inside the step, it launches (engine accelerate):" in two.stdout
     assert "--num_processes 2" in two.stdout and "--use_deepspeed --zero_stage 2" in two.stdout
     assert '"train_micro_batch_size_per_gpu": 8' in two.stdout  # the rendered DeepSpeed config
-    assert "#   * max_train_steps: 60" in two.stdout and "#     engine: \"auto\"" in two.stdout  # set / default
+    assert "#   * max_train_steps: 60" in fused.stdout and "#     engine: \"auto\"" in fused.stdout  # set / default
+    assert "#   * engine: \"accelerate\"" in two.stdout
     one = cli("plan", "jobs/sample_rdt.yaml", "train", "resources.gpus=1", "--json", cwd=REPO)
     step = json.loads(one.stdout)["steps"][0]
     assert step["launches"]["engine"] == "fused" and "--use_deepspeed" not in step["launches"]["launch"]
