@@ -50,7 +50,7 @@ class RdtTrain(StepSpec):
     engine: Literal["auto", "fused", "accelerate"] = Field(
         default="auto", description="auto: the fused engine on GPUs in bf16 (bf16 weights, fp32 masters, fused AdamW, "
         "compiled model and SigLIP, DDP on several GPUs; docs/rdt.md), accelerate + DeepSpeed ZeRO (zero_stage) "
-        "otherwise, or on several GPUs too small for the whole optimizer state on each; "
+        "otherwise, or on GPUs too small for the whole optimizer state and a micro-batch (launch.fused_memory); "
         "accelerate: always accelerate, as upstream trains")
     compile: bool = Field(default=True, description="torch.compile RDT and SigLIP in the fused engine (GPU only)")
     precomp_lang_embed: bool = True
