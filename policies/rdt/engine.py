@@ -7,7 +7,7 @@
   is the same on any GPU count and resumes on any other. Its checkpoint keeps the model where DeepSpeed writes it
   (`pytorch_model/mp_rank_00_model_states.pt`, key `module`), so everything that reads weights reads both.
 * `accelerate`: accelerate with DeepSpeed ZeRO (`zero_stage` > 0) or DDP, as upstream trains: `auto` picks it on
-  several GPUs too small for the fused engine's full optimizer state (launch.fits_fused).
+  GPUs too small for the fused engine's whole optimizer state and a micro-batch (launch.fits_fused).
 """
 
 from __future__ import annotations

@@ -70,7 +70,8 @@ def _fused(options: RdtTrain, processes: int, visible: int, gpu_bytes: int | Non
 
 
 def fits_fused(options: RdtTrain, gpu_bytes: int | None) -> bool:
-    """Whether a GPU of `gpu_bytes` holds the fused engine's full optimizer state (unknown: assumed to)."""
+    """Whether a GPU of `gpu_bytes` holds the fused engine's whole optimizer state and a micro-batch (unknown:
+    assumed to)."""
     return gpu_bytes is None or fused_memory(options.model_size, options.train_batch_size) <= gpu_bytes
 
 
@@ -149,7 +150,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 def accelerate_argv(python: str, options: RdtTrain, gpus: Any, visible: int, env: Mapping[str, str],
                     port: int | None = None, gpu_bytes: int | None = None) -> list[str]:
     """The `accelerate launch` command line for this machine (pure apart from the port when none is given);
-    `gpu_bytes`: a GPU's memory, which decides between the fused engine and ZeRO on several GPUs."""
+    `gpu_bytes`: a GPU's memory, which decides between the fused engine and ZeRO (fits_fused)."""
     per_machine = processes_per_machine(gpus, visible)
     machines = int(env.get("RUNNER_NUM_MACHINES", "1"))
     rank = int(env.get("RUNNER_MACHINE_RANK", "0"))

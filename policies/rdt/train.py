@@ -31,7 +31,7 @@ from policies.rdt.batches import ItemRules, StepIndices, TrainItems, collate
 from policies.rdt.config import RdtTrain
 from policies.rdt.dataset import EpisodeIndex, RdtSamples, dataset_stat, index_episodes
 from policies.rdt.engine import MODEL_FILE, AccelerateEngine, FusedEngine, ResumeError, make_accelerator, world_size
-from policies.rdt.launch import fits_fused, fused_applies, gpu_memory
+from policies.rdt.launch import fits_fused, fused_applies, fused_memory, gpu_memory
 from policies.rdt.model import RdtConfig, RdtRunner, schedulers
 from policies.rdt.state_space import FRANKA, StateMap
 from policies.rdt.weights import WeightsError, load_strict, read_state_dict
@@ -84,12 +84,17 @@ def train(o: RdtTrain, inputs: Inputs, *, resume: bool, stop: StopFlag, extra: d
     from accelerate.utils import set_seed
 
     cuda = torch.cuda.is_available()
+    gpu_bytes = gpu_memory()
     fused = fused_applies(o.engine, world_size(), cuda, o.mixed_precision if cuda else "no",
-                          fits=fits_fused(o, gpu_memory()))  # as launch.py decided
+                          fits=fits_fused(o, gpu_bytes))  # as launch.py decided
     acc, precision, ds_config = make_accelerator(o, fused)
     main = acc.is_main_process
     if not main:
         say = _quiet
+    if gpu_bytes is not None and not fused and o.engine == "auto" and precision == "bf16":
+        say(f"train: engine auto: a GPU has {gpu_bytes / 2**30:.0f} GiB, less than the fused engine needs for model_size "
+            f"{o.model_size} at batch {o.train_batch_size} ({fused_memory(o.model_size, o.train_batch_size) / 2**30:.0f} "
+            "GiB: docs/rdt.md, Engines); training with accelerate + DeepSpeed instead")
     set_seed(o.seed)
     train_eps, val_eps = split_episodes(inputs.data, o.val_episodes)
     stat = dataset_stat(train_eps, state_map)
