@@ -53,6 +53,21 @@ def make_accelerator(o: RdtTrain, fused: bool = False) -> tuple[Any, str, dict[s
     return acc, precision, ds_config
 
 
+def check_same_engine(acc: Any, fused: bool) -> None:
+    """Every process must train with one engine; each machine picks it from its own GPUs' memory
+    (launch.fits_fused), so machines with GPUs of different sizes could disagree. Raises ValueError, on every
+    process, naming the ranks."""
+    if acc.num_processes == 1:
+        return
+    picked = [int(x) for x in acc.gather(torch.tensor([int(fused)], device=acc.device)).tolist()]
+    if len(set(picked)) > 1:
+        ranks = {name: [r for r, f in enumerate(picked) if f == flag] for name, flag in (("fused", 1), ("accelerate", 0))}
+        msg = (f"the processes picked different engines (fused on ranks {ranks['fused']}, accelerate + DeepSpeed on "
+               f"ranks {ranks['accelerate']}): the machines' GPUs differ in memory (docs/rdt.md, Engines); set "
+               "steps.train.engine to fused or accelerate, or run on machines with GPUs of one size")
+        raise ValueError(msg)
+
+
 def adamw_args(o: RdtTrain) -> dict[str, Any]:
     return {"lr": o.learning_rate, "betas": tuple(o.adam_betas), "weight_decay": o.weight_decay, "eps": 1e-8}
 

@@ -30,7 +30,15 @@ from policies.rdt import checkpoints
 from policies.rdt.batches import ItemRules, StepIndices, TrainItems, collate
 from policies.rdt.config import RdtTrain
 from policies.rdt.dataset import EpisodeIndex, RdtSamples, dataset_stat, index_episodes
-from policies.rdt.engine import MODEL_FILE, AccelerateEngine, FusedEngine, ResumeError, make_accelerator, world_size
+from policies.rdt.engine import (
+    MODEL_FILE,
+    AccelerateEngine,
+    FusedEngine,
+    ResumeError,
+    check_same_engine,
+    make_accelerator,
+    world_size,
+)
 from policies.rdt.launch import fits_fused, fused_applies, fused_memory, gpu_memory
 from policies.rdt.model import RdtConfig, RdtRunner, schedulers
 from policies.rdt.state_space import FRANKA, StateMap
@@ -88,6 +96,7 @@ def train(o: RdtTrain, inputs: Inputs, *, resume: bool, stop: StopFlag, extra: d
     fused = fused_applies(o.engine, world_size(), cuda, o.mixed_precision if cuda else "no",
                           fits=fits_fused(o, gpu_bytes))  # as launch.py decided
     acc, precision, ds_config = make_accelerator(o, fused)
+    check_same_engine(acc, fused)
     main = acc.is_main_process
     if not main:
         say = _quiet

@@ -14,7 +14,7 @@ import torch
 import torch.multiprocessing as mp
 
 from policies.rdt.config import RdtTrain
-from policies.rdt.engine import MODEL_FILE, AccelerateEngine, FusedEngine, ResumeError, make_accelerator
+from policies.rdt.engine import MODEL_FILE, AccelerateEngine, FusedEngine, ResumeError, check_same_engine, make_accelerator
 from policies.rdt.launch import fits_fused, free_port, fused_applies, fused_memory
 from policies.rdt.model import RdtConfig, RdtRunner, schedulers
 from policies.rdt.train import _loss
@@ -121,12 +121,34 @@ def _step_all(engine: Any, steps: list[list[Any]]) -> list[float]:
                                for b, s in micro], fn).detach()) for micro in steps]
 
 
-def _fused_rank(rank: int, world: int, port: int, out: str, backend: str) -> None:
+def _join(rank: int, world: int, port: int, backend: str) -> Any:
+    """This process's accelerator in a group of `world` started by mp.spawn."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if backend == "gloo":
         os.environ["ACCELERATE_USE_CPU"] = "true"
-    acc, _, _ = make_accelerator(opts(), fused=True)
+    return make_accelerator(opts(), fused=True)[0]
+
+
+def _disagreeing_rank(rank: int, world: int, port: int, out: str) -> None:
+    acc = _join(rank, world, port, "gloo")
+    check_same_engine(acc, True)  # agreeing: nothing happens
+    try:
+        check_same_engine(acc, rank == 0)  # a machine whose GPUs are too small for the fused engine
+    except ValueError as e:
+        Path(out, f"rank{rank}.txt").write_text(str(e))
+    torch.distributed.destroy_process_group()
+
+
+def test_processes_that_picked_different_engines_all_stop_naming_the_ranks(tmp_path: Path) -> None:
+    mp.spawn(_disagreeing_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        said = (tmp_path / f"rank{rank}.txt").read_text()
+        assert "fused on ranks [0], accelerate + DeepSpeed on ranks [1]" in said and "steps.train.engine" in said
+
+
+def _fused_rank(rank: int, world: int, port: int, out: str, backend: str) -> None:
+    acc = _join(rank, world, port, backend)
     assert acc.num_processes == world
     torch.manual_seed(rank)  # ranks built differently: process 0's weights are the ones that train
     engine = FusedEngine(acc, RdtRunner(CFG), opts(), compile=False)
