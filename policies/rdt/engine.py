@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import torch
 
 from policies import checkpoint_io
 from policies.ema import Ema
+from policies.rdt import zero_convert
 from policies.rdt.config import RdtTrain
 from policies.rdt.fused import MasterWeights
 from policies.rdt.launch import deepspeed_config
@@ -103,13 +105,14 @@ class AccelerateEngine:
     def save(self, folder: Path) -> None:
         self.acc.save_state(str(folder))
 
-    def load(self, folder: Path) -> None:
+    def load(self, folder: Path) -> str | None:
         if (folder / FUSED_OPTIMIZER).is_file():
             msg = (f"{folder} was written by the fused engine, whose optimizer state accelerate cannot read: "
                    "resume it with engine: auto or fused (on any GPU count), or start a new lineage from its weights "
                    f"(weights.rdt={folder / MODEL_FILE} with `runner train JOB`)")
             raise ResumeError(msg)
         self.acc.load_state(str(folder))
+        return None
 
 
 class FusedEngine:
@@ -177,16 +180,54 @@ class FusedEngine:
             checkpoint_io.write({"module": self.model.state_dict()}, folder / MODEL_FILE)
             checkpoint_io.write(self.master.state_dict(), folder / FUSED_OPTIMIZER)
 
-    def load(self, folder: Path) -> None:
-        if not (folder / FUSED_OPTIMIZER).is_file():
-            shards = list((folder / "pytorch_model").glob("*optim_states.pt"))
-            msg = (f"{folder} was written by {'DeepSpeed' if shards else 'accelerate'}, not the fused engine: "
-                   "resume it with engine: accelerate (and the GPU count it was written with), or start a new lineage "
+    def load(self, folder: Path) -> str | None:
+        """Restore from a fused checkpoint, or from a DeepSpeed ZeRO one (converted; the note says so)."""
+        note = None
+        if (folder / FUSED_OPTIMIZER).is_file():
+            state = checkpoint_io.load(folder / FUSED_OPTIMIZER, self.acc.device)
+        elif zero_convert.shards(folder):
+            state, note = self._from_zero(folder)
+        else:
+            msg = (f"{folder} was written by accelerate without DeepSpeed (zero_stage: 0), not the fused engine: resume "
+                   "it with engine: accelerate (and the GPU count it was written with), or start a new lineage "
                    f"from its weights (weights.rdt={folder / MODEL_FILE} with `runner train JOB`)")
             raise ResumeError(msg)
         self.acc.load_state(str(folder))  # a process the checkpoint has no RNG file for keeps its seeded state
         # The fp32 masters define the bf16 weights (MODEL_FILE is their rounding, kept for readers of weights).
-        self.master.load_state_dict(checkpoint_io.load(folder / FUSED_OPTIMIZER, self.acc.device))
+        self.master.load_state_dict(state)
+        return note
+
+    def _from_zero(self, folder: Path) -> tuple[dict[str, Any], str]:
+        """DeepSpeed's per-process ZeRO state as the fused engine's: converted once by process 0 into a folder
+        beside the checkpoint (removed after), read by every process."""
+        acc, saved_by = self.acc, len(zero_convert.shards(folder))
+        universal = folder.parent / f".{folder.name}.universal"
+        why = ""
+        if acc.is_main_process:
+            try:
+                zero_convert.to_universal(folder, universal)
+            except zero_convert.ConvertError as e:
+                why = str(e)
+        _all_or_none(acc, not why, f"cannot convert {folder}'s DeepSpeed ZeRO state for the fused engine: {why}")
+        try:
+            names = [n for n, _ in self.model.named_parameters()]
+            state = zero_convert.fused_state(universal, names, self.master.master, self.master.optimizer.state_dict())
+        except (zero_convert.ConvertError, checkpoint_io.CheckpointError, KeyError) as e:
+            why = f"{type(e).__name__}: {e}"
+        _all_or_none(acc, not why, f"cannot read {folder}'s DeepSpeed ZeRO state for the fused engine: {why}")
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            shutil.rmtree(universal, ignore_errors=True)
+        return state, (f"converted DeepSpeed ZeRO's optimizer state, saved by {saved_by} process(es), for the fused "
+                       f"engine on {acc.num_processes}")
+
+
+def _all_or_none(acc: Any, ok: bool, message: str) -> None:
+    """Every process goes on, or every process raises ResumeError (one process's failure would otherwise leave
+    the others waiting at the next collective)."""
+    flags = [ok] if acc.num_processes == 1 else acc.gather(torch.tensor([int(ok)], device=acc.device)).tolist()
+    if not all(flags):
+        raise ResumeError(message if not ok else "another process could not restore the checkpoint (its error is above)")
 
 
 def world_size() -> int:

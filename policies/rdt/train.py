@@ -299,7 +299,9 @@ def _resume(acc: Any, engine: AccelerateEngine | FusedEngine, inputs: Inputs, sa
                "`runner train JOB`)")
         raise ResumeError(msg)
     try:
-        engine.load(folder)
+        note = engine.load(folder)
+        if note:
+            say(f"train: {note}")
         state = json.loads((folder / TRAINER_STATE).read_text())
         engine.ema.load(folder / "ema", int(state["ema_steps"]))
     except (OSError, RuntimeError, KeyError, ValueError, WeightsError, checkpoint_io.CheckpointError) as e:

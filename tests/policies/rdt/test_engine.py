@@ -84,7 +84,7 @@ def test_fused_checkpoint_restores_the_next_step_exactly(tmp_path: Path) -> None
     with pytest.raises(ResumeError, match="written by the fused engine"):
         AccelerateEngine(acc, model(), opts(), deepspeed=False).load(tmp_path / "checkpoint-3")
     (tmp_path / "other").mkdir()
-    with pytest.raises(ResumeError, match="not the fused engine: resume it with engine: accelerate"):
+    with pytest.raises(ResumeError, match=r"accelerate without DeepSpeed .*, not the fused engine: resume it with engine"):
         second.load(tmp_path / "other")
 
 
@@ -121,13 +121,55 @@ def _step_all(engine: Any, steps: list[list[Any]]) -> list[float]:
                                for b, s in micro], fn).detach()) for micro in steps]
 
 
-def _join(rank: int, world: int, port: int, backend: str) -> Any:
-    """This process's accelerator in a group of `world` started by mp.spawn."""
+def _join(rank: int, world: int, port: int, backend: str, o: RdtTrain | None = None) -> Any:
+    """This process's accelerator in a group of `world` started by mp.spawn (the fused engine's, or for `o`)."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if backend == "gloo":
         os.environ["ACCELERATE_USE_CPU"] = "true"
-    return make_accelerator(opts(), fused=True)[0]
+    return make_accelerator(o or opts(), fused=o is None)[0]
+
+
+def _zero_rank(rank: int, world: int, port: int, out: str) -> None:
+    """Three steps with DeepSpeed ZeRO-2 (CPU, fp32), a checkpoint, three more."""
+    o = opts(zero_stage=2)
+    # as `accelerate launch --use_deepspeed` sets them on a machine without GPUs
+    os.environ.update(ACCELERATE_USE_DEEPSPEED="true", DS_ACCELERATOR="cpu")
+    engine = AccelerateEngine(_join(rank, world, port, "deepspeed", o), model(), o, deepspeed=True)
+    data = batches(6)
+    first = run(engine, data[:3], torch.float32)
+    engine.save(Path(out) / "checkpoint-3")
+    at3 = [p.detach().clone() for p in engine.module.parameters()]
+    zero_opt = engine.model.optimizer  # DeepSpeed's ZeRO optimizer: AdamW over one flat fp32 partition
+    moments = zero_opt.optimizer.state[zero_opt.single_partition_of_fp32_groups[0]]
+    avg, avg_sq = (moments[k].detach().clone() for k in ("exp_avg", "exp_avg_sq"))
+    rest = run(engine, data[3:], torch.float32, start=3)
+    torch.save({"losses": first + rest, "at3": at3, "lr": engine.optimizer.param_groups[0]["lr"], "exp_avg": avg,
+                "exp_avg_sq": avg_sq}, Path(out) / "zero.pt")
+
+
+def test_a_deepspeed_zero_checkpoint_resumes_in_the_fused_engine(tmp_path: Path) -> None:
+    """DeepSpeed's own converter reads its shards; the masters are its fp32 weights exactly, AdamW goes on from
+    its moments (the next losses follow DeepSpeed's own within bf16 tolerance)."""
+    mp.spawn(_zero_rank, args=(1, free_port(), str(tmp_path)), nprocs=1, join=True)
+    zero = torch.load(tmp_path / "zero.pt", weights_only=True)
+    folder = tmp_path / "checkpoint-3"
+    assert list((folder / "pytorch_model").glob("zero_pp_rank_0_mp_rank_00_optim_states.pt"))
+    acc, _, _ = make_accelerator(opts(), fused=True)
+    fused = FusedEngine(acc, model(), opts(), compile=False)
+    note = fused.load(folder)
+    assert note is not None and "saved by 1 process(es), for the fused engine on 1" in note
+    assert all(torch.equal(a, b) for a, b in zip(fused.master.master, zero["at3"], strict=True))
+    state = fused.optimizer.state_dict()
+    assert float(state["state"][0]["step"]) == 3 and state["param_groups"][0]["lr"] == zero["lr"]
+    for k in ("exp_avg", "exp_avg_sq"):  # the moments, in the model's parameter order, as DeepSpeed held them
+        ours = torch.cat([state["state"][i][k].flatten() for i in range(len(fused.master.master))])
+        assert torch.equal(ours, zero[k][:ours.numel()]) and ours.abs().sum() > 0
+    assert run(fused, batches(6)[3:], torch.bfloat16, start=3) == pytest.approx(zero["losses"][3:], rel=5e-2)
+    assert not list(tmp_path.glob(".checkpoint-3.universal*"))  # the converted copy is gone
+    (folder / "pytorch_model" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"truncated")
+    with pytest.raises(ResumeError, match=r"cannot convert .*checkpoint-3's DeepSpeed ZeRO state for the fused engine"):
+        FusedEngine(acc, model(), opts(), compile=False).load(folder)
 
 
 def _disagreeing_rank(rank: int, world: int, port: int, out: str) -> None:
