@@ -208,16 +208,20 @@ class FusedEngine:
                 zero_convert.to_universal(folder, universal)
             except zero_convert.ConvertError as e:
                 why = str(e)
-        _all_or_none(acc, not why, f"cannot convert {folder}'s DeepSpeed ZeRO state for the fused engine: {why}")
         try:
-            names = [n for n, _ in self.model.named_parameters()]
-            state = zero_convert.fused_state(universal, names, self.master.master, self.master.optimizer.state_dict())
-        except (zero_convert.ConvertError, checkpoint_io.CheckpointError, KeyError) as e:
-            why = f"{type(e).__name__}: {e}"
-        _all_or_none(acc, not why, f"cannot read {folder}'s DeepSpeed ZeRO state for the fused engine: {why}")
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            shutil.rmtree(universal, ignore_errors=True)
+            _all_or_none(acc, not why, f"cannot convert {folder}'s DeepSpeed ZeRO state for the fused engine: {why}")
+            state: dict[str, Any] = {}
+            try:
+                names = [n for n, _ in self.model.named_parameters()]
+                state = zero_convert.fused_state(universal, names, self.master.master,
+                                                 self.master.optimizer.state_dict(), acc.device)
+            except (zero_convert.ConvertError, checkpoint_io.CheckpointError, KeyError) as e:
+                why = f"{type(e).__name__}: {e}"
+            # also the point where every process has read the files
+            _all_or_none(acc, not why, f"cannot read {folder}'s DeepSpeed ZeRO state for the fused engine: {why}")
+        finally:
+            if acc.is_main_process:
+                shutil.rmtree(universal, ignore_errors=True)
         return state, (f"converted DeepSpeed ZeRO's optimizer state, saved by {saved_by} process(es), for the fused "
                        f"engine on {acc.num_processes}")
 

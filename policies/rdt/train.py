@@ -117,7 +117,8 @@ def train(o: RdtTrain, inputs: Inputs, *, resume: bool, stop: StopFlag, extra: d
     lr_sched = lr_scheduler(engine.optimizer, o.lr_scheduler, o.lr_warmup_steps, o.max_train_steps)
     acc.register_for_checkpointing(lr_sched)  # saved and restored with the rest of the state
     input_dtype = torch.bfloat16 if (fused or ds_config is not None) and precision == "bf16" else torch.float32
-    global_step = _resume(acc, engine, inputs, say, {"job": (extra or {}).get("job"), "model": asdict(cfg)}) if resume else 0
+    expect = {"job": (extra or {}).get("job"), "model": asdict(cfg)}
+    global_step = _resume(acc, engine, inputs, say, expect, o) if resume else 0
     acc.wait_for_everyone()
     meta = {"model": asdict(cfg), "train": o, "state_map": {"name": state_map.name, "indices": list(state_map.indices)},
             "siglip": str(inputs.siglip), "img_history_size": o.img_history_size, "ctrl_freq": o.ctrl_freq,
@@ -282,7 +283,7 @@ def _loss(model: Any, tower: Any, b: dict[str, torch.Tensor], alphas: torch.Tens
 
 
 def _resume(acc: Any, engine: AccelerateEngine | FusedEngine, inputs: Inputs, say: Callable[[str], None],
-            expect: dict[str, Any]) -> int:
+            expect: dict[str, Any], o: RdtTrain) -> int:
     """Restore model, optimizer, scheduler, RNG and EMA from the newest complete checkpoint (or `inputs.start`,
     which is refused rather than skipped when it does not verify), or raise."""
     found = _resume_point(inputs, expect)
@@ -293,10 +294,11 @@ def _resume(acc: Any, engine: AccelerateEngine | FusedEngine, inputs: Inputs, sa
     # ZeRO writes one optimizer shard a data-parallel rank: [bf16_]zero_pp_rank_<r>_mp_rank_00_optim_states.pt
     saved_by = len(list((folder / "pytorch_model").glob("*zero_pp_rank_*_optim_states.pt")))  # bf16_zero_pp_...
     if saved_by and engine.name == "accelerate" and saved_by != acc.num_processes:
+        need = fused_memory(o.model_size, o.train_batch_size) / 2**30
         msg = (f"{folder} was written by {saved_by} processes with DeepSpeed ZeRO, which cannot re-partition its "
-               f"optimizer state for {acc.num_processes}: resume with resources.gpus={saved_by}, or start a new "
-               f"lineage from its weights (weights.rdt={folder / MODEL_FILE} with "
-               "`runner train JOB`)")
+               f"optimizer state for {acc.num_processes}: resume with resources.gpus={saved_by}, or with the fused "
+               f"engine (engine: auto or fused, on GPUs of at least {need:.0f} GiB), which reads it on any GPU count, "
+               f"or start a new lineage from its weights (weights.rdt={folder / MODEL_FILE} with `runner train JOB`)")
         raise ResumeError(msg)
     try:
         note = engine.load(folder)

@@ -65,13 +65,14 @@ def learning_rate(universal: Path) -> float:
 
 
 def fused_state(universal: Path, names: list[str], master: list[torch.Tensor],
-                optimizer_like: dict[str, Any]) -> dict[str, Any]:
+                optimizer_like: dict[str, Any], device: torch.device | str = "cpu") -> dict[str, Any]:
     """The state MasterWeights.load_state_dict takes, from the per-parameter files: `names` and `master` in the
-    model's parameter order; `optimizer_like`: the fused optimizer's own state_dict (its groups and options)."""
+    model's parameter order; `optimizer_like`: the fused optimizer's own state_dict (its groups and options).
+    Read onto `device` (the GPU: host memory holds no copy of the whole state a process)."""
     zero = universal / "zero"
 
     def read(name: str, what: str) -> Any:
-        return checkpoint_io.load(zero / name / f"{what}.pt")
+        return checkpoint_io.load(zero / name / f"{what}.pt", device)
 
     masters, state = [], {}
     for i, (name, like) in enumerate(zip(names, master, strict=True)):
@@ -82,7 +83,7 @@ def fused_state(universal: Path, names: list[str], master: list[torch.Tensor],
         if fp32.shape != like.shape:
             msg = f"parameter {name}: the DeepSpeed checkpoint has shape {tuple(fp32.shape)}, the model {tuple(like.shape)}"
             raise ConvertError(msg)
-        step = torch.as_tensor(read(name, "step"), dtype=torch.float32).reshape(())
+        step = torch.as_tensor(read(name, "step"), dtype=torch.float32).reshape(()).cpu()
         masters.append(fp32)
         state[i] = {"step": step, "exp_avg": avg.reshape(like.shape), "exp_avg_sq": avg_sq.reshape(like.shape)}
     lr = learning_rate(universal)
