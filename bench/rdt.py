@@ -14,6 +14,9 @@ upstream    upstream's train/train.py step, item by item: Accelerator(mixed_prec
             (a no-op under DeepSpeed, as upstream's), torch AdamW (its defaults: lr 1e-4 here, betas 0.9/0.999,
             wd 1e-2), LR scheduler step, then EMAModel.step over a bf16 copy of the model, parameter by parameter
             with mul_/add_. The model is this repo's RdtRunner (upstream's architecture and parameter names).
+--train-cameras 1: the lab's robot (one camera): the other two slots of each frame hold the background picture.
+Upstream's path encodes all six images a sample as it does; the runner's encodes the shown ones and one background.
+
 fused       the runner's default on one GPU (policies/rdt/engine.py FusedEngine, the same code `runner train` runs):
             compiled SigLIP (policies/rdt/siglip.py), compiled RDT in bf16, fp32 masters, fused AdamW, clipping 1.0,
             fp32 EMA by one multi-tensor lerp.
@@ -57,9 +60,18 @@ def save_siglip(path: Path) -> Path:
     return path
 
 
-def batch(n: int, device: torch.device, cfg: RdtConfig, seed: int) -> dict[str, torch.Tensor]:
+def batch(n: int, device: torch.device, cfg: RdtConfig, seed: int, cameras: int = 3) -> dict[str, torch.Tensor]:
+    """Random inputs; with fewer than 3 cameras the other slots hold the background picture (one constant image),
+    as TrainItems makes them, and the runner's SigLIP encodes the shown images and one background
+    (batches.unique_images); upstream's path encodes all six a sample."""
+    from policies.rdt.batches import unique_images
+
     rng = torch.Generator().manual_seed(seed)
-    return {"images": torch.randn(n, 6, 3, 384, 384, generator=rng).to(device),
+    images = torch.randn(n, 6, 3, 384, 384, generator=rng)
+    blank = (torch.arange(6) % 3 >= cameras).expand(n, 6)  # time-major: slots 0..2 at each of 2 frames
+    images[blank] = 0.0
+    select, source = unique_images(blank)
+    return {"images": images.to(device), "image_select": select.to(device), "image_source": source.to(device),
             "lang_embeds": torch.randn(n, 32, cfg.lang_token_dim, generator=rng).to(device),
             "lang_attn_mask": torch.ones(n, 32, dtype=torch.bool, device=device),
             "states": torch.randn(n, 1, 128, generator=rng).to(device),
@@ -91,7 +103,7 @@ def dist_env() -> None:
         os.environ.setdefault(k, v)
 
 
-def train_upstream(siglip: Path, n: int, steps: int) -> float:
+def train_upstream(siglip: Path, n: int, steps: int, cameras: int = 3) -> float:
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin
     from transformers import SiglipVisionModel
@@ -113,7 +125,7 @@ def train_upstream(siglip: Path, n: int, steps: int) -> float:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     rdt, opt, sched = acc.prepare(rdt, opt, sched)
     alphas = torch.as_tensor(schedulers(cfg)[0].alphas_cumprod, dtype=torch.float32).to(dev)  # type: ignore[attr-defined]
-    b = batch(n, dev, cfg, acc.process_index)
+    b = batch(n, dev, cfg, acc.process_index, cameras)
     gen = torch.Generator(dev).manual_seed(acc.process_index)
     updates = [0]
 
@@ -153,7 +165,7 @@ def upstream_ema_step(ema: torch.nn.Module, model: torch.nn.Module, updates: lis
     updates[0] += 1
 
 
-def train_runner(siglip: Path, n: int, steps: int, engine: str) -> float:
+def train_runner(siglip: Path, n: int, steps: int, engine: str, cameras: int = 3) -> float:
     from policies.rdt.engine import AccelerateEngine, FusedEngine, make_accelerator
     from policies.rdt.train import _loss
     from policies.rdt.vision import SiglipTower
@@ -169,7 +181,7 @@ def train_runner(siglip: Path, n: int, steps: int, engine: str) -> float:
         model = RdtRunner(cfg)
     eng = FusedEngine(acc, model, o, compile=True) if fused else AccelerateEngine(acc, model, o, deepspeed=True)
     alphas = torch.as_tensor(schedulers(cfg)[0].alphas_cumprod, dtype=torch.float32).to(dev)  # type: ignore[attr-defined]
-    b = batch(n, dev, cfg, acc.process_index)
+    b = batch(n, dev, cfg, acc.process_index, cameras)
     gen = torch.Generator(dev).manual_seed(acc.process_index)
 
     def step() -> None:
@@ -266,8 +278,8 @@ def one(args: argparse.Namespace, siglip: Path) -> None:
               f"({statistics.median(eager) / statistics.median(graph):.2f}x)")
         return
     n = args.batch[0]
-    rate = train_upstream(siglip, n, args.steps) if args.only == "upstream" else train_runner(
-        siglip, n, args.steps, args.only)
+    rate = train_upstream(siglip, n, args.steps, args.train_cameras) if args.only == "upstream" else train_runner(
+        siglip, n, args.steps, args.only, args.train_cameras)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"RESULT {args.only} {n} {rate:.2f} {torch.cuda.max_memory_allocated() / 2**30:.1f}", flush=True)
 
@@ -277,7 +289,8 @@ def drive(args: argparse.Namespace) -> None:
     rows: dict[tuple[str, int], tuple[float, float]] = {}
     for n in args.batch:
         for what in ("upstream", "fused"):
-            cmd = [sys.executable, __file__, "--only", what, "--batch", str(n), "--steps", str(args.steps)]
+            cmd = [sys.executable, __file__, "--only", what, "--batch", str(n), "--steps", str(args.steps),
+                   "--train-cameras", str(args.train_cameras)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             if out.returncode or not lines:
@@ -298,6 +311,8 @@ if __name__ == "__main__":
     ap.add_argument("--calls", type=int, default=1000)
     ap.add_argument("--only", choices=["all", "upstream", "fused", "accelerate", "inference"], default="all")
     ap.add_argument("--cameras", type=int, choices=[1, 2, 3], default=3, help="cameras with a new frame every call")
+    ap.add_argument("--train-cameras", type=int, choices=[1, 2, 3], default=3,
+                    help="training: cameras a sample shows (the rest background, as the lab's one-camera data)")
     a = ap.parse_args()
     path = Path(os.environ.get("SIGLIP", tempfile.gettempdir())) / "rdt-bench-siglip"
     if int(os.environ.get("RANK", "0")) == 0:

@@ -65,38 +65,60 @@ class TrainItems(torch.utils.data.Dataset[dict[str, Any]]):
             state = state + rng.normal(0.0, s["state_std"] / math.sqrt(10 ** (r.state_noise_snr / 10)), state.shape)
         state = state if keep() else self.state_mean[None]
         elem_mask = s["state_indicator"] if keep() else np.zeros_like(s["state_indicator"])
-        frames = []
+        frames, blank = [], []
         for i in range(self.samples.history):  # time-major, cameras in upstream's order within a time step
             for slot in SLOTS:
                 img, valid = s["images"][slot][i], bool(s["image_masks"][slot][i])
-                if valid and keep():
-                    frames.append(augment(img, rng) if r.image_aug else img)
-                else:
-                    frames.append(self.prep.blank(img))
+                shown = valid and keep()
+                frames.append((augment(img, rng) if r.image_aug else img) if shown else self.prep.blank(img))
+                blank.append(not shown)
         lang = self.empty_lang
         if s["lang_embed_path"] is not None and keep():
             lang = torch.load(s["lang_embed_path"], map_location="cpu", weights_only=True)
         return {"states": torch.from_numpy(np.asarray(state, np.float32)), "actions": torch.from_numpy(s["actions"]),
                 "state_elem_mask": torch.from_numpy(elem_mask.astype(np.float32)), "images": self.prep.pixels(frames),
-                "ctrl_freq": float(ctrl_freq), "lang_embed": lang.float()}
+                "image_blank": torch.tensor(blank), "ctrl_freq": float(ctrl_freq), "lang_embed": lang.float()}
 
 
 #: Language embeddings are padded to a multiple of this many tokens.
 LANG_BUCKET = 32
+#: The images SigLIP encodes in a batch are padded to a multiple of this many (few distinct shapes to compile).
+IMAGE_BUCKET = 8
+
+
+def unique_images(blank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which images of a batch SigLIP must encode, from the (B, K) flags of background images (absent cameras,
+    dropped or not-yet-seen frames: all the same picture, the processor's mean colour): (select, source).
+    `select` indexes the flattened images to encode: every shown one, padded with background ones to a multiple of
+    IMAGE_BUCKET, then one background; `source[i]` is the row of that encoding image i's tokens are. With the lab's
+    one camera, two thirds of a batch's images are background, and SigLIP encodes one of them, not all."""
+    flat = blank.reshape(-1)
+    shown = torch.nonzero(~flat).flatten()
+    background = torch.nonzero(flat).flatten()
+    if background.numel() == 0:  # every image shown: all of them, in order
+        return torch.arange(flat.numel()), torch.arange(flat.numel())
+    padded = -(-shown.numel() // IMAGE_BUCKET) * IMAGE_BUCKET
+    extra = background[0].repeat(padded - shown.numel() + 1)  # the padding, and the background's own row
+    select = torch.cat([shown, extra])
+    source = torch.full((flat.numel(),), padded, dtype=torch.long)
+    source[shown] = torch.arange(shown.numel())
+    return select, source
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Stack the samples; pad the language embeddings to the longest, rounded up to a multiple of LANG_BUCKET
-    (few distinct shapes for a compiled model; masked positions change nothing), with an attention mask."""
+    (few distinct shapes for a compiled model; masked positions change nothing), with an attention mask; and
+    which images SigLIP encodes (unique_images)."""
     lengths = [it["lang_embed"].shape[0] for it in items]
     width = -(-max(lengths) // LANG_BUCKET) * LANG_BUCKET
     lang = torch.zeros(len(items), width, items[0]["lang_embed"].shape[-1], dtype=items[0]["lang_embed"].dtype)
     for i, it in enumerate(items):
         lang[i, : lengths[i]] = it["lang_embed"]
     mask = torch.arange(width)[None] < torch.tensor(lengths)[:, None]
+    select, source = unique_images(torch.stack([it["image_blank"] for it in items]))
     return {"states": torch.stack([it["states"] for it in items]), "actions": torch.stack([it["actions"] for it in items]),
             "state_elem_mask": torch.stack([it["state_elem_mask"] for it in items]),
-            "images": torch.stack([it["images"] for it in items]),
+            "images": torch.stack([it["images"] for it in items]), "image_select": select, "image_source": source,
             "ctrl_freqs": torch.tensor([it["ctrl_freq"] for it in items]), "lang_embeds": lang, "lang_attn_mask": mask}
 
 

@@ -273,7 +273,12 @@ def _loss(model: Any, tower: Any, b: dict[str, torch.Tensor], alphas: torch.Tens
           dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
     images = b["images"]
     n, k = images.shape[:2]
-    img = tower.encode(images.reshape(n * k, *images.shape[2:])).reshape(n, -1, tower.hidden_size)
+    flat = images.reshape(n * k, *images.shape[2:])
+    if "image_select" in b:  # the shown images and one background (batches.unique_images), not every background
+        tokens = tower.encode(flat.index_select(0, b["image_select"])).index_select(0, b["image_source"])
+    else:
+        tokens = tower.encode(flat)
+    img = tokens.reshape(n, -1, tower.hidden_size)
     actions = b["actions"].to(dtype)
     noise = torch.randn(actions.shape, generator=gen, device=actions.device, dtype=dtype)
     steps = torch.randint(0, cfg.num_train_timesteps, (n,), generator=gen, device=actions.device)
