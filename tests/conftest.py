@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,15 @@ from runner.netif import Interface
 from runner.plan import Machine
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The Ctrl-C tests send SIGINT to a runner started as from a terminal. A suite started in the background by a
+    non-interactive shell (`bash .ci/run &`) inherits SIGINT ignored, and so would every runner it starts (an
+    ignored signal stays ignored across exec, as POSIX wants for background jobs): give the suite Python's own
+    handler back, which its children get as the default disposition."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _docker_ok() -> str | None:
