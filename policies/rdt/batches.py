@@ -95,9 +95,9 @@ def unique_images(blank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     flat = blank.reshape(-1)
     shown = torch.nonzero(~flat).flatten()
     background = torch.nonzero(flat).flatten()
-    if background.numel() == 0:  # every image shown: all of them, in order
-        return torch.arange(flat.numel()), torch.arange(flat.numel())
     padded = -(-shown.numel() // IMAGE_BUCKET) * IMAGE_BUCKET
+    if background.numel() == 0 or padded + 1 >= flat.numel():  # nothing to gain: all of them, in order
+        return torch.arange(flat.numel()), torch.arange(flat.numel())
     extra = background[0].repeat(padded - shown.numel() + 1)  # the padding, and the background's own row
     select = torch.cat([shown, extra])
     source = torch.full((flat.numel(),), padded, dtype=torch.long)

@@ -42,6 +42,11 @@ def test_unique_images_encode_the_shown_ones_and_one_background() -> None:
     assert source.tolist() == [0, 8, 8, 8, 8, 8, 8, 8, 8, 1, 8, 8]
     everything = torch.zeros(2, 6, dtype=torch.bool)
     assert [t.tolist() for t in unique_images(everything)] == [list(range(12))] * 2  # nothing to skip
+    almost = torch.ones(2, 6, dtype=torch.bool)
+    almost[:, :4] = False  # 8 shown of 12: 8 + one background would save 3, 10 shown: padding to 16 saves none
+    assert unique_images(almost)[0].numel() == 9
+    almost[:, 4] = False
+    assert [t.tolist() for t in unique_images(almost)] == [list(range(12))] * 2
 
 
 def test_batch_tokens_equal_encoding_every_image(tmp_path: Path) -> None:
