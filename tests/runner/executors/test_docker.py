@@ -188,7 +188,9 @@ def test_ctrl_c_stops_the_container_and_records_interrupted(tmp_path: Path, clie
     assert time.monotonic() - t0 < 20  # sleep got SIGTERM at once; no wait for the SIGKILL grace
     rec = records.load(logs()[0].parent / "run.json")
     assert rec.status == "interrupted" and rec.steps[0].exit_code == 143
-    assert not client.containers.list(all=True, filters={"label": "runner.job=dock-stop"})  # type: ignore[attr-defined]
+    # this run's container is gone (by run id: a runner killed in an earlier run of the suite may have left one)
+    mine = {"label": f"runner.run_id={logs()[0].parent.name}"}
+    assert not client.containers.list(all=True, filters=mine)  # type: ignore[attr-defined]
 
 
 def test_host_oom_is_diagnosed(tmp_path: Path, client: object) -> None:
