@@ -55,15 +55,21 @@ def make_accelerator(o: RdtTrain, fused: bool = False) -> tuple[Any, str, dict[s
     return acc, precision, ds_config
 
 
+def every_process(acc: Any, flag: bool) -> list[bool]:
+    """Each process's `flag`, by rank, on every process (a collective: every process calls it)."""
+    if acc.num_processes == 1:
+        return [flag]
+    return [bool(x) for x in acc.gather(torch.tensor([int(flag)], device=acc.device)).tolist()]
+
+
 def check_same_engine(acc: Any, fused: bool) -> None:
     """Every process must train with one engine; each machine picks it from its own GPUs' memory
     (launch.fits_fused), so machines with GPUs of different sizes could disagree. Raises ValueError, on every
     process, naming the ranks."""
-    if acc.num_processes == 1:
-        return
-    picked = [int(x) for x in acc.gather(torch.tensor([int(fused)], device=acc.device)).tolist()]
+    picked = every_process(acc, fused)
     if len(set(picked)) > 1:
-        ranks = {name: [r for r, f in enumerate(picked) if f == flag] for name, flag in (("fused", 1), ("accelerate", 0))}
+        ranks = {name: [r for r, f in enumerate(picked) if f == flag] for name, flag in (("fused", True),
+                                                                                         ("accelerate", False))}
         msg = (f"the processes picked different engines (fused on ranks {ranks['fused']}, accelerate + DeepSpeed on "
                f"ranks {ranks['accelerate']}): the machines' GPUs differ in memory (docs/rdt.md, Engines); set "
                "steps.train.engine to fused or accelerate, or run on machines with GPUs of one size")
@@ -229,8 +235,7 @@ class FusedEngine:
 def _all_or_none(acc: Any, ok: bool, message: str) -> None:
     """Every process goes on, or every process raises ResumeError (one process's failure would otherwise leave
     the others waiting at the next collective)."""
-    flags = [ok] if acc.num_processes == 1 else acc.gather(torch.tensor([int(ok)], device=acc.device)).tolist()
-    if not all(flags):
+    if not all(every_process(acc, ok)):
         raise ResumeError(message if not ok else "another process could not restore the checkpoint (its error is above)")
 
 

@@ -26,7 +26,7 @@ import torch
 from policies import checkpoint_io
 from policies.data.episodes import read_attrs
 from policies.metrics import Metrics, SmoothRate, progress
-from policies.rdt import checkpoints
+from policies.rdt import checkpoints, zero_convert
 from policies.rdt.batches import ItemRules, StepIndices, TrainItems, collate
 from policies.rdt.config import RdtTrain
 from policies.rdt.dataset import EpisodeIndex, RdtSamples, dataset_stat, index_episodes
@@ -296,8 +296,7 @@ def _resume(acc: Any, engine: AccelerateEngine | FusedEngine, inputs: Inputs, sa
         say(f"train: nothing to resume in {inputs.output}; starting from the pretrained weights")
         return 0
     step, folder = found
-    # ZeRO writes one optimizer shard a data-parallel rank: [bf16_]zero_pp_rank_<r>_mp_rank_00_optim_states.pt
-    saved_by = len(list((folder / "pytorch_model").glob("*zero_pp_rank_*_optim_states.pt")))  # bf16_zero_pp_...
+    saved_by = len(zero_convert.shards(folder))  # ZeRO writes one optimizer shard a data-parallel rank
     if saved_by and engine.name == "accelerate" and saved_by != acc.num_processes:
         need = fused_memory(o.model_size, o.train_batch_size) / 2**30
         msg = (f"{folder} was written by {saved_by} processes with DeepSpeed ZeRO, which cannot re-partition its "
