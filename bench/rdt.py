@@ -175,7 +175,7 @@ def train_runner(siglip: Path, n: int, steps: int, engine: str, cameras: int = 3
     o = options(n, engine=engine)
     acc, _, _ = make_accelerator(o, fused)
     dev = acc.device
-    tower = SiglipTower(siglip, dev, torch.bfloat16, compile=fused)
+    tower = SiglipTower(siglip, dev, torch.bfloat16)  # eager, as policies/rdt/train.py
     cfg = RdtConfig(img_cond_len=6 * 729)
     with torch.device(dev):
         model = RdtRunner(cfg)

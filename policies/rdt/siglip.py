@@ -58,7 +58,9 @@ class SiglipEncoder(nn.Module):
         self.post = nn.LayerNorm(d, eps=eps)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.patch(pixels).flatten(2).transpose(1, 2) + self.pos
+        # contiguous (N, tokens, hidden): the convolution's (N, hidden, tokens) layout would otherwise carry through
+        # every residual add, and each layer would transpose the residual stream again (~20 ms a 96-image batch)
+        x = (self.patch(pixels).flatten(2).transpose(1, 2) + self.pos).contiguous()
         for layer in self.layers:
             x = layer(x)
         return self.post(x)  # type: ignore[no-any-return]
