@@ -82,25 +82,21 @@ class TrainItems(torch.utils.data.Dataset[dict[str, Any]]):
 
 #: Language embeddings are padded to a multiple of this many tokens.
 LANG_BUCKET = 32
-#: The images SigLIP encodes in a batch are padded to a multiple of this many (few distinct shapes to compile).
-IMAGE_BUCKET = 8
-
 
 def unique_images(blank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Which images of a batch SigLIP must encode, from the (B, K) flags of background images (absent cameras,
     dropped or not-yet-seen frames: all the same picture, the processor's mean colour): (select, source).
-    `select` indexes the flattened images to encode: every shown one, padded with background ones to a multiple of
-    IMAGE_BUCKET, then one background; `source[i]` is the row of that encoding image i's tokens are. With the lab's
-    one camera, two thirds of a batch's images are background, and SigLIP encodes one of them, not all."""
+    `select` indexes the flattened images to encode: every shown one, then one background; `source[i]` is the row
+    of that encoding image i's tokens are. With the lab's one camera, two thirds of a batch's images are background,
+    and SigLIP encodes one of them, not all. (SigLIP runs eager in training, so the count needs no rounding to a
+    few compiled shapes.)"""
     flat = blank.reshape(-1)
     shown = torch.nonzero(~flat).flatten()
     background = torch.nonzero(flat).flatten()
-    padded = -(-shown.numel() // IMAGE_BUCKET) * IMAGE_BUCKET
-    if background.numel() == 0 or padded + 1 >= flat.numel():  # nothing to gain: all of them, in order
+    if background.numel() <= 1:  # nothing to gain: all of them, in order
         return torch.arange(flat.numel()), torch.arange(flat.numel())
-    extra = background[0].repeat(padded - shown.numel() + 1)  # the padding, and the background's own row
-    select = torch.cat([shown, extra])
-    source = torch.full((flat.numel(),), padded, dtype=torch.long)
+    select = torch.cat([shown, background[:1]])
+    source = torch.full((flat.numel(),), shown.numel(), dtype=torch.long)
     source[shown] = torch.arange(shown.numel())
     return select, source
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from policies.rdt.batches import IMAGE_BUCKET, ItemRules, TrainItems, collate, unique_images
+from policies.rdt.batches import ItemRules, TrainItems, collate, unique_images
 from policies.rdt.convert import SLOTS
 from policies.rdt.state_space import FRANKA
 from policies.rdt.train import _loss
@@ -37,15 +37,14 @@ def items(siglip: Path, image_aug: bool = True) -> TrainItems:
 def test_unique_images_encode_the_shown_ones_and_one_background() -> None:
     blank = torch.tensor([[False, True, True, True, True, True], [True, True, True, False, True, True]])
     select, source = unique_images(blank)
-    assert select.numel() == IMAGE_BUCKET + 1 and select[:2].tolist() == [0, 9]  # 2 shown, padded, a background
-    assert bool(blank.flatten()[select[2:]].all())  # the padding and the last row are background images
-    assert source.tolist() == [0, 8, 8, 8, 8, 8, 8, 8, 8, 1, 8, 8]
+    assert select.tolist() == [0, 9, 1]  # the 2 shown images, then one background
+    assert source.tolist() == [0, 2, 2, 2, 2, 2, 2, 2, 2, 1, 2, 2]
     everything = torch.zeros(2, 6, dtype=torch.bool)
     assert [t.tolist() for t in unique_images(everything)] == [list(range(12))] * 2  # nothing to skip
     almost = torch.ones(2, 6, dtype=torch.bool)
-    almost[:, :4] = False  # 8 shown of 12: 8 + one background would save 3, 10 shown: padding to 16 saves none
-    assert unique_images(almost)[0].numel() == 9
-    almost[:, 4] = False
+    almost[:, :5] = False  # 10 shown of 12: 10 + one background saves one encoding
+    assert unique_images(almost)[0].numel() == 11
+    almost[0, 5] = False  # one background image: nothing to save
     assert [t.tolist() for t in unique_images(almost)] == [list(range(12))] * 2
 
 
