@@ -34,8 +34,17 @@ class _Layer(nn.Module):
         q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
         a = F.scaled_dot_product_attention(q, k, v)
         x = x + self.out(a.transpose(1, 2).reshape(b, n, d))
-        out: torch.Tensor = x + self.fc2(F.gelu(self.fc1(self.ln2(x)), approximate=self.approximate))
+        out: torch.Tensor = x + self.fc2(self.fc1_gelu(self.ln2(x)))
         return out
+
+    def fc1_gelu(self, x: torch.Tensor) -> torch.Tensor:
+        """GELU(fc1(x)). On CUDA with SigLIP's tanh GELU, one cuBLASLt product with the GELU in its epilogue
+        (`torch._addmm_activation`, whose CUDA GELU is the tanh form), so the 4304-wide hidden activation is written
+        once and never re-read for the GELU; elsewhere (CPU: that call's GELU is the exact form) the plain two."""
+        if x.is_cuda and self.approximate == "tanh" and not torch.compiler.is_compiling():
+            flat = torch._addmm_activation(self.fc1.bias, x.reshape(-1, x.shape[-1]), self.fc1.weight.t(), use_gelu=True)
+            return flat.view(*x.shape[:-1], -1)
+        return F.gelu(self.fc1(x), approximate=self.approximate)
 
 
 class SiglipEncoder(nn.Module):
