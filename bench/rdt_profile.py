@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from rdt import SO400M, cuda_ms, kernels  # bench/rdt.py (this folder is on the path when run as a script)
 
 from policies.rdt.model import RdtConfig, RdtRunner
@@ -50,6 +51,17 @@ def lean_siglip(x: torch.Tensor, flop: float) -> None:
     for name, f in (("eager", enc), ("compiled", torch.compile(enc))):
         ms = cuda_ms(lambda f=f: f(x), reps=5, warm=3)
         print(f"siglip lean {name} bf16, {x.shape[0]} images: {ms:.1f} ms ({flop / ms / 1e9:.0f} TFLOP/s)")
+    fused = enc(x)
+    layer = type(enc.layers[0])
+    saved = layer.fc1_gelu
+    layer.fc1_gelu = lambda self, h: F.gelu(self.fc1(h), approximate="tanh")  # type: ignore[method-assign]
+    try:  # the baseline of the GELU epilogue: product, then GELU
+        ms = cuda_ms(lambda: enc(x), reps=5, warm=2)
+        diff = (enc(x).float() - fused.float()).abs().max().item()
+    finally:
+        layer.fc1_gelu = saved  # type: ignore[method-assign]
+    print(f"siglip lean eager bf16 with fc1 and its GELU as two kernels (not the epilogue): {ms:.1f} ms "
+          f"(tokens differ by at most {diff:.3g})")
     torch.backends.cuda.enable_cudnn_sdp(False)
     ms = cuda_ms(lambda: enc(x), reps=5, warm=2)
     print(f"siglip lean eager bf16 without cuDNN attention: {ms:.1f} ms")
