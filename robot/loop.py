@@ -6,7 +6,9 @@ A slow inference never stalls commands: the tick goes on with the chunk it has, 
 
 Every stop says why: Ctrl-C/SIGTERM (the stop event), an exception in inference, a camera that gives no new frame
 within `stale_s`, a robot that does not answer (stale observation), the run's duration. After a stop nothing more
-is sent: the arm holds the last commanded pose.
+is sent: the arm holds the last commanded pose; the loop then waits for the inference and camera threads to end
+(an action chunk in flight finishes), since a process that exits while a thread is inside torch can abort
+("terminate called without an active exception").
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from robot.safety import Limits, check_observation, check_reading, decide
 from robot.zmq_link import LinkTimeout, RobotServerError
 from runner.spec.models import default_of
 
+#: How long the loop waits, once stopped, for its inference and camera threads to end.
+JOIN_S = 10.0
+
 
 @dataclass(frozen=True)
 class LoopConfig:
@@ -45,6 +50,7 @@ class LoopConfig:
 @dataclass
 class LoopReport:
     stopped_by: str
+    unfinished: list[str] = field(default_factory=list)  # threads still running JOIN_S after the stop
     steps: int = 0
     sent: int = 0
     limited: int = 0
@@ -64,6 +70,9 @@ class LoopReport:
                  f"deploy: inference p50 {pct(self.inference_ms, 50):.1f} ms p99 {pct(self.inference_ms, 99):.1f} ms; "
                  f"loop period p50 {pct(self.period_ms, 50):.1f} ms p99 {pct(self.period_ms, 99):.1f} ms "
                  f"(target {1000 / hz:.1f} ms)"]
+        if self.unfinished:
+            lines.append(f"warning: the {', '.join(self.unfinished)} thread(s) still ran {JOIN_S:g} s after the stop "
+                         "(a hung policy or camera); the process may not exit cleanly")
         if self.inference_ms and pct(self.inference_ms, 50) > 1000 / hz:
             lines.append(f"warning: inference ({pct(self.inference_ms, 50):.1f} ms p50) is slower than the control period "
                          f"({1000 / hz:.1f} ms): chunks are planned from older observations")
@@ -141,6 +150,14 @@ def run_loop(robot: Robot, camera: Camera, adapter: PolicyAdapter, cfg: LoopConf
              recorder: Recorder | None = None) -> LoopReport:
     """Drive `robot` with `adapter`'s policy until `stop` is set or something goes wrong; returns the report."""
     run = _Run(robot, camera, adapter, cfg, stop, recorder)
+    try:
+        return _drive(run, cfg, stop)
+    finally:
+        stop.set()
+        run.join()
+
+
+def _drive(run: _Run, cfg: LoopConfig, stop: threading.Event) -> LoopReport:
     # Wait for the first frame and the first chunk before the clock starts: nothing moves until both exist.
     deadline = time.monotonic() + max(5.0, 10 * cfg.stale_s)
     while run.latest.frame is None and not stop.is_set():
@@ -188,6 +205,15 @@ class _Run:
             self.recorder.event(time.monotonic() - self.t_start, "stop", reason)
         self.report.inference_ms = list(self.planner.latencies)
         return self.report
+
+    def join(self) -> None:
+        """Wait (JOIN_S at most) for the inference and camera threads to end; name those that did not."""
+        with self.planner.cv:
+            self.planner.cv.notify_all()
+        deadline = time.monotonic() + JOIN_S
+        for t in (self.planner.thread, self.latest.thread):
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        self.report.unfinished = [t.name for t in (self.planner.thread, self.latest.thread) if t.is_alive()]
 
     def health(self, now: float) -> str | None:
         """Why the loop must stop before reading anything this tick, or None."""
