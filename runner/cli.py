@@ -429,13 +429,13 @@ def _remove(paths: list[Path], dry_run: bool) -> int:
     """Remove (or, dry, list) folders and files; prints each with its size. Returns the bytes freed."""
     import shutil
 
-    from runner.spec.types import format_size
+    from runner.spec.types import approx_size
 
     total = 0
     for p in paths:
         size = _size(p) if p.is_dir() else (p.stat().st_size if p.exists() else 0)
         total += size
-        print(f"{'would remove' if dry_run else 'removed'} {p} ({format_size(size) if size else '0'})")
+        print(f"{'would remove' if dry_run else 'removed'} {p} ({approx_size(size)})")
         if not dry_run:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     return total
@@ -462,14 +462,14 @@ def cmd_gc(a: argparse.Namespace) -> int:
     folders and temp files of killed writers. --dry-run lists what would go."""
     from runner.atomic import remove_stale_temps
     from runner.runs import gc_targets
-    from runner.spec.types import format_size
+    from runner.spec.types import approx_size
 
     runs_dir = _runs_dir(a)
     freed = _remove(gc_targets(runs_dir, a.job, a.keep, _control(), _err), a.dry_run)
     temps = [] if a.dry_run else remove_stale_temps(runs_dir, recursive=True) if runs_dir.is_dir() else []
     for t in temps:
         print(f"removed {t} (a temp file of a killed write)")
-    print(f"{'would free' if a.dry_run else 'freed'} {format_size(freed) if freed else '0'}"
+    print(f"{'would free' if a.dry_run else 'freed'} {approx_size(freed)}"
           + (f", {len(temps)} temp file(s)" if temps else ""))
     return 0
 

@@ -51,6 +51,18 @@ def format_size(n_bytes: int) -> str:
     return f"{n_bytes}b"
 
 
+def approx_size(n_bytes: int) -> str:
+    """Bytes -> a size to read, not to parse: '512 B', '13.8 KiB', '284 MiB', '2.00 GiB'."""
+    if n_bytes < 1024:
+        return f"{n_bytes} B"
+    size, unit = float(n_bytes), "B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):  # noqa: B007 - the unit the loop stops at is the one shown
+        size /= 1024
+        if size < 1024:
+            break
+    return f"{size:.2f} {unit}" if size < 10 else f"{size:.1f} {unit}" if size < 100 else f"{size:.0f} {unit}"
+
+
 ByteSize = Annotated[int, BeforeValidator(parse_size), PlainSerializer(format_size, return_type=str)]
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from runner.spec.types import format_size, parse_gpus, parse_size
+from runner.spec.types import approx_size, format_size, parse_gpus, parse_size
 
 
 @pytest.mark.parametrize(("text", "n"), [("8g", 8 * 1024**3), ("512m", 512 * 1024**2), ("1.5GiB", 1536 * 1024**2),
@@ -43,3 +43,9 @@ def test_parse_gpus(value: object, out: object) -> None:
 def test_parse_gpus_refuses(value: object, msg: str) -> None:
     with pytest.raises(ValueError, match=msg):
         parse_gpus(value)
+
+
+def test_approx_size_reads_like_a_person_would_say_it() -> None:
+    cases = {0: "0 B", 1023: "1023 B", 1024: "1.00 KiB", 14121: "13.8 KiB", 191725: "187 KiB",
+             297708660: "284 MiB", 2 * 1024**3: "2.00 GiB", 5 * 1024**4: "5.00 TiB"}
+    assert {n: approx_size(n) for n in cases} == cases
