@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from robot.cameras import RealSenseCamera, ReplayCamera
 from robot.formats import binarize
 from robot.loop import LoopConfig, run_loop
 from robot.options import Deploy, GripperConvention
-from robot.protocol import Camera, PolicyAdapter
+from robot.protocol import Camera, PolicyAdapter, Robot
 from robot.recorder import Recorder
 from robot.safety import Limits
 from robot.sim import SimFranka
@@ -107,6 +108,17 @@ def _gripper_convention(conversion: Mapping[str, Any]) -> dict[str, Any]:
             "gripper_threshold": g.gripper_threshold}
 
 
+def warm_up(robot: Robot, camera: Camera, adapter: PolicyAdapter) -> float:
+    """One action chunk from the robot's pose and a camera frame, thrown away, before the loop starts: a policy's
+    first call captures its CUDA graphs (and compiles, when asked), which would otherwise stall the first ticks
+    (the arm holding) and count in the loop's inference latency. Returns its seconds."""
+    t0 = time.monotonic()
+    joints = np.asarray(robot.get_joint_state(), np.float64)
+    rgb, depth = camera.read()
+    adapter.act([adapter.observation(joints, rgb, depth)] * adapter.window)
+    return time.monotonic() - t0
+
+
 def deploy(ctx: StepContext, make_adapter: Callable[[StepContext], tuple[PolicyAdapter, dict[str, Any]]]) -> int:
     o = ctx.typed(Deploy)
     try:
@@ -130,6 +142,16 @@ def deploy(ctx: StepContext, make_adapter: Callable[[StepContext], tuple[PolicyA
             return 2
         camera_name = str(conversion.get("camera", default_of(ConvertCommon, "camera")))
         camera = _camera(o, ctx, camera_name)
+        try:
+            took = warm_up(robot, camera, adapter)
+        except (LinkTimeout, RobotServerError):
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever the policy raises, nothing has moved: say so and stop
+            print(f"error: the policy failed on its first observation, before anything moved: {type(e).__name__}: {e}",
+                  file=sys.stderr)
+            return 1
+        print(f"deploy: warm-up: the first action chunk took {took:.1f} s, before the control loop's clock starts "
+              "(where a GPU policy captures its CUDA graphs, and compiles when asked)", flush=True)
         if o.record:
             recorder = Recorder(ctx.run_dir / "deploy" / "episode0.hdf5", camera_name,
                                 {**conversion, "deploy": o.model_dump(mode="json", include={"control_hz", "dry_run", "robot"})})

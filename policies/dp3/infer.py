@@ -28,7 +28,8 @@ def model_from_payload(payload: dict[str, Any], device: torch.device, use_ema: b
 class Policy:
     """Keeps the last n_obs_steps observations (the first repeated until there are enough), as upstream's runner."""
 
-    def __init__(self, model: DP3, payload: dict[str, Any], seed: int = 0, fast: bool = True) -> None:
+    def __init__(self, model: DP3, payload: dict[str, Any], seed: int = 0, fast: bool = True,
+                 compile: bool = True) -> None:
         self.model = model
         self.cfg = model.cfg
         self.conversion: dict[str, Any] = payload["cfg"].get("conversion", {})
@@ -37,7 +38,7 @@ class Policy:
         self.history: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=self.cfg.n_obs_steps)
         # On a GPU: bf16 weights, one compiled denoising step, the whole chunk one CUDA graph (built here, so the
         # compilation happens at load, not at the robot's first action).
-        self.predictor = GraphedPredictor(model, compile=True) if fast and self.device.type == "cuda" else None
+        self.predictor = GraphedPredictor(model, compile=compile) if fast and self.device.type == "cuda" else None
 
     def reset(self) -> None:
         self.history.clear()
@@ -77,13 +78,13 @@ class Policy:
             self.history.append((pc, pos))
 
 
-def load(checkpoint: Path, device: str | torch.device | None = None) -> Policy:
-    """A ready policy from a checkpoint written by `runner train` (EMA weights)."""
+def load(checkpoint: Path, device: str | torch.device | None = None, compile: bool = True) -> Policy:
+    """A ready policy from a checkpoint written by `runner train` (EMA weights); `compile`: its GPU denoising step."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     from policies.dp3.checkpoints import load_file
 
     payload = load_file(checkpoint, dev)
-    return Policy(model_from_payload(payload, dev), payload)
+    return Policy(model_from_payload(payload, dev), payload, compile=compile)
 
 
 class GraphedPredictor:

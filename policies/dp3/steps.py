@@ -167,7 +167,7 @@ def _deploy_adapter(ctx: StepContext) -> tuple[PolicyAdapter, dict[str, Any]]:
 
     o = ctx.typed(Deploy)
     ckpt = _checkpoint(ctx, o.checkpoint)
-    policy = load(ckpt, _device(_train_options(ctx)))
+    policy = load(ckpt, _device(_train_options(ctx)), compile=o.compile is not False)
     check_preprocessing(policy.conversion, deploy_preprocessing(ctx.spec), f"{ctx.job} deploy with {ckpt.name}")
     print(f"deploy: DP3 checkpoint {ckpt}")
     return Dp3Adapter(policy, policy.conversion), policy.conversion

@@ -194,8 +194,9 @@ class RdtPolicy:
 
 
 def load(checkpoint: Path | str, device: str | torch.device | None = None, weights: str = "ema",
-         siglip: Path | None = None, dtype: torch.dtype | None = None) -> RdtPolicy:
-    """The policy from a checkpoint-<step>/ folder (or the newest one in a checkpoints folder)."""
+         siglip: Path | None = None, dtype: torch.dtype | None = None, compile: bool = False) -> RdtPolicy:
+    """The policy from a checkpoint-<step>/ folder (or the newest one in a checkpoints folder); `compile`: see
+    RdtPolicy."""
     folder = resolve(Path(checkpoint))
     meta = json.loads((folder / "config.json").read_text())
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -203,4 +204,4 @@ def load(checkpoint: Path | str, device: str | torch.device | None = None, weigh
     model = RdtRunner(RdtConfig(**meta["model"]))
     source = checkpoint_weights(folder, weights)
     load_strict(model, read_state_dict(source), source)
-    return RdtPolicy(model.to(dev, dt).eval(), meta, dev, dt, siglip)
+    return RdtPolicy(model.to(dev, dt).eval(), meta, dev, dt, siglip, compile=compile)

@@ -182,7 +182,7 @@ def _deploy_adapter(ctx: StepContext) -> tuple[PolicyAdapter, dict[str, Any]]:
     o = ctx.typed(Deploy)
     folder = _checkpoint_folder(ctx, o.checkpoint)
     siglip = ctx.paths.get("weights", {}).get("siglip")
-    policy = load(folder, None, "ema", Path(siglip) if siglip else None)
+    policy = load(folder, None, "ema", Path(siglip) if siglip else None, compile=bool(o.compile))
     conversion = dict(policy.meta.get("conversion") or {})
     check_preprocessing(conversion, deploy_preprocessing(ctx.spec), f"{ctx.job} deploy with {folder.name}")
     data = Path(policy.meta["dataset"])

@@ -282,3 +282,30 @@ def test_rdt_policy_in_the_same_loop(trained: dict[str, Any], tmp_path: Path) ->
     finally:
         sim.close()
     assert report.stopped_by.startswith("duration") and report.sent > 10
+
+
+@pytest.mark.slow
+def test_runner_deploy_rehearses_on_the_sim_after_a_warm_up_and_exits_cleanly(tmp_path: Path) -> None:
+    """`runner deploy sample_dp3` as the README shows it (local executor): the policy's first chunk is computed
+    before the loop starts, the loop's threads end before the process does (it aborted with exit 134 when they
+    did not), the rollout is recorded."""
+    import yaml
+
+    from tests.runner.test_run_lifecycle import REPO, cli
+
+    spec = yaml.safe_load((REPO / "jobs" / "sample_dp3.yaml").read_text())
+    spec["steps"]["train"].update(epochs=2, checkpoint_every=2)
+    spec["steps"]["deploy"].update(duration_s=2, ramp=True, robot_port=free_port())  # barely trained: far first pose
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "sample_dp3.yaml").write_text(yaml.safe_dump(spec))
+    for verb in ("convert", "train"):
+        r = cli(verb, "sample_dp3", "--executor", "local", cwd=tmp_path)
+        assert r.returncode == 0, r.stdout + r.stderr
+    r = cli("deploy", "sample_dp3", "--executor", "local", cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "terminate called" not in out
+    warm = out.index("deploy: warm-up: the first action chunk took")
+    assert warm < out.index("deploy: dp3 at 10 Hz") < out.index("deploy: stopped: duration 2 s reached")
+    assert "thread(s) still ran" not in out
+    assert list((tmp_path / "runs" / "sample_dp3").glob("*/deploy/episode0.hdf5"))
