@@ -269,14 +269,16 @@ def cmd_shell(a: argparse.Namespace) -> int:
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     try:
         if plan.executor == "local":
-            shell = os.environ.get("SHELL", "bash")
-            return subprocess.call([shell], env={**os.environ, **dict(plan.local.env)}, cwd=plan.local.cwd)
+            argv = list(a.command) if a.command else [os.environ.get("SHELL", "bash")]
+            return subprocess.call(argv, env={**os.environ, **dict(plan.local.env)}, cwd=plan.local.cwd)
         from runner.executors.docker import connect
         from runner.executors.docker_build import ensure_image
 
         log = _build_log(job, image.tag)
         ensure_image(connect(), image, log, sys.stderr.buffer)  # the shell's image exists before docker is asked for it
-        args = replace(plan.docker, command=("bash",), interactive=True)
+        # A terminal gets a TTY; piped input (`echo CMD | runner shell dp3`, scripts) runs without one, where docker
+        # would refuse with "the input device is not a TTY"
+        args = replace(plan.docker, command=tuple(a.command) or ("bash",), interactive=True, tty=sys.stdin.isatty())
         # An interactive TTY is the docker CLI's job; argv is rendered from the same DockerRunArgs the SDK gets.
         return subprocess.call(render_cli(args))
     finally:
@@ -528,7 +530,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "deploy": ("runner deploy sample_dp3                 # the simulated Franka", "runner deploy dp3_banana --dry-run"),
     "submit": ("runner submit rdt_demo_clean train --to slurm", "runner submit sample_dp3 train slurm.partition=gpu"),
     "resume": ("runner resume rdt_demo_clean", "runner resume sample_dp3 --from 20261129-101500-ab12"),
-    "shell": ("runner shell dp3", "runner shell dp3_banana                 # with the job's mounts and env"),
+    "shell": ("runner shell dp3", "runner shell dp3_banana                 # with the job's mounts and env",
+              "runner shell rdt -- python -c 'import deepspeed'  # one command, then exit"),
     "rm": ("runner rm 20261129-101500-ab12 --dry-run", "runner rm 20261129-101500-ab12 --checkpoints"),
     "data": ("runner data sample_dp3", "runner data dp3_banana --out /tmp/banana.png"),
     "compare": ("runner compare sample_dp3 20261129-101500-ab12", "runner compare RUN1 RUN2 RUN3 --out cmp.png"),
@@ -616,6 +619,8 @@ def _add_step_verbs(add: AddVerb, executor: Callable[..., None]) -> None:
     executor(sp)
     sp = add("shell", cmd_shell, "interactive shell in the policy image with the job's mounts and env")
     sp.add_argument("job", help="job file, job name, or policy name (dp3, rdt, command)")
+    sp.usage = "runner shell [-h] [--executor EXECUTOR] job [-- COMMAND ...]"
+    sp.set_defaults(command=[])  # what follows `--`: run instead of the shell (main splits it off)
     executor(sp, detach=False)
 
 
@@ -679,6 +684,9 @@ def main(argv: list[str] | None = None) -> int:
     from runner.spec.overrides import is_override
 
     raw = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if raw[:1] == ["shell"] and "--" in raw:  # `runner shell JOB [options] -- CMD ...`: CMD is not the runner's
+        command, raw = raw[raw.index("--") + 1:], raw[: raw.index("--")]
     parser = build_parser()
     # Overrides may follow options (`train JOB --executor local steps.train.epochs=3`): argparse leaves those over.
     args, rest = parser.parse_known_args(raw)
@@ -688,6 +696,8 @@ def main(argv: list[str] | None = None) -> int:
     if rest and not hasattr(args, "overrides"):
         parser.error(f"{args.verb} takes no KEY=VALUE overrides: {' '.join(rest)}")
     args.overrides = [*(getattr(args, "overrides", None) or []), *rest]
+    if command:
+        args.command = command
     try:
         _split_overrides(args)
         if getattr(args, "detach", False):

@@ -61,7 +61,8 @@ class DockerRunArgs:
     cpus: float | None = None
     memory: int | None = None
     init: bool = False
-    interactive: bool = False  # -it, for `runner shell` only
+    interactive: bool = False  # -i (stdin kept open) and --rm, for `runner shell` only
+    tty: bool = False  # -t, for `runner shell` when its own stdin is a terminal
 
 
 def _gpus_cli(g: GpuRequest) -> str:
@@ -77,7 +78,7 @@ def render_cli(a: DockerRunArgs) -> list[str]:
     """The `docker run` argv equivalent to to_sdk_kwargs(a); secrets appear by name only."""
     argv = ["docker", "run"]
     if a.interactive:
-        argv += ["--interactive", "--tty", "--rm"]
+        argv += ["--interactive", *(["--tty"] if a.tty else []), "--rm"]
     argv += ["--name", a.name, "--user", a.user, "--workdir", a.workdir]
     for k, v in a.labels:
         argv += ["--label", f"{k}={v}"]
@@ -132,7 +133,7 @@ def to_sdk_kwargs(a: DockerRunArgs, environ: Mapping[str, str]) -> dict[str, Any
         "ulimits": [{"Name": u.name, "Soft": u.soft, "Hard": u.hard} for u in a.ulimits],
         "devices": [f"{d}:{d}:rwm" for d in a.devices],
         "stdin_open": a.interactive,
-        "tty": a.interactive,
+        "tty": a.interactive and a.tty,
         "auto_remove": a.interactive,
     }
     if a.ipc_mode:

@@ -228,3 +228,19 @@ def test_every_verb_documents_its_arguments_and_shows_examples() -> None:
             words = line.split()
             if words[0] == "runner":
                 assert words[1] in verbs, line
+
+
+def test_shell_runs_the_command_after_double_dash_with_the_jobs_env(tmp_path: Path) -> None:
+    """`runner shell JOB [options] -- CMD ...`: the command's own options are not the runner's; its exit code is
+    the shell's; a shell that wrote nothing leaves no run folder."""
+    code = "import os, sys; print('in', os.path.basename(os.getcwd()), os.environ.get('RUNNER_JOB')); sys.exit(3)"
+    r = cli("shell", str(REPO / "jobs" / "sample_dp3.yaml"), "--executor", "local", "--", sys.executable, "-c", code,
+            cwd=tmp_path)
+    assert r.returncode == 3, r.stderr
+    assert r.stdout.startswith("in 2") and r.stdout.split()[2] == "sample_dp3", r.stdout
+    assert not (tmp_path / "runs" / "sample_dp3").exists()
+    echo = "import sys; print(sys.argv[1:])"
+    r = cli("shell", str(REPO / "jobs" / "sample_dp3.yaml"), "--executor", "local", "--", sys.executable, "-c", echo,
+            "--executor", "docker", "steps.train.epochs=1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "['--executor', 'docker', 'steps.train.epochs=1']"  # the command's, not the runner's

@@ -10,14 +10,14 @@ FULL = DockerRunArgs(
     labels=(("a", "b"),), env=(EnvVar("K", "v"), EnvVar("API_TOKEN", "s3cret", secret=True)), pass_env=("WANDB_X",),
     mounts=(BindMount("/h", "/c", True),), gpus=GpuRequest(count=2), shm_size=1024**3, ipc_mode="private",
     network="host", ulimits=(Ulimit("stack", 1, 1),), devices=("/dev/x",), privileged=True, cpus=1.5,
-    memory=2 * 1024**3, init=True, interactive=True)
+    memory=2 * 1024**3, init=True, interactive=True, tty=True)
 
 CHANGED = {
     "image": "img:2", "command": ("true",), "name": "m", "user": "3:4", "workdir": "/v", "labels": (("c", "d"),),
     "env": (EnvVar("K", "w"),), "pass_env": ("WANDB_Y",), "mounts": (BindMount("/h", "/c", False),),
     "gpus": GpuRequest(all=True), "shm_size": 2 * 1024**3, "ipc_mode": "shareable", "network": "none",
     "ulimits": (Ulimit("stack", 2, 2),), "devices": ("/dev/y",), "privileged": False, "cpus": 2.0,
-    "memory": 3 * 1024**3, "init": False, "interactive": False,
+    "memory": 3 * 1024**3, "init": False, "interactive": False, "tty": False,
 }
 
 
@@ -70,3 +70,13 @@ def test_render_shell_is_one_option_a_line_and_round_trips() -> None:
     assert text.splitlines()[1].strip() == "--interactive \\"
     assert "    --gpus '\"device=1\"' \\" in text.splitlines()
     assert shlex.split(text.replace("\\\n", " ")) == render_cli(a)
+
+
+def test_a_shell_without_a_terminal_keeps_stdin_and_asks_for_no_tty() -> None:
+    """`echo CMD | runner shell dp3`: docker refuses -t when its input is not a terminal."""
+    piped = dataclasses.replace(FULL, tty=False)
+    argv = render_cli(piped)
+    assert "--interactive" in argv and "--tty" not in argv and "--rm" in argv
+    kw = to_sdk_kwargs(piped, {})
+    assert (kw["stdin_open"], kw["tty"], kw["auto_remove"]) == (True, False, True)
+    assert to_sdk_kwargs(FULL, {})["tty"] is True
