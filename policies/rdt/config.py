@@ -49,10 +49,11 @@ class RdtTrain(StepSpec):
     zero_stage: Literal[0, 1, 2, 3] = 2
     engine: Literal["auto", "fused", "accelerate"] = Field(
         default="auto", description="auto: the fused engine on GPUs in bf16 (bf16 weights, fp32 masters, fused AdamW, "
-        "compiled model and SigLIP, DDP on several GPUs; docs/rdt.md), accelerate + DeepSpeed ZeRO (zero_stage) "
+        "the model compiled, DDP on several GPUs; docs/rdt.md), accelerate + DeepSpeed ZeRO (zero_stage) "
         "otherwise, or on GPUs too small for the whole optimizer state and a micro-batch (launch.fused_memory); "
         "accelerate: always accelerate, as upstream trains")
-    compile: bool = Field(default=True, description="torch.compile RDT and SigLIP in the fused engine (GPU only)")
+    compile: bool = Field(default=True, description="torch.compile the RDT model in the fused engine (GPU only; "
+                          "SigLIP runs eager, faster on a training batch: docs/rdt.md)")
     precomp_lang_embed: bool = True
     img_history_size: int = Field(default=2, gt=0)
     image_side: int = Field(default=384, gt=0, description="SigLIP input side")

@@ -1,7 +1,7 @@
 """How one RDT optimizer step runs: two engines with one interface, chosen by the job's `engine` option.
 
 * `fused` (the default on GPUs in bf16, `engine: auto`): the model in bf16 with fp32 master weights, a fused
-  AdamW and a multi-tensor EMA (policies/rdt/fused.py), the model and SigLIP compiled. DeepSpeed's bf16 arithmetic
+  AdamW and a multi-tensor EMA (policies/rdt/fused.py), the model compiled. DeepSpeed's bf16 arithmetic
   without its bookkeeping. On several GPUs the model is wrapped in DDP (bf16 gradients averaged in buckets while
   the backward runs, as ZeRO-2 reduces them in bf16) and every GPU keeps the whole optimizer state, so a checkpoint
   is the same on any GPU count and resumes on any other. Its checkpoint keeps the model where DeepSpeed writes it
