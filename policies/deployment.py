@@ -142,6 +142,8 @@ def deploy(ctx: StepContext, make_adapter: Callable[[StepContext], tuple[PolicyA
             return 2
         camera_name = str(conversion.get("camera", default_of(ConvertCommon, "camera")))
         camera = _camera(o, ctx, camera_name)
+        print("deploy: warm-up: the policy's first action chunk, nothing sent (with `compile`, about a minute)",
+              flush=True)
         try:
             took = warm_up(robot, camera, adapter)
         except (LinkTimeout, RobotServerError):
@@ -151,7 +153,7 @@ def deploy(ctx: StepContext, make_adapter: Callable[[StepContext], tuple[PolicyA
                   file=sys.stderr)
             return 1
         print(f"deploy: warm-up: the first action chunk took {took:.1f} s, before the control loop's clock starts "
-              "(where a GPU policy captures its CUDA graphs, and compiles when asked)", flush=True)
+              "(a GPU policy captures its CUDA graphs there, and compiles when asked)", flush=True)
         if o.record:
             recorder = Recorder(ctx.run_dir / "deploy" / "episode0.hdf5", camera_name,
                                 {**conversion, "deploy": o.model_dump(mode="json", include={"control_hz", "dry_run", "robot"})})
