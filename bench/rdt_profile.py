@@ -94,8 +94,8 @@ def ours(n: int, rows: int, compiled: bool) -> None:
     ms = cuda_ms(step, reps=5, warm=3 if compiled else 2)
     print(f"ours {'compiled' if compiled else 'eager'} bf16 fwd+bwd, batch {n}: {ms:.1f} ms "
           f"(peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB)")
+    print(kernels(step, rows))
     if not compiled:
-        print(kernels(step, rows))
         from policies.ema import Ema
         from policies.rdt.fused import MasterWeights
 
