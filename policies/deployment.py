@@ -142,8 +142,8 @@ def deploy(ctx: StepContext, make_adapter: Callable[[StepContext], tuple[PolicyA
             return 2
         camera_name = str(conversion.get("camera", default_of(ConvertCommon, "camera")))
         camera = _camera(o, ctx, camera_name)
-        print("deploy: warm-up: the policy's first action chunk, nothing sent (with `compile`, about a minute)",
-              flush=True)
+        print("deploy: warm-up: the policy's first action chunk, nothing sent"
+              + (" (compiling: about a minute)" if o.compile else ""), flush=True)
         try:
             took = warm_up(robot, camera, adapter)
         except (LinkTimeout, RobotServerError):
