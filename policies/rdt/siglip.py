@@ -4,8 +4,10 @@ folder (config.json + safetensors) and equal to transformers' output to float to
 
 What it leaves out and does differently, for speed: the attention-pooling head (its output is never used), the
 query/key/value projections fused into one matrix product, attention through `scaled_dot_product_attention` on
-the projection's strided views (no layout copies), no masks or output dictionaries, so `torch.compile` fuses each
-LayerNorm, GELU and residual into its neighbours.
+the projection's strided views (no layout copies), a contiguous residual stream (the patch convolution's layout
+would make every layer transpose it), fc1's GELU in cuBLASLt's epilogue on CUDA, no masks or output dictionaries
+(tests/policies/rdt/test_siglip.py checks the output against transformers'). Training runs it eager, which is
+faster on a batch of ~100 images than compiled (docs/rdt.md); inference may compile it before CUDA-graph capture.
 """
 
 from __future__ import annotations
