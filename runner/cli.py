@@ -686,7 +686,8 @@ def main(argv: list[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     command: list[str] = []
     if raw[:1] == ["shell"] and "--" in raw:  # `runner shell JOB [options] -- CMD ...`: CMD is not the runner's
-        command, raw = raw[raw.index("--") + 1:], raw[: raw.index("--")]
+        cut = raw.index("--")
+        command, raw = raw[cut + 1:], raw[:cut]
     parser = build_parser()
     # Overrides may follow options (`train JOB --executor local steps.train.epochs=3`): argparse leaves those over.
     args, rest = parser.parse_known_args(raw)

@@ -42,10 +42,14 @@ class _Layer(nn.Module):
     def fc1_gelu(self, x: torch.Tensor) -> torch.Tensor:
         """GELU(fc1(x)). On CUDA with SigLIP's tanh GELU, one cuBLASLt product with the GELU in its epilogue
         (`torch._addmm_activation`, whose CUDA GELU is the tanh form), so the 4304-wide hidden activation is written
-        once and never re-read for the GELU; elsewhere (CPU: that call's GELU is the exact form) the plain two."""
+        once and never re-read for the GELU; elsewhere (CPU: that call's GELU is the exact form) fc1_then_gelu."""
         if x.is_cuda and self.approximate == "tanh" and not torch.compiler.is_compiling():
             flat = torch._addmm_activation(self.fc1.bias, x.reshape(-1, x.shape[-1]), self.fc1.weight.t(), use_gelu=True)
             return flat.view(*x.shape[:-1], -1)
+        return self.fc1_then_gelu(x)
+
+    def fc1_then_gelu(self, x: torch.Tensor) -> torch.Tensor:
+        """GELU(fc1(x)) as two kernels: the product, then the GELU (the fused product's baseline, too)."""
         return F.gelu(self.fc1(x), approximate=self.approximate)
 
 

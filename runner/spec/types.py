@@ -55,7 +55,7 @@ def approx_size(n_bytes: int) -> str:
     """Bytes -> a size to read, not to parse: '512 B', '13.8 KiB', '284 MiB', '2.00 GiB'."""
     if n_bytes < 1024:
         return f"{n_bytes} B"
-    size, unit = float(n_bytes), "B"
+    size = float(n_bytes)
     for unit in ("KiB", "MiB", "GiB", "TiB"):  # noqa: B007 - the unit the loop stops at is the one shown
         size /= 1024
         if size < 1024:
