@@ -237,6 +237,13 @@ class Rdt(nn.Module):
         return self.final_layer(x)[:, -self.horizon:]
 
 
+def split_keys_supported(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether split_key_attention's CUDA kernel (flash attention) runs here: compute capability 8.0 or later
+    (Ampere on), bf16 or fp16. Elsewhere act keeps one attention (an fp32 policy, or an older GPU, would fail)."""
+    return (device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+            and torch.cuda.get_device_capability(device) >= (8, 0))
+
+
 def split_image_keys(model: Rdt, parts: int) -> None:
     """The image blocks' cross-attention in `parts` key chunks (CrossAttention.key_parts; 0: one attention)."""
     for block in list(model.blocks)[1::2]:

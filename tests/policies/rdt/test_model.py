@@ -186,6 +186,14 @@ def test_split_key_image_attention_samples_the_same_chunk_and_only_image_blocks_
     assert not torch.equal(split, plain)  # the split path ran (its sums round differently)
 
 
+def test_split_keys_only_where_the_flash_kernel_runs() -> None:
+    from policies.rdt.model import split_keys_supported
+
+    assert not split_keys_supported(torch.device("cpu"), torch.bfloat16)
+    if torch.cuda.is_available():
+        assert not split_keys_supported(torch.device("cuda"), torch.float32)  # flash attention: bf16 / fp16 only
+
+
 @pytest.mark.parametrize("parts", [1, 3, 6])
 def test_split_key_attention_equals_one_attention_on_keys_values_layout(parts: int) -> None:
     from policies.rdt.model import CrossAttention, split_key_attention
