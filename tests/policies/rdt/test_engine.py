@@ -189,11 +189,12 @@ def test_processes_that_picked_different_engines_all_stop_naming_the_ranks(tmp_p
         assert "fused on ranks [0], accelerate + DeepSpeed on ranks [1]" in said and "steps.train.engine" in said
 
 
-def _fused_rank(rank: int, world: int, port: int, out: str, backend: str) -> None:
+def _fused_rank(rank: int, world: int, port: int, out: str, backend: str, compile: bool = False) -> None:
     acc = _join(rank, world, port, backend)
     assert acc.num_processes == world
     torch.manual_seed(rank)  # ranks built differently: process 0's weights are the ones that train
-    engine = FusedEngine(acc, RdtRunner(CFG), opts(), compile=False)
+    engine = FusedEngine(acc, RdtRunner(CFG), opts(), compile=compile)
+    assert torch._dynamo.config.optimize_ddp is not compile  # compiled: one graph, the all-reduce after it
     data = batches(6)
     first = _step_all(engine, [[m] for m in _halves(data[:3], rank)])
     engine.save(Path(out) / "checkpoint-3")
@@ -225,3 +226,17 @@ def test_fused_engine_on_two_processes_averages_like_one_accumulating_both_halve
     again.load(tmp_path / "checkpoint-3")
     assert all(torch.equal(a.cpu(), b) for a, b in zip(again.master.master, r0["at3"], strict=True))
     assert _step_all(again, both[3:]) == pytest.approx(r1["losses"][3:], rel=2e-2)
+
+
+@pytest.mark.slow
+def test_compiled_fused_engine_on_two_processes_trains_as_the_uncompiled_one(tmp_path: Path) -> None:
+    """torch.compile over DDP as one graph (optimize_ddp off): the replicas agree and the losses are the uncompiled
+    engine's (gloo, CPU inductor)."""
+    for compiled in (False, True):
+        mp.spawn(_fused_rank, args=(2, free_port(), str(tmp_path / str(compiled)), "gloo", compiled), nprocs=2,
+                 join=True)
+    plain, comp = (torch.load(tmp_path / str(c) / "rank1.pt", weights_only=True) for c in (False, True))
+    r0 = torch.load(tmp_path / "True" / "rank0.pt", weights_only=True)
+    assert all(torch.equal(a, b) for a, b in zip(r0["end"], comp["end"], strict=True))  # replicas stay identical
+    assert comp["losses"] == pytest.approx(plain["losses"], rel=2e-2)
+    assert max(float((a - b).abs().max()) for a, b in zip(comp["end"], plain["end"], strict=True)) < 1e-2
