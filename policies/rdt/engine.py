@@ -145,7 +145,8 @@ class FusedEngine:
             if compile:
                 # One graph for the forward and one for the backward, DDP's all-reduce after it, instead of a graph
                 # split at every gradient bucket so the reduction overlaps: on two H200s the split graphs cost
-                # ~46 ms a step against one process, an all-reduce of the 2.4 GB of bf16 gradients ~7 ms (docs/rdt.md).
+                # ~46 ms a step against one process; an all-reduce of the 2.4 GB of bf16 gradients should take
+                # ~7 ms (docs/rdt.md).
                 torch._dynamo.config.optimize_ddp = False
         self.forward: Any = torch.compile(self.wrapped) if compile else self.wrapped
 

@@ -84,9 +84,10 @@ class SelfAttention(nn.Module):
 def split_key_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, parts: int) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v with the keys cut into `parts` equal consecutive chunks, each attended as its own
     batch entry, the results weighed by their log-sum-exps: the same attention to float tolerance (flash-decoding).
-    For few queries over many keys: RDT's 67 action tokens over 4,374 image tokens give a flash kernel 32 heads x 2
-    query tiles, each walking every key, on a GPU of 132 multiprocessors (48 us an image block at batch 1 on an
-    H200); split, the whole GPU reads the keys at once. The chunks are views of keys_values's (B, L, H, D) storage."""
+    For few queries over many keys: RDT's 67 tokens (step, frequency, state, 64 actions) over 4,374 image tokens give
+    a flash kernel 32 heads x 2 query tiles, each walking every key, on a GPU of 132 multiprocessors (48 us an image
+    block at batch 1 on an H200); split, the whole GPU reads the keys at once. The chunks are views of keys_values's
+    (B, L, H, D) storage."""
     b, h, n, d = q.shape
     length = k.shape[2]
 
