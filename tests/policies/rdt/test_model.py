@@ -274,3 +274,29 @@ def test_policy_encodes_only_new_frames(tmp_path: Path) -> None:
     policy.reset()
     again = policy.act({"qpos": np.zeros(8), "images": {"cam_high": frames[0]}}, emb)
     np.testing.assert_allclose(first, again, atol=1e-5)  # reset: same seed, same history, same chunk
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_graphed_act_with_split_image_keys_gives_the_chunk_of_one_attention(tmp_path: Path) -> None:
+    """act's default GPU path (CUDA graphs, uncompiled, image keys split per image) against one attention."""
+    from policies.rdt.infer import RdtPolicy
+    from policies.rdt.model import RdtBlock, split_image_keys
+    from policies.rdt.vision import save_tiny_siglip
+
+    cfg = replace(RdtConfig.tiny(), img_cond_len=6 * 4)
+    siglip = save_tiny_siglip(tmp_path / "siglip", hidden=cfg.img_token_dim)
+    meta = {"state_map": {"name": "franka", "indices": list(FRANKA.indices)}, "img_history_size": 2, "ctrl_freq": 25}
+    torch.manual_seed(0)
+    model = RdtRunner(cfg).to("cuda", torch.bfloat16).eval()
+    frames = [np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8) for i in range(3)]
+    emb = torch.randn(4, cfg.lang_token_dim)
+    chunks = []
+    for parts in (6, 0):
+        policy = RdtPolicy(model, meta, torch.device("cuda"), torch.bfloat16, siglip)
+        assert [b.cross_attn.key_parts for b in model.model.blocks if isinstance(b, RdtBlock)] == [0, 6]
+        split_image_keys(model.model, parts)
+        chunks.append([policy.act({"qpos": np.zeros(8), "images": {"cam_high": f}}, emb) for f in frames])
+        assert len(policy.graphs) == 1  # the sample graph was captured and replayed
+    for split, one in zip(*chunks, strict=True):
+        np.testing.assert_allclose(split, one, atol=0.05 * float(np.abs(one).max()) + 1e-3)
