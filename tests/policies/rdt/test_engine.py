@@ -239,4 +239,8 @@ def test_compiled_fused_engine_on_two_processes_trains_as_the_uncompiled_one(tmp
     r0 = torch.load(tmp_path / "True" / "rank0.pt", weights_only=True)
     assert all(torch.equal(a, b) for a, b in zip(r0["end"], comp["end"], strict=True))  # replicas stay identical
     assert comp["losses"] == pytest.approx(plain["losses"], rel=2e-2)
-    assert max(float((a - b).abs().max()) for a, b in zip(comp["end"], plain["end"], strict=True)) < 1e-2
+    def dist(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> float:
+        return float(torch.cat([(x - y).flatten() for x, y in zip(xs, ys, strict=True)]).norm())
+
+    moved = dist(plain["end"], plain["at3"])  # what the last three steps changed
+    assert moved > 0 and dist(comp["end"], plain["end"]) < 0.25 * moved  # 0.052 against 0.54 when written
