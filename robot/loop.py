@@ -210,10 +210,10 @@ class _Run:
         """Wait (JOIN_S at most) for the inference and camera threads to end; name those that did not."""
         with self.planner.cv:
             self.planner.cv.notify_all()
-        deadline = time.monotonic() + JOIN_S
-        for t in (self.planner.thread, self.latest.thread):
+        threads, deadline = (self.planner.thread, self.latest.thread), time.monotonic() + JOIN_S
+        for t in threads:
             t.join(timeout=max(0.0, deadline - time.monotonic()))
-        self.report.unfinished = [t.name for t in (self.planner.thread, self.latest.thread) if t.is_alive()]
+        self.report.unfinished = [t.name for t in threads if t.is_alive()]
 
     def health(self, now: float) -> str | None:
         """Why the loop must stop before reading anything this tick, or None."""

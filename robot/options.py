@@ -45,5 +45,5 @@ class Deploy(StepSpec):
     record: bool = True
     compile: bool | None = Field(
         default=None, description="torch.compile the policy's sampling before its CUDA graphs are captured (GPU); "
-        "default: DP3 yes (at load), RDT no (with it: act 23.7 against 31.8 ms p50 with 3 cameras on an H200, "
-        "docs/rdt.md; the warm-up before the loop takes ~1 min)")
+        "default: DP3 yes (at load), RDT no (with it: act 23.1 ms p50 with 3 cameras on an H200, against 31.8 "
+        "uncompiled before the split image attention: docs/rdt.md; the warm-up before the loop takes ~1 min)")
