@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from policies import interconnect
 from policies.checkpoint_io import CheckpointError
 from policies.dp3 import checkpoints, distributed
 from policies.dp3.config import Dp3Train
@@ -83,6 +84,7 @@ def train(cfg: Dp3Config, data: ReplayData, s: Dp3Train, *, ckpt_dir: Path, run_
                           lineage=ckpt_dir, title=f"DP3 {(extra or {}).get('job', '')}: lineage {ckpt_dir.name}")
     run.announce()
     try:
+        interconnect.report(device, run.say)
         return run.loop()
     finally:
         run.metrics.close()

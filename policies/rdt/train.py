@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from policies import checkpoint_io
+from policies import checkpoint_io, interconnect
 from policies.data.episodes import read_attrs
 from policies.metrics import Metrics, SmoothRate, progress
 from policies.rdt import checkpoints, zero_convert
@@ -133,6 +133,7 @@ def train(o: RdtTrain, inputs: Inputs, *, resume: bool, stop: StopFlag, extra: d
         f"{_engine_words(engine.name, o, ds_config)}, precision {precision}, batch {o.train_batch_size} x "
         f"{o.gradient_accumulation_steps} accumulation x {acc.num_processes} processes, step {global_step}/"
         f"{o.max_train_steps}")
+    interconnect.report(acc.device, say)
 
     def loss_fn(model: Any, b: dict[str, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
         return _loss(model, tower, b, alphas, cfg, input_dtype, gen)

@@ -149,11 +149,14 @@ def test_two_processes_train_and_one_resumes(buffer: Path, tmp_path: Path) -> No
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
     assert "2 processes (batch 16 split across them)" in two.stdout
     assert two.stdout.count("train: stopped (max_steps) at step 4") == 1  # rank 0 speaks for all
+    # both processes timed the all-reduce at the start; the main process reports it, once
+    assert two.stdout.count("train: all-reduce across 2 processes (gloo): 8 MB in ") == 1, two.stdout
     assert [p.name for p in (tmp_path / "ckpt").glob("step-*.ckpt")] == ["step-4.ckpt"]
     one = subprocess.run([sys.executable, str(script), *args, "6", "1"], env=env, capture_output=True, text=True,
                          timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
     assert "resumed from" in one.stdout and "at step 6" in one.stdout
+    assert "all-reduce" not in one.stdout  # nothing to measure for one process
 
 
 def test_a_last_batch_too_short_for_every_process_is_left_out(buffer: Path, tmp_path: Path) -> None:
