@@ -2,8 +2,9 @@
 
 Scaling past one GPU rests on it. GPUs joined by NVLink all-reduce at hundreds of GB/s; GPUs that reach each other
 only through host memory (no peer access: a virtual machine's passthrough, `NCCL_P2P_DISABLE`, a PCIe topology NCCL
-will not use) manage tens, and then every step waits for its gradients. Two H200s lent as one machine measured
-36 GB/s (docs/rdt.md, twelfth session): the train log says so, so that a lab sees why two GPUs give 1.8x, not 2x.
+will not use) manage tens, and then every step waits for its gradients (on two H200s lent as one machine, NCCL's
+all-reduce kernels ran at ~36 GB/s: docs/rdt.md, twelfth session). The train log gives the figure, so that a lab
+sees why two GPUs give 1.8x and not 2x, and what to check.
 """
 
 from __future__ import annotations
