@@ -7,6 +7,7 @@
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/dp3_runner_scaling}; mkdir -p "$OUT"
+nvidia-smi topo -m 2>/dev/null | head -4  # NV# between the GPUs: NVLink; PIX/PXB/PHB/SYS: PCIe or the host
 t0=$(date +%s); el() { echo "$(( $(date +%s) - t0 ))s"; }
 python3 -c "from pathlib import Path; from policies.data.sample import generate; generate(Path('sample_data/raw/scale'), episodes=80, steps=100)"
 echo "generated $(el)"
@@ -31,7 +32,7 @@ R="python3 -m runner.cli"
 timeout 150 $R convert $JOB --executor local > $OUT/s_convert.txt 2>&1; echo "convert rc=$? $(el)"; tail -2 $OUT/s_convert.txt
 for g in 1 2; do
   timeout 120 $R train $JOB --executor local resources.gpus=$g steps.train.batch_size=$((256*g)) > $OUT/s_train$g.txt 2>&1; echo "train $g GPU(s) rc=$? $(el)"
-  grep -E "parameters|step 160/" $OUT/s_train$g.txt | tail -2
+  grep -E "parameters|step 160/|all-reduce|GB/s" $OUT/s_train$g.txt | tail -4
 done
 OUT=$OUT python3 - <<'PY'
 import glob, json, statistics

@@ -8,6 +8,7 @@
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 W=${OUT:-/tmp/rdt_runner_scaling}; mkdir -p "$W"
+nvidia-smi topo -m 2>/dev/null | head -4  # NV# between the GPUs: NVLink; PIX/PXB/PHB/SYS: PCIe or the host
 t0=$(date +%s); el() { echo "$(( $(date +%s) - t0 ))s"; }
 W=$W python3 - <<'PY'
 import os, sys
@@ -45,7 +46,7 @@ r = [json.loads(l)['samples_per_s'] for l in open(p) if 'samples_per_s' in l][2:
 print(round(statistics.median(r), 1))"; }
 for g in 1 2; do
   timeout 300 $R train "$W/rdt_scale.yaml" --executor local resources.gpus=$g > "$W/train$g.txt" 2>&1
-  echo "train $g GPU(s) rc=$? $(el)"; grep -E "RDT \(" "$W/train$g.txt" | tail -1
+  echo "train $g GPU(s) rc=$? $(el)"; grep -E "RDT \(|all-reduce|GB/s" "$W/train$g.txt" | tail -3
   eval "r$g=$(rate)"; eval "echo \"$g GPU(s): median samples/s \$r$g\""
 done
 python3 -c "print(f'2 GPUs / 1 GPU through runner train: {$r2 / $r1:.2f}x')"
