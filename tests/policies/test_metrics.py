@@ -52,6 +52,8 @@ def test_the_time_left_is_smoothed_over_slow_intervals() -> None:
 
     r = SmoothRate()
     etas = [progress(10 * (i + 1), 1000, r.update(rate), 16) for i, rate in enumerate([5, 100, 100, 3, 100, 100])]
-    # the start-up interval is forgotten; a validation pause (3 samples/s) moves the estimate by a fifth
+    # the start-up interval gives no estimate and is then forgotten; a validation pause (3 samples/s) moves the
+    # estimate by a fifth
+    assert etas[0].endswith("ETA ?") and etas[1].endswith("ETA 2m37s"), etas
     assert etas[2].endswith("ETA 2m35s") and etas[3].endswith("ETA 3m11s") and etas[5].endswith("ETA 2m52s"), etas
     assert progress(40, 1000, 3, 16).endswith("ETA 1h25m")  # what the raw interval rate would have said
