@@ -18,6 +18,9 @@ RUNNER_TARGETS = (JOB, CODE, RAW, CONVERTED, WEIGHTS, THIRD_PARTY)
 SYSTEM_TARGETS = tuple(PurePosixPath(p) for p in ("/", "/bin", "/dev", "/etc", "/lib", "/lib64", "/proc", "/sbin", "/sys",
                                                    "/usr", "/tmp"))
 HOME = "/tmp"  # the container user has no passwd entry; caches need a writable HOME
+#: Under the job folder: torch.compile's inductor and Triton caches, kept across the job's runs and containers (a
+#: container's /tmp starts empty, so every run compiled from scratch: ~100 s for RDT-1B, minutes for DP3 on DDP).
+COMPILE_CACHE = ".compile-cache"
 #: Seconds between SIGTERM and SIGKILL when a step is stopped: long enough to write a checkpoint.
 STOP_GRACE_S = 30.0
 
@@ -32,6 +35,12 @@ PASSTHROUGH_PREFIXES = ("WANDB_", "HF_", "HUGGING_FACE_")
 
 #: NVLink multicast can take a shared host's GPUs out of service; every process starts with it off.
 NVLS_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+def compile_cache_env(job_folder: PurePosixPath | str) -> dict[str, str]:
+    """The variables that point torch.compile's caches into `job_folder`/.compile-cache."""
+    root = f"{job_folder}/{COMPILE_CACHE}"
+    return {"TORCHINDUCTOR_CACHE_DIR": f"{root}/inductor", "TRITON_CACHE_DIR": f"{root}/triton"}
 
 
 def is_secret(name: str, extra: Iterable[str] = ()) -> bool:

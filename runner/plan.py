@@ -189,6 +189,9 @@ def _docker_args(job: LoadedJob, step: str, opts: StepSpec, machine: Machine, ru
         ("python3 -m runner.inside", f"tees output to {host_run / log_name} from inside, so a lost terminal loses nothing"),
     ]
     why.append(("--init", "a real PID 1 reaps orphaned DataLoader/launcher processes and forwards docker stop's SIGTERM"))
+    if any(e.name == "TORCHINDUCTOR_CACHE_DIR" and e.value.startswith(str(layout.JOB)) for e in docker.env):
+        why.append(("TORCHINDUCTOR_CACHE_DIR TRITON_CACHE_DIR", f"torch.compile's kernels kept in {job_dir(job)}/"
+                    f"{layout.COMPILE_CACHE}: another run of the job (a resume) skips most of the compile"))
     if gpus is not None:
         note = " (the quotes are the docker CLI's syntax for a device list)" if gpus.device_ids else ""
         why.append(("--gpus", f"resources.gpus: {spec.resources.gpus}{note}"))
@@ -204,6 +207,7 @@ def _local_args(job: LoadedJob, step: str, opts: StepSpec, machine: Machine, run
     inherited = machine.environ.get("PYTHONPATH", "")
     local_env += [("PYTHONPATH", ":".join(p for p in (_pythonpath(str(machine.code_dir), h_paths), inherited) if p)),
                   ("RUNNER_CONTEXT", str(host_run / f"{step}.context.json")), ("RUNNER_RUN_DIR", str(host_run))]
+    local_env += [(e.name, e.value) for e in _compile_cache(base_env, job_dir(job), machine.environ)]
     local_env += _cuda_visible(job.spec.resources.gpus)
     return LocalArgs(
         argv=(machine.python, "-m", "runner.inside", "--log", str(host_run / log_name), "--",
@@ -333,7 +337,15 @@ def _pythonpath(code: str, paths: Mapping[str, Any]) -> str:
 
 def _container_env(base: list[EnvVar], c_run: Any, c_paths: Mapping[str, Any], opts: StepSpec) -> list[EnvVar]:
     return [*base, EnvVar("PYTHONPATH", _pythonpath(str(layout.CODE), c_paths)),
-            EnvVar("HOME", layout.HOME), EnvVar("RUNNER_RUN_DIR", str(c_run))]
+            EnvVar("HOME", layout.HOME), EnvVar("RUNNER_RUN_DIR", str(c_run)),
+            *_compile_cache(base, layout.JOB, {})]
+
+
+def _compile_cache(base: list[EnvVar], job_folder: Any, environ: Mapping[str, str]) -> list[EnvVar]:
+    """torch.compile's cache variables into the job folder, unless the job or step (or, for the local executor, the
+    caller's environment) already sets them."""
+    taken = {e.name for e in base} | set(environ)
+    return [EnvVar(k, v) for k, v in layout.compile_cache_env(job_folder).items() if k not in taken]
 
 
 def gpu_processes(gpus: Any) -> str | None:

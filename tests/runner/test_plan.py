@@ -1,6 +1,7 @@
 import difflib
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,29 @@ def test_each_step_mounts_and_imports_only_the_third_party_checkouts_it_lists(ma
         host = {"/third_party/gello": str(tmp_path / "g"), "/third_party/robotwin": str(tmp_path / "rt")}
         local = dict(p.local.env)["PYTHONPATH"].split(":")
         assert local[1:1 + len(want)] == [host[w] for w in want] and not set(host.values()) & set(local[1 + len(want):])
+
+
+def test_torch_compile_s_caches_live_in_the_job_folder_for_both_executors(machine: Machine,
+                                                                           write_job: Callable[..., Path]) -> None:
+    """A container's /tmp starts empty: without a cache in the job folder every run (a resume too) compiles anew."""
+    job = load_job(write_job("name: a\npolicy: dp3\nsteps: {train: }\n"), {})
+    docker = plan(job, "train", machine, executor="docker")
+    env = {e.name: e.value for e in docker.docker.env}
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == "/job/.compile-cache/inductor"
+    assert env["TRITON_CACHE_DIR"] == "/job/.compile-cache/triton"
+    host = job.spec.outputs.runs_dir / "a" / ".compile-cache"
+    assert f"torch.compile's kernels kept in {host}" in render_plan_text(docker)
+    local = dict(plan(job, "train", machine, executor="local").local.env)
+    assert local["TORCHINDUCTOR_CACHE_DIR"] == str(host / "inductor") and local["TRITON_CACHE_DIR"] == str(host / "triton")
+
+
+def test_a_compile_cache_the_job_or_the_caller_sets_is_kept(machine: Machine, write_job: Callable[..., Path]) -> None:
+    job = load_job(write_job("name: a\npolicy: dp3\nsteps:\n  train: {env: {TORCHINDUCTOR_CACHE_DIR: /scratch/ind}}\n"), {})
+    docker = plan(job, "train", machine, executor="docker")
+    names = [e.name for e in docker.docker.env]
+    assert names.count("TORCHINDUCTOR_CACHE_DIR") == 1 and "TORCHINDUCTOR_CACHE_DIR=/scratch/ind" in render_cli(docker.docker)
+    assert "TRITON_CACHE_DIR=/job/.compile-cache/triton" in render_cli(docker.docker)  # the other one still set
+    assert "kernels kept in" not in render_plan_text(docker)
+    mine = replace(machine, environ={**machine.environ, "TRITON_CACHE_DIR": "/home/u/.triton"})
+    local = plan(job, "train", mine, executor="local").local.env
+    assert ("TRITON_CACHE_DIR" not in dict(local)) and dict(local)["TORCHINDUCTOR_CACHE_DIR"] == "/scratch/ind"
