@@ -1,8 +1,8 @@
 """How fast the processes of a several-GPU run average their gradients: a timed all-reduce when training starts.
 
-Scaling past one GPU rests on it. GPUs joined by NVLink all-reduce at hundreds of GB/s; GPUs that reach each other
-only through host memory (no peer access: a virtual machine's passthrough, `NCCL_P2P_DISABLE`, a PCIe topology NCCL
-will not use) manage tens, and then every step waits for its gradients (on two H200s lent as one machine, NCCL's
+Scaling past one GPU rests on it. GPUs joined by NVLink all-reduce at hundreds of GB/s; GPUs on PCIe, or that reach
+each other only through host memory (no peer access: a virtual machine's passthrough, `NCCL_P2P_DISABLE`, a PCIe
+topology NCCL will not use), manage tens, and then every step waits for its gradients (on two H200s lent as one machine, NCCL's
 all-reduce kernels ran at ~36 GB/s: docs/rdt.md, twelfth session). The train log gives the figure, so that a lab
 sees why two GPUs give 1.8x and not 2x, and what to check.
 """
@@ -48,10 +48,11 @@ class Link:
         """For GPUs of one machine that average slowly; None where the speed is as expected (or not a GPU's)."""
         if "nccl" not in self.backend or not self.one_machine or self.bus_gbps >= SLOW_GBPS:
             return None
-        return (f"warning: the {self.processes} GPUs average gradients at {self.bus_gbps:.0f} GB/s, the speed of host "
-                f"memory, not of GPUs joined by NVLink (hundreds of GB/s): each step waits for its gradients, so expect "
-                f"well under {self.processes}x one GPU's samples/s. Check `nvidia-smi topo -m` (NV# between the GPUs) "
-                "and that NCCL_P2P_DISABLE / NCCL_P2P_LEVEL are not set in the job's env")
+        return (f"warning: the {self.processes} GPUs average gradients at {self.bus_gbps:.0f} GB/s, the speed of PCIe "
+                f"or host memory, not of GPUs joined by NVLink (hundreds of GB/s): each step waits for its gradients, "
+                f"so expect well under {self.processes}x one GPU's samples/s. If the GPUs have NVLink, check "
+                "`nvidia-smi topo -m` (NV# between them) and that NCCL_P2P_DISABLE / NCCL_P2P_LEVEL are not set in "
+                "the job's env")
 
 
 def measure(device: torch.device, megabytes: int | None = None, repeats: int = 3) -> Link | None:
