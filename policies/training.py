@@ -1,9 +1,11 @@
-"""What both policies' training loops share: diffusers' learning-rate schedules and the result of a run."""
+"""What both policies' training loops share: diffusers' learning-rate schedules, the result of a run, and what a
+compiled run says before its first step."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,3 +51,17 @@ class TrainResult:
     last_checkpoint: Path | None = None
     losses: list[float] = field(default_factory=list)
     epoch: int | None = None
+
+
+def compile_note(clause: str, environ: Mapping[str, str] | None = None) -> str:
+    """The line before a compiled run's first step, which is otherwise silent for minutes (RDT-1B: ~100 s): what
+    compiles (`clause`), and where its kernels are cached (the runner points TORCHINDUCTOR_CACHE_DIR into the job
+    folder), so that a later run or resume knows to expect less."""
+    cache = (os.environ if environ is None else environ).get("TORCHINDUCTOR_CACHE_DIR")
+    if not cache:
+        return f"train: {clause} (minutes); the kernels are cached under /tmp, which a container loses"
+    folder = Path(cache)
+    warm = folder.is_dir() and any(folder.iterdir())
+    return (f"train: {clause}; kernels cached in {cache} "
+            + ("(earlier runs' kernels are there: a shorter compile)" if warm
+               else "(empty: this run compiles everything (minutes), later runs and resumes reuse it)"))

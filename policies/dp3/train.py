@@ -16,6 +16,7 @@ import torch
 
 from policies import interconnect
 from policies.checkpoint_io import CheckpointError
+from policies.cuda_graph import compile_unavailable
 from policies.dp3 import checkpoints, distributed
 from policies.dp3.config import Dp3Train
 from policies.dp3.data import DataShapeError, ReplayData, WindowSampler, val_mask, window_table, worker_batches
@@ -24,7 +25,7 @@ from policies.dp3.optim_step import GraphedStep, train_step
 from policies.ema import Ema
 from policies.metrics import Metrics, SmoothRate, progress
 from policies.signals import StopFlag
-from policies.training import TrainResult, lr_scheduler
+from policies.training import TrainResult, compile_note, lr_scheduler
 
 
 def build_model(cfg: Dp3Config, data: ReplayData, train_rows: torch.Tensor, device: torch.device) -> DP3:
@@ -85,6 +86,8 @@ def train(cfg: Dp3Config, data: ReplayData, s: Dp3Train, *, ckpt_dir: Path, run_
     run.announce()
     try:
         interconnect.report(device, run.say)
+        if run.graphed and s.compile and compile_unavailable() is None:
+            run.say(compile_note("the first steps compile the training step and capture it in a CUDA graph"))
         return run.loop()
     finally:
         run.metrics.close()

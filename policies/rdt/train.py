@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from policies import checkpoint_io, interconnect
+from policies.cuda_graph import compile_unavailable
 from policies.data.episodes import read_attrs
 from policies.metrics import Metrics, SmoothRate, progress
 from policies.rdt import checkpoints, zero_convert
@@ -44,7 +45,7 @@ from policies.rdt.model import RdtConfig, RdtRunner, schedulers
 from policies.rdt.state_space import FRANKA, StateMap
 from policies.rdt.weights import WeightsError, load_strict, read_state_dict
 from policies.signals import StopFlag, ignore_stop_signals, stop_workers
-from policies.training import TrainResult, lr_scheduler
+from policies.training import TrainResult, compile_note, lr_scheduler
 
 TRAINER_STATE = "trainer_state.json"
 RDT_CONFIG = "rdt_config.json"
@@ -130,10 +131,12 @@ def train(o: RdtTrain, inputs: Inputs, *, resume: bool, stop: StopFlag, extra: d
     loader = _loader(o, inputs, cfg, state_map, stat, train_eps, empty_lang, global_step, acc, cuda)
     say(f"train: RDT ({sum(p.numel() for p in engine.module.parameters()):,} parameters), "
         f"{len(train_eps)} training episodes, {len(val_eps)} held out, {acc.num_processes} process(es) on {acc.device}, "
-        f"{_engine_words(engine.name, o, ds_config)}, precision {precision}, batch {o.train_batch_size} x "
+        f"{_engine_words(engine, o, ds_config)}, precision {precision}, batch {o.train_batch_size} x "
         f"{o.gradient_accumulation_steps} accumulation x {acc.num_processes} processes, step {global_step}/"
         f"{o.max_train_steps}")
     interconnect.report(acc.device, say)
+    if isinstance(engine, FusedEngine) and engine.compiled:
+        say(compile_note("the first step compiles RDT's forward and backward"))
 
     def loss_fn(model: Any, b: dict[str, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
         return _loss(model, tower, b, alphas, cfg, input_dtype, gen)
@@ -143,9 +146,9 @@ def train(o: RdtTrain, inputs: Inputs, *, resume: bool, stop: StopFlag, extra: d
     return loop.run(global_step, iter(loader), loss_fn)
 
 
-def _engine_words(name: str, o: RdtTrain, ds_config: dict[str, Any] | None) -> str:
-    if name == "fused":
-        return f"fused engine (bf16 weights, fp32 masters, fused AdamW{', compiled' if o.compile else ''})"
+def _engine_words(engine: AccelerateEngine | FusedEngine, o: RdtTrain, ds_config: dict[str, Any] | None) -> str:
+    if isinstance(engine, FusedEngine):
+        return f"fused engine (bf16 weights, fp32 masters, fused AdamW{', compiled' if engine.compiled else ''})"
     return f"DeepSpeed ZeRO-{o.zero_stage}" if ds_config is not None else "no DeepSpeed"
 
 
@@ -167,7 +170,10 @@ def _build(o: RdtTrain, inputs: Inputs, acc: Any, precision: str, fused: bool, r
         load_strict(model, read_state_dict(inputs.pretrained), inputs.pretrained)
         say(f"train: loaded {inputs.pretrained}")
     if fused:
-        return tower, cfg, FusedEngine(acc, model, o, compile=o.compile), empty_lang
+        reason = compile_unavailable() if o.compile else None
+        if reason:
+            say(f"train: not compiling RDT: {reason}")
+        return tower, cfg, FusedEngine(acc, model, o, compile=o.compile and reason is None), empty_lang
     return tower, cfg, AccelerateEngine(acc, model, o, deepspeed=o.zero_stage > 0), empty_lang
 
 
