@@ -461,13 +461,23 @@ def cmd_rm(a: argparse.Namespace) -> int:
 
 def cmd_gc(a: argparse.Namespace) -> int:
     """Keep each job's newest --keep runs; remove older finished runs, their lineages, set-aside checkpoint
-    folders and temp files of killed writers. --dry-run lists what would go."""
+    folders and temp files of killed writers (with --compile-cache, the jobs' compile caches too). --dry-run lists
+    what would go."""
     from runner.atomic import remove_stale_temps
-    from runner.runs import gc_targets
+    from runner.runs import compile_caches, gc_targets
     from runner.spec.types import approx_size
 
     runs_dir = _runs_dir(a)
-    freed = _remove(gc_targets(runs_dir, a.job, a.keep, _control(), _err), a.dry_run)
+    targets = gc_targets(runs_dir, a.job, a.keep, _control(), _err)
+    caches, busy = compile_caches(runs_dir, a.job, _control(), _err)
+    for c in busy:
+        print(f"kept {c} ({approx_size(_size(c))}): a step of the job is running")
+    if a.compile_cache:
+        targets += caches
+    elif caches:
+        print(f"compile caches kept ({approx_size(sum(_size(c) for c in caches))} in {len(caches)} job(s)): "
+              "--compile-cache removes them; the next run of each job compiles anew")
+    freed = _remove(targets, a.dry_run)
     temps = [] if a.dry_run else remove_stale_temps(runs_dir, recursive=True) if runs_dir.is_dir() else []
     for t in temps:
         print(f"removed {t} (a temp file of a killed write)")
@@ -642,6 +652,8 @@ def _add_run_verbs(add: AddVerb) -> None:
     sp.add_argument("job", nargs="?", help="only this job")
     sp.add_argument("--keep", type=int, default=5, help="runs to keep a job (default 5)")
     sp.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    sp.add_argument("--compile-cache", action="store_true",
+                    help="also remove the jobs' torch.compile caches (runs/<job>/.compile-cache), except a running job's")
     sp.add_argument("--runs-dir", help="default: ./runs")
     for name, fn, help_ in (("ps", cmd_ps, "runs in progress"), ("history", cmd_history, "runs of a job"),
                             ("logs", cmd_logs, "print (or follow) a run's logs"), ("stop", cmd_stop, "stop a run")):

@@ -313,6 +313,24 @@ def rm_targets(runs_dir: Path, run: str, checkpoints: bool, control: StepControl
     return ([paths[0].parent, lineage], None) if checkpoints else ([paths[0].parent], lineage)
 
 
+def compile_caches(runs_dir: Path, job: str | None, control: StepControl,
+                   warn: Callable[[str], None]) -> tuple[list[Path], list[Path]]:
+    """The jobs' torch.compile caches (runs/<job>/.compile-cache): (those no running step uses, those in use)."""
+    from runner.layout import COMPILE_CACHE
+
+    jobs = [runs_dir / job] if job else sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
+    free: list[Path] = []
+    busy: list[Path] = []
+    for job_dir in jobs:
+        cache = job_dir / COMPILE_CACHE
+        if not cache.is_dir():
+            continue
+        paths = records.list_runs(runs_dir, job_dir.name)
+        running = any(r.status in ACTIVE for r in load_all(paths, control.alive, warn, control.release))
+        (busy if running else free).append(cache)
+    return free, busy
+
+
 def gc_targets(runs_dir: Path, job: str | None, keep: int, control: StepControl,
                warn: Callable[[str], None]) -> list[Path]:
     """What `runner gc` removes: each job's finished runs older than its newest `keep`, their lineages, and

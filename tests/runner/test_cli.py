@@ -133,6 +133,35 @@ def test_rm_and_gc_remove_old_runs_with_a_dry_run_first(tmp_path: Path, write_jo
     assert gone.returncode != 0 and "no job or run id 'nope'" in gone.stderr
 
 
+def test_gc_keeps_compile_caches_unless_asked_and_never_a_running_job_s(tmp_path: Path,
+                                                                       write_job: Callable[..., Path]) -> None:
+    import time
+
+    write_job("name: g\npolicy: command\nexecutor: local\nsteps: {s: {command: 'echo x'}}\n", "g.yaml")
+    write_job("name: busy\npolicy: command\nexecutor: local\nsteps: {s: {command: 'sleep 60'}}\n", "busy.yaml")
+    assert cli("run", "g", cwd=tmp_path).returncode == 0
+    caches = {job: tmp_path / "runs" / job / ".compile-cache" for job in ("g", "busy")}
+    for c in caches.values():
+        (c / "inductor").mkdir(parents=True)
+        (c / "inductor" / "kernel.py").write_text("x" * 5000)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", "busy"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while "busy" not in cli("ps", cwd=tmp_path).stdout and time.monotonic() < deadline:
+            time.sleep(0.5)
+        kept = cli("gc", cwd=tmp_path)
+        assert "compile caches kept (4.88 KiB in 1 job(s)): --compile-cache removes them" in kept.stdout, kept.stdout
+        assert f"kept {caches['busy']}" in kept.stdout and "a step of the job is running" in kept.stdout
+        gone = cli("gc", "--compile-cache", cwd=tmp_path)
+        assert f"removed {caches['g']}" in gone.stdout and not caches["g"].exists(), gone.stdout
+        assert caches["busy"].is_dir()  # a running step may be compiling into it
+    finally:
+        cli("stop", "busy", cwd=tmp_path)
+        proc.wait(timeout=60)
+
+
 def test_bash_completion_completes_verbs_options_and_job_names(tmp_path: Path, write_job: Callable[..., Path]) -> None:
     write_job("name: sample_x\npolicy: dp3\nsteps: {train: }\n", "sample_x.yaml")
     script = cli("completion", cwd=tmp_path).stdout
