@@ -52,6 +52,10 @@ class RdtTrain(StepSpec):
         "the model compiled, DDP on several GPUs; docs/rdt.md), accelerate + DeepSpeed ZeRO (zero_stage) "
         "otherwise, or on GPUs too small for the whole optimizer state and a micro-batch (launch.fused_memory); "
         "accelerate: always accelerate, as upstream trains")
+    shard_optimizer: bool = Field(default=False, description="fused engine on several GPUs: each GPU keeps 1/N of "
+                                  "the fp32 masters, AdamW moments and EMA (ZeRO-1; ~6 + 20/N bytes a parameter "
+                                  "instead of 24), gradients reduce-scattered and weights all-gathered instead of "
+                                  "DDP's all-reduce; checkpoints as unsharded (docs/rdt.md, Engines)")
     compile: bool = Field(default=True, description="torch.compile the RDT model in the fused engine (GPU only; "
                           "SigLIP runs eager, faster on a training batch: docs/rdt.md)")
     precomp_lang_embed: bool = True

@@ -27,6 +27,7 @@ from policies.rdt import zero_convert
 from policies.rdt.config import RdtTrain
 from policies.rdt.fused import MasterWeights
 from policies.rdt.launch import deepspeed_config
+from policies.rdt.sharded import ShardedEma, ShardedMasters
 
 #: What the fused engine adds to accelerate's save_state in a checkpoint folder.
 MODEL_FILE = "pytorch_model/mp_rank_00_model_states.pt"
@@ -110,6 +111,8 @@ class AccelerateEngine:
 
     def save(self, folder: Path) -> None:
         self.acc.save_state(str(folder))
+        if self.acc.is_main_process:
+            self.ema.save(folder / "ema")
 
     def load(self, folder: Path) -> str | None:
         if (folder / FUSED_OPTIMIZER).is_file():
@@ -128,19 +131,29 @@ class FusedEngine:
 
     def __init__(self, acc: Any, model: torch.nn.Module, o: RdtTrain, compile: bool) -> None:
         self.acc, self.accum, self.compiled = acc, o.gradient_accumulation_steps, compile
+        self.sharded = acc.num_processes > 1 and o.shard_optimizer
         names = [n for n, _ in model.named_parameters()]
-        self.ema = Ema(model).to(acc.device)
-        if list(self.ema.params) != names:
+        if list(model.state_dict()) != names:
             msg = "the fused engine needs a model whose state is its parameters, in order (no buffers)"
             raise ValueError(msg)
         # The masters copy the fp32 weights before the model is rounded to bf16: pretrained weights keep their
         # precision in the optimizer (DeepSpeed builds its masters from the rounded bf16 weights).
         model.to(acc.device)
-        self.master = MasterWeights(model.parameters(), max_grad_norm=o.max_grad_norm, **adamw_args(o))
+        self.master: MasterWeights | ShardedMasters
+        self.ema: Ema | ShardedEma
+        if self.sharded:
+            with torch.no_grad():  # every process slices process 0's weights
+                for p in model.parameters():
+                    torch.distributed.broadcast(p.data, 0)
+            self.master = ShardedMasters(model.parameters(), max_grad_norm=o.max_grad_norm, **adamw_args(o))
+            self.ema = ShardedEma(names, self.master)
+        else:
+            self.ema = Ema(model).to(acc.device)
+            self.master = MasterWeights(model.parameters(), max_grad_norm=o.max_grad_norm, **adamw_args(o))
         self.model = model.to(torch.bfloat16)
         self.optimizer = self.master.optimizer
         self.wrapped: Any = self.model
-        if acc.num_processes > 1:
+        if acc.num_processes > 1 and not self.sharded:
             self._replicate()
             if compile:
                 # One graph for the forward and one for the backward, DDP's all-reduce after it, instead of a graph
@@ -154,6 +167,7 @@ class FusedEngine:
         """Every process starts from process 0's masters (and so weights and EMA), then DDP averages gradients."""
         from torch.nn.parallel import DistributedDataParallel
 
+        assert isinstance(self.ema, Ema)
         with torch.no_grad():
             for m in self.master.master:
                 torch.distributed.broadcast(m, 0)
@@ -186,17 +200,24 @@ class FusedEngine:
         return contextlib.nullcontext()
 
     def save(self, folder: Path) -> None:
+        """The checkpoint and the EMA; sharded, every process gathers its slices to the main process first."""
         self.acc.save_state(str(folder))  # RNG states (one file a process) and the LR scheduler
+        state = self.master.state_dict()
+        if self.sharded:
+            self.ema.save(folder / "ema")  # collective: the main process writes
         if self.acc.is_main_process:  # the same on every process
+            if not self.sharded:
+                self.ema.save(folder / "ema")
             (folder / MODEL_FILE).parent.mkdir(parents=True, exist_ok=True)
             checkpoint_io.write({"module": self.model.state_dict()}, folder / MODEL_FILE)
-            checkpoint_io.write(self.master.state_dict(), folder / FUSED_OPTIMIZER)
+            checkpoint_io.write(state, folder / FUSED_OPTIMIZER)
 
     def load(self, folder: Path) -> str | None:
         """Restore from a fused checkpoint, or from a DeepSpeed ZeRO one (converted; the note says so)."""
         note = None
         if (folder / FUSED_OPTIMIZER).is_file():
-            state = checkpoint_io.load(folder / FUSED_OPTIMIZER, self.acc.device)
+            # sharded: each process reads the whole state into host memory and keeps its slice on the GPU
+            state = checkpoint_io.load(folder / FUSED_OPTIMIZER, "cpu" if self.sharded else self.acc.device)
         elif zero_convert.shards(folder):
             state, note = self._from_zero(folder)
         else:
@@ -225,8 +246,10 @@ class FusedEngine:
             state: dict[str, Any] = {}
             try:
                 names = [n for n, _ in self.model.named_parameters()]
-                state = zero_convert.fused_state(universal, names, self.master.master,
-                                                 self.master.optimizer.state_dict(), acc.device)
+                like = {"param_groups": self.master.groups()} if isinstance(self.master, ShardedMasters) else (
+                    self.master.optimizer.state_dict())
+                state = zero_convert.fused_state(universal, names, list(self.master.params), like,
+                                                 "cpu" if self.sharded else acc.device)
             except (zero_convert.ConvertError, checkpoint_io.CheckpointError, KeyError) as e:
                 why = f"{type(e).__name__}: {e}"
             # also the point where every process has read the files

@@ -48,9 +48,22 @@ MODEL_PARAMS = {"1b": 1_228_319_872, "tiny": 2_000_000}
 ACTIVATION_BYTES_PER_SAMPLE = {"1b": 1 << 30, "tiny": 16 << 20}
 
 
-def fused_memory(model_size: str, micro_batch: int) -> int:
-    """What one GPU needs for the fused engine (bytes), by the constants above."""
-    return MODEL_PARAMS[model_size] * FUSED_BYTES_PER_PARAM + micro_batch * ACTIVATION_BYTES_PER_SAMPLE[model_size]
+#: shard_optimizer on N GPUs (policies/rdt/sharded.py): bytes a parameter every GPU keeps whole (bf16 weight,
+#: gradient and the flat buffer), and those split N ways (fp32 master, its gradient, two moments, EMA, a bf16 slice).
+SHARDED_WHOLE_BYTES, SHARDED_SPLIT_BYTES = 2 + 2 + 2, 4 + 4 + 8 + 4 + 2
+
+
+def fused_memory(model_size: str, micro_batch: int, shards: int = 1) -> int:
+    """What one GPU needs for the fused engine (bytes), by the constants above; `shards`: processes the optimizer
+    state is split across (shard_optimizer)."""
+    per_param = (FUSED_BYTES_PER_PARAM if shards <= 1
+                 else SHARDED_WHOLE_BYTES + SHARDED_SPLIT_BYTES / shards)
+    return int(MODEL_PARAMS[model_size] * per_param) + micro_batch * ACTIVATION_BYTES_PER_SAMPLE[model_size]
+
+
+def state_shards(options: RdtTrain, processes: int) -> int:
+    """Processes the fused engine's optimizer state is split across: all of them with shard_optimizer, else 1."""
+    return processes if options.shard_optimizer and processes > 1 else 1
 
 
 def gpu_memory() -> int | None:
@@ -64,15 +77,16 @@ def _fused(options: RdtTrain, processes: int, visible: int, gpu_bytes: int | Non
     """Whether the step trains with the fused engine (then accelerate starts it without DeepSpeed)."""
     try:
         return fused_applies(options.engine, processes, visible > 0, options.mixed_precision if visible else "no",
-                             fits=fits_fused(options, gpu_bytes))
+                             fits=fits_fused(options, gpu_bytes, processes))
     except ValueError as e:
         raise LaunchError(str(e)) from e
 
 
-def fits_fused(options: RdtTrain, gpu_bytes: int | None) -> bool:
-    """Whether a GPU of `gpu_bytes` holds the fused engine's whole optimizer state and a micro-batch (unknown:
-    assumed to)."""
-    return gpu_bytes is None or fused_memory(options.model_size, options.train_batch_size) <= gpu_bytes
+def fits_fused(options: RdtTrain, gpu_bytes: int | None, processes: int = 1) -> bool:
+    """Whether a GPU of `gpu_bytes` holds the fused engine's optimizer state (whole, or its slice with
+    shard_optimizer over `processes`) and a micro-batch (unknown: assumed to)."""
+    need = fused_memory(options.model_size, options.train_batch_size, state_shards(options, processes))
+    return gpu_bytes is None or need <= gpu_bytes
 
 
 def fused_applies(engine: str, processes: int, cuda: bool, precision: str, fits: bool = True) -> bool:
@@ -127,15 +141,19 @@ def preview(step: str, options: StepSpec, gpus: Any, nodes: int) -> dict[str, An
     processes = processes_per_machine(gpus, visible) * nodes
     fused = _fused(options, processes, visible)  # the GPUs' memory is known where the step runs
     out: dict[str, Any] = {"launch": argv, "engine": "fused" if fused else "accelerate"}
-    need = f"{fused_memory(options.model_size, options.train_batch_size) / (1 << 30):.0f} GiB"
+    shards = state_shards(options, processes)
+    need = f"{fused_memory(options.model_size, options.train_batch_size, shards) / (1 << 30):.0f} GiB"
+    state = f"1/{shards} of the optimizer state" if shards > 1 else "the whole optimizer state"
+    several = "its optimizer state split across the GPUs (shard_optimizer)" if options.shard_optimizer else "DDP"
     if gpus == "all":
         out["note"] = ("resources.gpus is all: shown for one GPU; with several the step launches one process a GPU: "
-                       f"the fused engine with DDP, or DeepSpeed ZeRO-{options.zero_stage} where a GPU has less than "
-                       f"{need} (the whole optimizer state and a micro-batch)")
+                       f"the fused engine with {several}, or DeepSpeed ZeRO-{options.zero_stage} where a GPU has "
+                       f"less than it needs ({need}: the whole optimizer state and a micro-batch; "
+                       "shard_optimizer: true splits most of the state across the GPUs: docs/rdt.md, Engines)")
     elif fused and options.engine == "auto":
-        out["note"] = (f"fused engine{' with DDP' if processes > 1 else ''}; the step switches to DeepSpeed "
-                       f"ZeRO-{options.zero_stage} instead where a GPU has less than {need} (the whole optimizer "
-                       "state and a micro-batch)")
+        out["note"] = (f"fused engine{f' with {several}' if processes > 1 else ''}; the step switches to DeepSpeed "
+                       f"ZeRO-{options.zero_stage} instead where a GPU has less than {need} ({state} and a "
+                       "micro-batch)")
     if not fused and options.zero_stage > 0 and visible:
         out["deepspeed_config.json"] = deepspeed_config(options, options.mixed_precision)
     return out

@@ -40,7 +40,7 @@ from policies.rdt.engine import (
     make_accelerator,
     world_size,
 )
-from policies.rdt.launch import fits_fused, fused_applies, fused_memory, gpu_memory
+from policies.rdt.launch import fits_fused, fused_applies, fused_memory, gpu_memory, state_shards
 from policies.rdt.model import RdtConfig, RdtRunner, schedulers
 from policies.rdt.state_space import FRANKA, StateMap
 from policies.rdt.weights import WeightsError, load_strict, read_state_dict
@@ -95,16 +95,21 @@ def train(o: RdtTrain, inputs: Inputs, *, resume: bool, stop: StopFlag, extra: d
     cuda = torch.cuda.is_available()
     gpu_bytes = gpu_memory()
     fused = fused_applies(o.engine, world_size(), cuda, o.mixed_precision if cuda else "no",
-                          fits=fits_fused(o, gpu_bytes))  # as launch.py decided
+                          fits=fits_fused(o, gpu_bytes, world_size()))  # as launch.py decided
     acc, precision, ds_config = make_accelerator(o, fused)
     check_same_engine(acc, fused)
     main = acc.is_main_process
     if not main:
         say = _quiet
     if gpu_bytes is not None and not fused and o.engine == "auto" and precision == "bf16":
+        n = acc.num_processes
+        need = fused_memory(o.model_size, o.train_batch_size, state_shards(o, n))
+        split = fused_memory(o.model_size, o.train_batch_size, n)
+        hint = (f"; steps.train.shard_optimizer: true would split its state across the {n} GPUs ({split / 2**30:.0f} "
+                "GiB a GPU)" if n > 1 and not o.shard_optimizer and split <= gpu_bytes else "")
         say(f"train: engine auto: a GPU has {gpu_bytes / 2**30:.0f} GiB, less than the fused engine needs for model_size "
-            f"{o.model_size} at batch {o.train_batch_size} ({fused_memory(o.model_size, o.train_batch_size) / 2**30:.0f} "
-            "GiB: docs/rdt.md, Engines); training with accelerate + DeepSpeed instead")
+            f"{o.model_size} at batch {o.train_batch_size} ({need / 2**30:.0f} GiB: docs/rdt.md, Engines); training with "
+            f"accelerate + DeepSpeed instead{hint}")
     set_seed(o.seed)
     train_eps, val_eps = split_episodes(inputs.data, o.val_episodes)
     stat = dataset_stat(train_eps, state_map)
@@ -148,7 +153,9 @@ def train(o: RdtTrain, inputs: Inputs, *, resume: bool, stop: StopFlag, extra: d
 
 def _engine_words(engine: AccelerateEngine | FusedEngine, o: RdtTrain, ds_config: dict[str, Any] | None) -> str:
     if isinstance(engine, FusedEngine):
-        return f"fused engine (bf16 weights, fp32 masters, fused AdamW{', compiled' if engine.compiled else ''})"
+        sharded = f", state sharded across {engine.acc.num_processes} processes" if engine.sharded else ""
+        return (f"fused engine (bf16 weights, fp32 masters, fused AdamW{', compiled' if engine.compiled else ''}"
+                f"{sharded})")
     return f"DeepSpeed ZeRO-{o.zero_stage}" if ds_config is not None else "no DeepSpeed"
 
 
@@ -209,9 +216,8 @@ class _Loop:
         if main and folder.exists():  # an incomplete folder of the same step from an earlier, killed run
             shutil.rmtree(folder)
         acc.wait_for_everyone()
-        self.engine.save(folder)
+        self.engine.save(folder)  # with the EMA
         if main:
-            self.engine.ema.save(folder / "ema")
             (folder / TRAINER_STATE).write_text(json.dumps({"step": step, "ema_steps": self.engine.ema.steps}))
             checkpoints.mark_complete(folder, {**self.meta, "step": step})
             self.metrics.plot()

@@ -13,8 +13,17 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from policies import checkpoint_io
 from policies.rdt.config import RdtTrain
-from policies.rdt.engine import MODEL_FILE, AccelerateEngine, FusedEngine, ResumeError, check_same_engine, make_accelerator
+from policies.rdt.engine import (
+    FUSED_OPTIMIZER,
+    MODEL_FILE,
+    AccelerateEngine,
+    FusedEngine,
+    ResumeError,
+    check_same_engine,
+    make_accelerator,
+)
 from policies.rdt.launch import fits_fused, free_port, fused_applies, fused_memory
 from policies.rdt.model import RdtConfig, RdtRunner, schedulers
 from policies.rdt.train import _loss
@@ -106,6 +115,16 @@ def test_the_fused_engine_fits_rdt_1b_on_80_gb_gpus_and_not_on_24_gb_ones() -> N
     assert fits_fused(rdt_1b, 80 * gib) and not fits_fused(rdt_1b, 24 * gib) and fits_fused(rdt_1b, None)
 
 
+def test_a_sharded_optimizer_state_fits_rdt_1b_at_batch_32_on_the_lab_s_four_a6000s() -> None:
+    a6000 = 51_527_024_640  # 48 GB (torch's total_memory for an RTX A6000)
+    lab = RdtTrain.model_validate({"model_size": "1b", "train_batch_size": 32})
+    sharded = lab.model_copy(update={"shard_optimizer": True})
+    assert not fits_fused(lab, a6000, 4)  # every GPU keeping all 24 bytes a parameter: 59 GiB
+    assert fits_fused(sharded, a6000, 4) and not fits_fused(sharded, a6000, 2)  # 6 + 22/N bytes a parameter
+    assert fits_fused(sharded, a6000, 1) is fits_fused(lab, a6000, 1)  # one process: nothing to split
+    assert fused_memory("1b", 32, 4) == int(1_228_319_872 * (6 + 22 / 4)) + 32 * (1 << 30)
+
+
 def _halves(data: list[dict[str, torch.Tensor]], rank: int, start: int = 0) -> list[Any]:
     """Each rank's half of every batch, with its own noise generator."""
     h = data[0]["actions"].shape[0] // 2
@@ -189,19 +208,30 @@ def test_processes_that_picked_different_engines_all_stop_naming_the_ranks(tmp_p
         assert "fused on ranks [0], accelerate + DeepSpeed on ranks [1]" in said and "steps.train.engine" in said
 
 
-def _fused_rank(rank: int, world: int, port: int, out: str, backend: str, compile: bool = False) -> None:
+def _fused_rank(rank: int, world: int, port: int, out: str, backend: str, compile: bool = False,
+                shard: bool = False, start: str | None = None) -> None:
+    """Six steps on half-batches (three after resuming `start`'s checkpoint-3), a checkpoint after the third."""
     acc = _join(rank, world, port, backend)
     assert acc.num_processes == world
     torch.manual_seed(rank)  # ranks built differently: process 0's weights are the ones that train
-    engine = FusedEngine(acc, RdtRunner(CFG), opts(), compile=compile)
-    assert torch._dynamo.config.optimize_ddp is not compile  # compiled: one graph, the all-reduce after it
+    engine = FusedEngine(acc, RdtRunner(CFG), opts(shard_optimizer=shard), compile=compile)
+    assert engine.sharded is shard
+    if not shard:
+        assert torch._dynamo.config.optimize_ddp is not compile  # compiled: one graph, the all-reduce after it
     data = batches(6)
-    first = _step_all(engine, [[m] for m in _halves(data[:3], rank)])
-    engine.save(Path(out) / "checkpoint-3")
-    at3 = [m.clone() for m in engine.master.master]
+    first: list[float] = []
+    if start is None:
+        first = _step_all(engine, [[m] for m in _halves(data[:3], rank)])
+        engine.save(Path(out) / "checkpoint-3")
+    else:
+        engine.load(Path(start) / "checkpoint-3")
+        engine.ema.load(Path(start) / "checkpoint-3" / "ema", 3)
+    at3 = [m.detach().cpu().clone() for m in engine.master.master]
     rest = _step_all(engine, [[m] for m in _halves(data[3:], rank, start=3)])
     cpu = [m.cpu() for m in engine.master.master]
-    torch.save({"losses": first + rest, "at3": [m.cpu() for m in at3], "end": cpu}, Path(out) / f"rank{rank}.pt")
+    weights = [p.detach().float().cpu() for p in engine.model.parameters()]
+    Path(out).mkdir(parents=True, exist_ok=True)
+    torch.save({"losses": first + rest, "at3": at3, "end": cpu, "weights": weights}, Path(out) / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
 
@@ -244,3 +274,44 @@ def test_compiled_fused_engine_on_two_processes_trains_as_the_uncompiled_one(tmp
 
     moved = dist(plain["end"], plain["at3"])  # what the last three steps changed
     assert moved > 0 and dist(comp["end"], plain["end"]) < 0.25 * moved  # 0.052 against 0.54 when written
+
+
+def test_sharded_fused_engine_trains_as_ddp_and_writes_the_unsharded_checkpoint(tmp_path: Path) -> None:
+    """shard_optimizer over two gloo processes: every process ends with all the new weights, the losses follow DDP's
+    (within bf16: DDP averages bf16 gradients, the shards sum them in bf16 and average in fp32), and checkpoints
+    cross both ways: the sharded one resumes unsharded in one process, DDP's resumes sharded."""
+    for shard in (False, True):
+        mp.spawn(_fused_rank, args=(2, free_port(), str(tmp_path / str(shard)), "gloo", False, shard), nprocs=2,
+                 join=True)
+    ddp, sharded = (torch.load(tmp_path / str(s) / "rank1.pt", weights_only=True) for s in (False, True))
+    sharded0 = torch.load(tmp_path / "True" / "rank0.pt", weights_only=True)
+    assert all(torch.equal(a, b) for a, b in zip(sharded0["weights"], sharded["weights"], strict=True))
+    assert sharded["losses"] == pytest.approx(ddp["losses"], rel=2e-2)
+
+    def dist(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> float:
+        return float(torch.cat([(x - y).flatten() for x, y in zip(xs, ys, strict=True)]).norm())
+
+    moved = dist(ddp["end"], ddp["at3"])
+    assert moved > 0 and dist(sharded["weights"], ddp["weights"]) < 0.01 * moved  # 0.0 on gloo when written
+    # the sharded checkpoint is an unsharded one: every parameter's master and AdamW state, the EMA by name
+    folder = tmp_path / "True" / "checkpoint-3"
+    saved, theirs = (checkpoint_io.load(tmp_path / s / "checkpoint-3" / FUSED_OPTIMIZER) for s in ("True", "False"))
+    assert [m.shape for m in saved["master"]] == [m.shape for m in theirs["master"]]
+    assert saved["optimizer"]["param_groups"] == theirs["optimizer"]["param_groups"]
+    assert set(saved["optimizer"]["state"]) == set(theirs["optimizer"]["state"]) == set(range(len(saved["master"])))
+    assert float(saved["optimizer"]["state"][0]["step"]) == 3.0
+    acc, _, _ = make_accelerator(opts(), fused=True)
+    two = opts(gradient_accumulation_steps=2)
+    one = FusedEngine(acc, model(), two, compile=False)
+    one.load(folder)
+    one.ema.load(folder / "ema", 3)
+    assert all(torch.equal(a, b) for a, b in zip(one.master.master, saved["master"], strict=True))
+    assert all(torch.equal(a, b.to(a)) for a, b in zip(one.model.parameters(), saved["master"], strict=True))
+    data = batches(6)
+    both = [[a, b] for a, b in zip(_halves(data, 0), _halves(data, 1), strict=True)]
+    assert _step_all(one, both[3:]) == pytest.approx(sharded["losses"][3:], rel=2e-2)
+    # DDP's checkpoint resumed by two sharded processes: the same next losses
+    mp.spawn(_fused_rank, args=(2, free_port(), str(tmp_path / "resumed"), "gloo", False, True,
+                                str(tmp_path / "False")), nprocs=2, join=True)
+    resumed = torch.load(tmp_path / "resumed" / "rank1.pt", weights_only=True)
+    assert resumed["losses"] == pytest.approx(ddp["losses"][3:], rel=2e-2)
