@@ -3,7 +3,7 @@
 # repository root on a machine with two GPUs:   bash bench/rdt_runner_scaling.sh
 # Random weights (nothing is downloaded): RDT-1B, the full-size SigLIP so400m, a random 2-layer T5 encoder 4096 wide
 # (T5-XXL's width); 12 generated episodes x 60 frames converted by `runner convert`; batch 16 a GPU, compile off
-# (COMPILE=true: on, the job default), 30 steps (STEPS=N). Prints the median samples/s of each run (its
+# (COMPILE=true: on, the job default), 30 steps (STEPS=N), DDP (SHARD=true: shard_optimizer). Prints the median samples/s of each run (its
 # metrics.jsonl after the first two windows of 5 steps) and the ratio. Writes under ${OUT:-/tmp/rdt_runner_scaling}. Results: docs/rdt.md.
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
@@ -35,7 +35,7 @@ outputs: {runs_dir: $W/runs}
 resources: {gpus: 1, shm: 8g}
 steps:
   convert: {cameras: {cam_high: front}, image_size: [160, 120], binarize_gripper: true, instructions: [Pick up the red cube and move it to the right.], workers: 8}
-  train: {model_size: 1b, max_train_steps: ${STEPS:-30}, train_batch_size: 16, checkpointing_period: 100000, lr_warmup_steps: 5, num_workers: 4, img_history_size: 2, zero_stage: 2, logger: none, log_every: 5, compile: ${COMPILE:-false}}
+  train: {model_size: 1b, max_train_steps: ${STEPS:-30}, train_batch_size: 16, checkpointing_period: 100000, lr_warmup_steps: 5, num_workers: 4, img_history_size: 2, zero_stage: 2, logger: none, log_every: 5, compile: ${COMPILE:-false}, shard_optimizer: ${SHARD:-false}}
 YAML
 R="python3 -m runner.cli"
 timeout 200 $R convert "$W/rdt_scale.yaml" --executor local > "$W/convert.txt" 2>&1; echo "convert rc=$? $(el)"

@@ -276,12 +276,14 @@ def test_compiled_fused_engine_on_two_processes_trains_as_the_uncompiled_one(tmp
     assert moved > 0 and dist(comp["end"], plain["end"]) < 0.25 * moved  # 0.052 against 0.54 when written
 
 
-def test_sharded_fused_engine_trains_as_ddp_and_writes_the_unsharded_checkpoint(tmp_path: Path) -> None:
-    """shard_optimizer over two gloo processes: every process ends with all the new weights, the losses follow DDP's
+@pytest.mark.parametrize("backend", ["gloo", pytest.param("nccl", marks=[pytest.mark.gpu, two_gpus])])
+def test_sharded_fused_engine_trains_as_ddp_and_writes_the_unsharded_checkpoint(tmp_path: Path, backend: str) -> None:
+    """shard_optimizer over two processes: every process ends with all the new weights, the losses follow DDP's
     (within bf16: DDP averages bf16 gradients, the shards sum them in bf16 and average in fp32), and checkpoints
-    cross both ways: the sharded one resumes unsharded in one process, DDP's resumes sharded."""
+    cross both ways: the sharded one resumes unsharded in one process (nccl: on the first GPU), DDP's resumes
+    sharded."""
     for shard in (False, True):
-        mp.spawn(_fused_rank, args=(2, free_port(), str(tmp_path / str(shard)), "gloo", False, shard), nprocs=2,
+        mp.spawn(_fused_rank, args=(2, free_port(), str(tmp_path / str(shard)), backend, False, shard), nprocs=2,
                  join=True)
     ddp, sharded = (torch.load(tmp_path / str(s) / "rank1.pt", weights_only=True) for s in (False, True))
     sharded0 = torch.load(tmp_path / "True" / "rank0.pt", weights_only=True)
@@ -295,7 +297,8 @@ def test_sharded_fused_engine_trains_as_ddp_and_writes_the_unsharded_checkpoint(
     assert moved > 0 and dist(sharded["weights"], ddp["weights"]) < 0.01 * moved  # 0.0 on gloo when written
     # the sharded checkpoint is an unsharded one: every parameter's master and AdamW state, the EMA by name
     folder = tmp_path / "True" / "checkpoint-3"
-    saved, theirs = (checkpoint_io.load(tmp_path / s / "checkpoint-3" / FUSED_OPTIMIZER) for s in ("True", "False"))
+    saved, theirs = (checkpoint_io.load(tmp_path / s / "checkpoint-3" / FUSED_OPTIMIZER, "cpu")
+                     for s in ("True", "False"))
     assert [m.shape for m in saved["master"]] == [m.shape for m in theirs["master"]]
     assert saved["optimizer"]["param_groups"] == theirs["optimizer"]["param_groups"]
     assert set(saved["optimizer"]["state"]) == set(theirs["optimizer"]["state"]) == set(range(len(saved["master"])))
@@ -305,13 +308,13 @@ def test_sharded_fused_engine_trains_as_ddp_and_writes_the_unsharded_checkpoint(
     one = FusedEngine(acc, model(), two, compile=False)
     one.load(folder)
     one.ema.load(folder / "ema", 3)
-    assert all(torch.equal(a, b) for a, b in zip(one.master.master, saved["master"], strict=True))
+    assert all(torch.equal(a.cpu(), b) for a, b in zip(one.master.master, saved["master"], strict=True))
     assert all(torch.equal(a, b.to(a)) for a, b in zip(one.model.parameters(), saved["master"], strict=True))
     data = batches(6)
     both = [[a, b] for a, b in zip(_halves(data, 0), _halves(data, 1), strict=True)]
     assert _step_all(one, both[3:]) == pytest.approx(sharded["losses"][3:], rel=2e-2)
     # DDP's checkpoint resumed by two sharded processes: the same next losses
-    mp.spawn(_fused_rank, args=(2, free_port(), str(tmp_path / "resumed"), "gloo", False, True,
+    mp.spawn(_fused_rank, args=(2, free_port(), str(tmp_path / "resumed"), backend, False, True,
                                 str(tmp_path / "False")), nprocs=2, join=True)
     resumed = torch.load(tmp_path / "resumed" / "rank1.pt", weights_only=True)
     assert resumed["losses"] == pytest.approx(ddp["losses"][3:], rel=2e-2)
