@@ -53,7 +53,7 @@ class RdtTrain(StepSpec):
         "otherwise, or on GPUs too small for the whole optimizer state and a micro-batch (launch.fused_memory); "
         "accelerate: always accelerate, as upstream trains")
     shard_optimizer: bool = Field(default=False, description="fused engine on several GPUs: each GPU keeps 1/N of "
-                                  "the fp32 masters, AdamW moments and EMA (ZeRO-1; ~6 + 20/N bytes a parameter "
+                                  "the fp32 masters, AdamW moments and EMA (ZeRO-1; 6 + 22/N bytes a parameter "
                                   "instead of 24), gradients reduce-scattered and weights all-gathered instead of "
                                   "DDP's all-reduce; checkpoints as unsharded (docs/rdt.md, Engines)")
     compile: bool = Field(default=True, description="torch.compile the RDT model in the fused engine (GPU only; "

@@ -7,8 +7,9 @@ reduce-scattered (summed in bf16, as DDP's bf16 all-reduce and DeepSpeed's bf16 
 summed gradient of its slice, averages it in fp32, clips it by the global norm (an all-reduce of the slices' sums
 of squares, then torch's clip_grad_norm_ factor), steps AdamW on its slice of the masters, updates its slice of the
 EMA, and the new weights, rounded to bf16, are all-gathered back into every process's model through the same flat
-buffer. The same bytes on the wire as an all-reduce; ~6 + 20/N bytes a parameter on each GPU (bf16 weight, gradient
-and flat buffer; the fp32 master, its gradient, the two moments and the EMA split N ways).
+buffer. The same bytes on the wire as an all-reduce; 6 + 22/N bytes a parameter on each GPU (bf16 weight, gradient
+and flat buffer; the fp32 master, its gradient, the two moments, the EMA and a bf16 slice split N ways:
+launch.fused_memory).
 
 Checkpoints keep the unsharded layout (`MasterWeights.state_dict`'s per-parameter lists, the EMA by name), gathered
 slice by slice onto the main process's host memory, so a sharded checkpoint resumes unsharded, on any GPU count, and
