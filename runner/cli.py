@@ -468,8 +468,9 @@ def cmd_gc(a: argparse.Namespace) -> int:
     from runner.spec.types import approx_size
 
     runs_dir = _runs_dir(a)
-    targets = gc_targets(runs_dir, a.job, a.keep, _control(), _err)
-    caches, busy = compile_caches(runs_dir, a.job, _control(), _err)
+    control = _control()
+    targets = gc_targets(runs_dir, a.job, a.keep, control, _err)
+    caches, busy = compile_caches(runs_dir, a.job, control, _err)
     for c in busy:
         print(f"kept {c} ({approx_size(_size(c))}): a step of the job is running")
     if a.compile_cache:

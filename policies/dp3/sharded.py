@@ -27,9 +27,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
-# torch 2.13 renamed the tensor collectives (the old names warn); older versions have only the old ones.
-_reduce_scatter = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
-_all_gather = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
+from policies.collectives import all_gather, reduce_scatter
 
 
 class ShardedAdamW:
@@ -81,7 +79,7 @@ class ShardedAdamW:
         """Apply this step's gradients (in the parameters' .grad) on every rank; keep = 1 - EMA decay."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         torch.cat([g.reshape(-1) for g in grads], out=self.flat_grad[:self.n])
-        _reduce_scatter(self.shard_reduced, self.flat_grad)  # summed over ranks
+        reduce_scatter(self.shard_reduced, self.flat_grad)  # summed over ranks
         if self.shard_reduced is not self.shard.grad:
             self.shard.grad.copy_(self.shard_reduced)  # type: ignore[union-attr]
         sq = torch.linalg.vector_norm(self.shard_reduced, dtype=torch.float32).square()  # bf16: half the reads
@@ -103,7 +101,7 @@ class ShardedAdamW:
         finally:
             del self.inner.grad_scale  # type: ignore[attr-defined]
         # the all-gather (NCCL's stream) runs while this stream averages the shard into the EMA
-        work = _all_gather(self.flat, self.shard, async_op=True)
+        work = all_gather(self.flat, self.shard, async_op=True)
         if self.flat_ema is not None and keep is not None:
             self.flat_ema[self.lo:self.hi].lerp_(self.shard, keep)
         work.wait()
@@ -112,7 +110,7 @@ class ShardedAdamW:
     def gather_ema(self) -> None:
         """Complete the EMA weights on every rank (each rank keeps only its shard up to date). Collective."""
         if self.flat_ema is not None:
-            _all_gather(self.flat_ema, self.flat_ema[self.lo:self.hi])
+            all_gather(self.flat_ema, self.flat_ema[self.lo:self.hi])
 
     @torch.no_grad()
     def export_state(self) -> None:
@@ -123,7 +121,7 @@ class ShardedAdamW:
         full = {}
         for k in ("exp_avg", "exp_avg_sq"):
             full[k] = torch.empty_like(self.flat)
-            _all_gather(full[k], state[k])
+            all_gather(full[k], state[k])
         offset = 0
         fused_or_capturable = bool(self.opt.defaults.get("fused") or self.opt.defaults.get("capturable"))
         for p in self.params:

@@ -203,11 +203,9 @@ class FusedEngine:
         """The checkpoint and the EMA; sharded, every process gathers its slices to the main process first."""
         self.acc.save_state(str(folder))  # RNG states (one file a process) and the LR scheduler
         state = self.master.state_dict()
-        if self.sharded:
-            self.ema.save(folder / "ema")  # collective: the main process writes
+        if self.sharded or self.acc.is_main_process:  # sharded, a collective in which the main process writes
+            self.ema.save(folder / "ema")
         if self.acc.is_main_process:  # the same on every process
-            if not self.sharded:
-                self.ema.save(folder / "ema")
             (folder / MODEL_FILE).parent.mkdir(parents=True, exist_ok=True)
             checkpoint_io.write({"module": self.model.state_dict()}, folder / MODEL_FILE)
             checkpoint_io.write(state, folder / FUSED_OPTIMIZER)

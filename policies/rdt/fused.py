@@ -50,10 +50,14 @@ class MasterWeights:
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = state["master"]
-        if len(saved) != len(self.master) or any(a.shape != b.shape for a, b in zip(saved, self.master, strict=True)):
-            msg = "the saved fp32 master weights do not match the model's parameters"
-            raise ValueError(msg)
+        check_masters(saved, self.params)
         torch._foreach_copy_(self.master, [s.to(self.master[0].device) for s in saved])
         self.optimizer.load_state_dict(state["optimizer"])
         torch._foreach_copy_([p.data for p in self.params], self.master)
 
+
+def check_masters(saved: list[torch.Tensor], params: list[torch.nn.Parameter]) -> None:
+    """Raise ValueError unless a checkpoint's per-parameter fp32 masters match the parameters one for one."""
+    if len(saved) != len(params) or any(s.shape != p.shape for s, p in zip(saved, params, strict=True)):
+        msg = "the saved fp32 master weights do not match the model's parameters"
+        raise ValueError(msg)

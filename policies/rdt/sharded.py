@@ -25,9 +25,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-# torch 2.13 renamed the tensor collectives (the old names warn); older versions have only the old ones.
-_reduce_scatter = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
-_all_gather = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
+from policies.collectives import all_gather, reduce_scatter
+from policies.rdt.fused import check_masters
 
 #: Elements a process gathers at a time when a checkpoint is written (256 MB of fp32 a process on the GPU).
 GATHER_CHUNK = 1 << 26
@@ -77,7 +76,7 @@ class ShardedMasters:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         torch.cat([g.reshape(-1).to(self.flat.dtype) for g in grads], out=self.flat[:self.n])
         self.flat[self.n:].zero_()  # the last slice's padding
-        _reduce_scatter(self.sliced, self.flat)  # summed over processes
+        reduce_scatter(self.sliced, self.flat)  # summed over processes
         grad = self.master[0].grad
         assert grad is not None
         grad.copy_(self.sliced).div_(self.world)
@@ -87,7 +86,7 @@ class ShardedMasters:
         grad.mul_(torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0))  # clip_grad_norm_'s factor
         self.optimizer.step()
         self.sliced.copy_(self.master[0])
-        _all_gather(self.flat, self.sliced)
+        all_gather(self.flat, self.sliced)
         torch._foreach_copy_([p.data for p in self.params], self._views(self.flat))
         return norm
 
@@ -110,7 +109,7 @@ class ShardedMasters:
         for c in range(0, self.size, GATHER_CHUNK):
             m = min(GATHER_CHUNK, self.size - c)
             buf = torch.empty(self.world * m, dtype=piece.dtype, device=piece.device)
-            _all_gather(buf, piece[c:c + m].contiguous())
+            all_gather(buf, piece[c:c + m].contiguous())
             if full is not None:
                 host = buf.cpu()
                 for r in range(self.world):
@@ -120,16 +119,16 @@ class ShardedMasters:
     def state_dict(self) -> dict[str, Any]:
         """MasterWeights.state_dict's layout (per-parameter fp32 masters and AdamW state), on the main process;
         {} elsewhere. Collective."""
+        # AdamW's state is empty before the first step, on every process alike: then there are no moments to gather
         state = self.optimizer.state.get(self.master[0], {})
-        zeros = torch.zeros_like(self.master[0])
         masters = self.gathered(self.master[0])
-        moments = {k: self.gathered(state.get(k, zeros)) for k in ("exp_avg", "exp_avg_sq")}
-        avg, avg_sq = moments["exp_avg"], moments["exp_avg_sq"]
-        if masters is None or avg is None or avg_sq is None:
+        avg, avg_sq = (self.gathered(state[k]) if state else None for k in ("exp_avg", "exp_avg_sq"))
+        if masters is None:
             return {}
-        step = torch.as_tensor(state.get("step", 0.0), dtype=torch.float32).reshape(()).cpu()
-        per = {i: {"step": step.clone(), "exp_avg": avg[i], "exp_avg_sq": avg_sq[i]}
-               for i in range(len(self.params))} if state else {}
+        per = {}
+        if avg is not None and avg_sq is not None:
+            step = torch.as_tensor(state["step"], dtype=torch.float32).reshape(()).cpu()
+            per = {i: {"step": step.clone(), "exp_avg": avg[i], "exp_avg_sq": avg_sq[i]} for i in range(len(self.params))}
         return {"master": masters, "optimizer": {"state": per, "param_groups": self.groups()}}
 
     def groups(self) -> list[dict[str, Any]]:
@@ -141,9 +140,7 @@ class ShardedMasters:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """From MasterWeights.state_dict's layout (every process reads the whole file, takes its slice)."""
         saved = state["master"]
-        if len(saved) != len(self.params) or any(s.shape != p.shape for s, p in zip(saved, self.params, strict=True)):
-            msg = "the saved fp32 master weights do not match the model's parameters"
-            raise ValueError(msg)
+        check_masters(saved, self.params)
         shard = self.master[0]
         self._fill(shard, saved)
         per = state["optimizer"]["state"]
