@@ -2,11 +2,11 @@
 # DP3 training throughput through `runner train` itself (local executor) on 1 and 2 GPUs, and `runner stop` of a
 # 2-GPU run. Run from the repository root on a machine with two GPUs:   bash bench/dp3_runner_scaling.sh
 # Writes sample_data/raw/scale (80 generated episodes x 100 frames), sample_data/converted_scale, and
-# $OUT/jobs/scale_dp3.yaml with its runs in $OUT/runs; prints the median samples/s of each run (its metrics.jsonl after the
+# ${BENCH_DIR:-/tmp/dp3_runner_scaling}/jobs/scale_dp3.yaml with its runs beside it; prints the median samples/s of each run (its metrics.jsonl after the
 # first three logged windows) and the 2-GPU / 1-GPU ratio. Results: docs/dp3.md.
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/dp3_runner_scaling}; mkdir -p "$OUT"
+OUT=${BENCH_DIR:-/tmp/dp3_runner_scaling}; mkdir -p "$OUT"
 nvidia-smi topo -m 2>/dev/null | head -4  # NV# between the GPUs: NVLink; PIX/PXB/PHB/SYS: PCIe or the host
 t0=$(date +%s); el() { echo "$(( $(date +%s) - t0 ))s"; }
 python3 -c "from pathlib import Path; from policies.data.sample import generate; generate(Path('sample_data/raw/scale'), episodes=80, steps=100)"

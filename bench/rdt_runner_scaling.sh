@@ -3,11 +3,12 @@
 # repository root on a machine with two GPUs:   bash bench/rdt_runner_scaling.sh
 # Random weights (nothing is downloaded): RDT-1B, the full-size SigLIP so400m, a random 2-layer T5 encoder 4096 wide
 # (T5-XXL's width); 12 generated episodes x 60 frames converted by `runner convert`; batch 16 a GPU, compile off
-# (COMPILE=true: on, the job default), 30 steps (STEPS=N), DDP (SHARD=true: shard_optimizer). Prints the median samples/s of each run (its
-# metrics.jsonl after the first two windows of 5 steps) and the ratio. Writes under ${OUT:-/tmp/rdt_runner_scaling}. Results: docs/rdt.md.
+# (COMPILE=true: on, the job default), 30 steps (STEPS=N), DDP (SHARD=true: shard_optimizer), on 1 then 2 GPUs (GPUS="2": only
+# two). Prints the median samples/s of each run (its metrics.jsonl after the first two windows of 5 steps) and the
+# ratio. Writes under ${BENCH_DIR:-/tmp/rdt_runner_scaling}. Results: docs/rdt.md.
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-W=${OUT:-/tmp/rdt_runner_scaling}; mkdir -p "$W"
+W=${BENCH_DIR:-/tmp/rdt_runner_scaling}; mkdir -p "$W"
 nvidia-smi topo -m 2>/dev/null | head -4  # NV# between the GPUs: NVLink; PIX/PXB/PHB/SYS: PCIe or the host
 t0=$(date +%s); el() { echo "$(( $(date +%s) - t0 ))s"; }
 W=$W python3 - <<'PY'
@@ -44,9 +45,9 @@ import glob, json, statistics, sys
 p = sorted(glob.glob('$W/runs/rdt_scale/*/metrics.jsonl'))[-1]
 r = [json.loads(l)['samples_per_s'] for l in open(p) if 'samples_per_s' in l][2:]
 print(round(statistics.median(r), 1))"; }
-for g in 1 2; do
+for g in ${GPUS:-1 2}; do
   timeout 300 $R train "$W/rdt_scale.yaml" --executor local resources.gpus=$g > "$W/train$g.txt" 2>&1
   echo "train $g GPU(s) rc=$? $(el)"; grep -E "RDT \(|all-reduce|GB/s" "$W/train$g.txt" | tail -3
   eval "r$g=$(rate)"; eval "echo \"$g GPU(s): median samples/s \$r$g\""
 done
-python3 -c "print(f'2 GPUs / 1 GPU through runner train: {$r2 / $r1:.2f}x')"
+[ -n "${r1:-}" ] && [ -n "${r2:-}" ] && python3 -c "print(f'2 GPUs / 1 GPU through runner train: {$r2 / $r1:.2f}x')"

@@ -65,3 +65,24 @@ def compile_note(clause: str, environ: Mapping[str, str] | None = None) -> str:
     return (f"train: {clause}; kernels cached in {cache} "
             + ("(earlier runs' kernels are there: a shorter compile)" if warm
                else "(empty: this run compiles everything (minutes), later runs and resumes reuse it)"))
+
+
+def checkpoint_line(path: Path, seconds: float, environ: Mapping[str, str] | None = None) -> str:
+    """`train: checkpoint PATH (size in time)`, and a warning when the write took more than half the step's stop
+    grace (RUNNER_STOP_GRACE_S, which the runner sets from steps.train.stop_grace_s): a stop (Ctrl-C, `runner stop`,
+    Slurm's signal before the time limit) ends with a checkpoint, and one slower than the grace is killed unfinished
+    (its temporary folder is never taken for a checkpoint, but the steps since the last one are lost)."""
+    files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path] if path.is_file() else []
+    size = sum(f.stat().st_size for f in files)
+    scale, unit = next((s, u) for s, u in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB"), (1, "bytes")) if size >= s or s == 1)
+    shown = f"{size / scale:.1f} {unit}" if scale > 1 else f"{size} bytes"
+    line = f"train: checkpoint {path} ({shown} in {seconds:.1f} s)"
+    try:
+        grace = float((os.environ if environ is None else environ).get("RUNNER_STOP_GRACE_S") or 0)
+    except ValueError:
+        grace = 0.0
+    if grace and seconds > grace / 2:
+        line += (f"\nwarning: the checkpoint took {seconds:.0f} s to write, more than half the {grace:g} s a stopped step "
+                 "has before it is killed: raise steps.train.stop_grace_s so that a stop (Ctrl-C, `runner stop`, "
+                 "Slurm's warning signal) can finish its checkpoint")
+    return line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -316,7 +317,9 @@ def _cuda_visible(value: Any) -> list[tuple[str, str]]:
 
 def _env(job: LoadedJob, step: str, opts: StepSpec, run_id: str, nccl: str, gpus: bool) -> list[EnvVar]:
     env: dict[str, str] = {"PYTHONUNBUFFERED": "1", **layout.NVLS_OFF, "NCCL_SOCKET_IFNAME": nccl,
-                           "GLOO_SOCKET_IFNAME": nccl, "RUNNER_STOP_GRACE_S": f"{opts.stop_grace_s:g}"}
+                           "GLOO_SOCKET_IFNAME": nccl, "RUNNER_STOP_GRACE_S": f"{opts.stop_grace_s:g}",
+                           # torchrun's own SIGTERM -> SIGKILL wait for its ranks (torch >= 2.12 reads it; 30 s before)
+                           "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(math.ceil(opts.stop_grace_s))}
     if gpus:
         env["NVIDIA_DRIVER_CAPABILITIES"] = "compute,utility,graphics" if step == "eval" else "compute,utility"
     env.update({"RUNNER_JOB": job.name, "RUNNER_STEP": step, "RUNNER_RUN_ID": run_id,

@@ -146,10 +146,16 @@ def preview(step: str, options: StepSpec, gpus: Any, nodes: int) -> dict[str, An
     state = f"1/{shards} of the optimizer state" if shards > 1 else "the whole optimizer state"
     several = "its optimizer state split across the GPUs (shard_optimizer)" if options.shard_optimizer else "DDP"
     if gpus == "all":
+        if options.shard_optimizer:
+            n_gib = [f"{fused_memory(options.model_size, options.train_batch_size, n) / (1 << 30):.0f} GiB on {n}"
+                     for n in (2, 4, 8)]
+            needs = f"{', '.join(n_gib)} GPUs: 1/N of the optimizer state and a micro-batch"
+        else:
+            needs = (f"{need}: the whole optimizer state and a micro-batch; shard_optimizer: true splits most of the "
+                     "state across the GPUs")
         out["note"] = ("resources.gpus is all: shown for one GPU; with several the step launches one process a GPU: "
                        f"the fused engine with {several}, or DeepSpeed ZeRO-{options.zero_stage} where a GPU has "
-                       f"less than it needs ({need}: the whole optimizer state and a micro-batch; "
-                       "shard_optimizer: true splits most of the state across the GPUs: docs/rdt.md, Engines)")
+                       f"less than it needs ({needs}: docs/rdt.md, Engines)")
     elif fused and options.engine == "auto":
         out["note"] = (f"fused engine{f' with {several}' if processes > 1 else ''}; the step switches to DeepSpeed "
                        f"ZeRO-{options.zero_stage} instead where a GPU has less than {need} ({state} and a "

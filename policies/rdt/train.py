@@ -45,7 +45,7 @@ from policies.rdt.model import RdtConfig, RdtRunner, schedulers
 from policies.rdt.state_space import FRANKA, StateMap
 from policies.rdt.weights import WeightsError, load_strict, read_state_dict
 from policies.signals import StopFlag, ignore_stop_signals, stop_workers
-from policies.training import TrainResult, compile_note, lr_scheduler
+from policies.training import TrainResult, checkpoint_line, compile_note, lr_scheduler
 
 TRAINER_STATE = "trainer_state.json"
 RDT_CONFIG = "rdt_config.json"
@@ -248,7 +248,9 @@ class _Loop:
                     t_log, n_log = time.perf_counter(), 0
                 stopping, saving = self._agreed_flags(global_step)
                 if global_step % o.checkpointing_period == 0 or global_step == total or stopping or saving:
-                    self.say(f"train: checkpoint {self.save(global_step)}")
+                    t_save = time.perf_counter()
+                    folder = self.save(global_step)
+                    self.say(checkpoint_line(folder, time.perf_counter() - t_save))
                     self.stop.save_now = False
                 if stopping:
                     self.result.stopped_by = self.stop.stopped_by

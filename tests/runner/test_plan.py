@@ -124,10 +124,13 @@ def test_several_gpus_start_dp3_training_with_torchrun(write_job: Callable[..., 
 
 def test_stop_grace_comes_from_the_step(machine: Machine, write_job: Callable[..., Path]) -> None:
     rdt = plan(shipped("rdt_demo_clean"), "train", machine)
-    assert rdt.stop_grace_s == 300 and "RUNNER_STOP_GRACE_S=300" in render_cli(rdt.docker)  # ZeRO-2 state of RDT-1B
+    assert rdt.stop_grace_s == 300 and "RUNNER_STOP_GRACE_S=300" in render_cli(rdt.docker)  # RDT-1B's ~22 GB
+    # torchrun (under accelerate too) waits as long before it kills its ranks, not its own 30 s
+    assert "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=300" in render_cli(rdt.docker)
     assert plan(shipped("dp3_banana"), "train", machine).stop_grace_s == 30
-    job = load_job(write_job("name: g\npolicy: dp3\nsteps:\n  train: {stop_grace_s: 90}\n"), {})
-    assert plan(job, "train", machine).stop_grace_s == 90
+    job = load_job(write_job("name: g\npolicy: dp3\nsteps:\n  train: {stop_grace_s: 90.5}\n"), {})
+    grace = plan(job, "train", machine)
+    assert grace.stop_grace_s == 90.5 and "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=91" in render_cli(grace.docker)
 
 
 def test_each_step_mounts_and_imports_only_the_third_party_checkouts_it_lists(machine: Machine, tmp_path: Path) -> None:

@@ -117,9 +117,10 @@ def test_the_fused_engine_fits_rdt_1b_on_80_gb_gpus_and_not_on_24_gb_ones() -> N
 
 def test_a_sharded_optimizer_state_fits_rdt_1b_at_batch_32_on_the_lab_s_four_a6000s() -> None:
     a6000 = 51_527_024_640  # 48 GB (torch's total_memory for an RTX A6000)
-    lab = RdtTrain.model_validate({"model_size": "1b", "train_batch_size": 32})
-    sharded = lab.model_copy(update={"shard_optimizer": True})
-    assert not fits_fused(lab, a6000, 4)  # every GPU keeping all 24 bytes a parameter: 59 GiB
+    sharded = RdtTrain.model_validate({"model_size": "1b", "train_batch_size": 32})  # shard_optimizer: the default
+    lab = sharded.model_copy(update={"shard_optimizer": False})
+    assert sharded.shard_optimizer
+    assert not fits_fused(lab, a6000, 4)  # DDP, every GPU keeping all 24 bytes a parameter: 59 GiB
     assert fits_fused(sharded, a6000, 4) and not fits_fused(sharded, a6000, 2)  # 6 + 22/N bytes a parameter
     assert fits_fused(sharded, a6000, 1) is fits_fused(lab, a6000, 1)  # one process: nothing to split
     assert fused_memory("1b", 32, 4) == int(1_228_319_872 * (6 + 22 / 4)) + 32 * (1 << 30)
