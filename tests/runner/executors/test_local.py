@@ -110,6 +110,51 @@ def test_stop_records_interrupted_and_leaves_no_process(write_job: Callable[...,
     assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 1, "the step outlived its stop"
 
 
+SLOW_SAVER = """\
+import os, pathlib, signal, sys, time
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+out, rank = pathlib.Path(sys.argv[1]), os.environ["RANK"]
+(out / f"started{rank}").write_text("")
+while not stop:
+    time.sleep(0.05)
+time.sleep(float(sys.argv[2]))  # a checkpoint slower than torchrun's own 30 s
+(out / f"saved{rank}").write_text("")
+sys.exit(143)
+"""
+
+
+@pytest.mark.slow
+def test_runner_stop_lets_torchrun_ranks_finish_a_checkpoint_longer_than_torchrun_s_own_wait(
+        write_job: Callable[..., Path], tmp_path: Path) -> None:
+    """torchrun kills its ranks 30 s after it forwards a SIGTERM unless TORCH_ELASTIC_SHUTDOWN_TIMEOUT says
+    otherwise: the runner sets it to the step's stop_grace_s, so a 35 s checkpoint of two ranks completes."""
+    (tmp_path / "saver.py").write_text(SLOW_SAVER)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    write_job(f"name: saver\npolicy: command\nexecutor: local\nsteps:\n  train:\n    stop_grace_s: 75\n"
+              f"    command: [{sys.executable}, -m, torch.distributed.run, --standalone, --nproc_per_node, '2', "
+              f"{tmp_path / 'saver.py'}, {marks}, '35']\n", "saver.yaml")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", None)
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", "saver"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not all((marks / f"started{r}").exists() for r in (0, 1)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stop = subprocess.run([sys.executable, "-m", "runner.cli", "stop", "saver"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert "stopped saver/" in stop.stdout, stop.stderr
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert (marks / "saved0").exists() and (marks / "saved1").exists(), err  # neither rank was killed mid-save
+    assert proc.returncode == 130, err
+    log = next((tmp_path / "runs" / "saver").glob("*/train.log")).read_text()
+    assert "forcefully exiting via 9" not in log
+
+
 def test_killed_runner_loses_no_output_and_logs_follow_to_the_end(write_job: Callable[..., Path], tmp_path: Path) -> None:
     """A lost terminal (the runner killed outright): the step goes on, its log is complete, `logs -f` follows it
     and the record is settled from the exit code the step left behind."""
