@@ -33,6 +33,7 @@ class FailureFacts:
     num_workers: int = 0
     nccl_ifname: str | None = None
     interfaces: tuple[str, ...] = ()
+    gpu_memory_fix: str | None = None  # the step's own options (StepSpec.gpu_memory_fix)
 
 
 _SHM = re.compile(r"Bus error|out of shared memory|insufficient shared memory|shm_open|/dev/shm", re.I)
@@ -74,7 +75,7 @@ def classify(f: FailureFacts) -> Diagnosis | None:
                          f"remove resources.nccl_socket_ifname so the runner picks one, or name one that exists{where}")
     if _CUDA_OOM.search(tail):
         return Diagnosis("cuda_oom", "the GPU ran out of memory",
-                         f"lower steps.{f.step}.batch_size (and raise gradient accumulation), or use more GPUs")
+                         f.gpu_memory_fix or f"lower the batch size of steps.{f.step}, or give it more GPUs")
     if f.oom_killed or f.exit_code == 137:
         return Diagnosis("host_oom", "the kernel killed the step for using too much host memory (exit 137)",
                          "raise resources.memory, or lower num_workers / batch size")

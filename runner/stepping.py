@@ -97,7 +97,8 @@ class StepRunner:
                              interrupted=interrupted,
                              shm_size=plan.docker.shm_size, shm_needed=opts.loader_shm_bytes(),
                              num_workers=opts.num_workers, nccl_ifname=nccl,
-                             interfaces=tuple(i.name for i in self.machine.interfaces))
+                             interfaces=tuple(i.name for i in self.machine.interfaces),
+                             gpu_memory_fix=opts.gpu_memory_fix(plan.step))
         diagnosis = classify(facts)
         if diagnosis:
             step.diagnosis = diagnosis.as_dict()

@@ -64,6 +64,10 @@ class Dp3Train(StepSpec):
         """The training settings a checkpoint records: every option but the container's (env, shm, ...)."""
         return self.model_dump(mode="json", exclude=set(StepSpec.model_fields))
 
+    def gpu_memory_fix(self, step: str) -> str:
+        return (f"lower steps.{step}.batch_size, or train on more GPUs (resources.gpus): the batch is split across "
+                "them")
+
     def loader_shm_bytes(self) -> int:
         # Each worker keeps prefetch_factor (2) collated batches in shared memory.
         sample = self.horizon * (self.num_points * _POINT_BYTES + 2 * 32 * 4)

@@ -77,6 +77,11 @@ class RdtTrain(StepSpec):
     logger: Literal["none", "tensorboard", "wandb"] = "tensorboard"
     log_every: int = Field(default=10, gt=0)
 
+    def gpu_memory_fix(self, step: str) -> str:
+        return (f"lower steps.{step}.train_batch_size (a GPU's batch) and raise gradient_accumulation_steps to keep "
+                "the samples a step, or train on more GPUs (shard_optimizer splits the optimizer state across them); "
+                f"engine: accelerate (DeepSpeed ZeRO-{self.zero_stage}) splits the gradients too")
+
     def loader_shm_bytes(self) -> int:
         # float32 images for every camera slot and history frame, 2 prefetched batches a worker.
         sample = len(CAMERA_SLOTS) * self.img_history_size * self.image_side**2 * 3 * 4

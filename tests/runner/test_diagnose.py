@@ -49,3 +49,18 @@ def test_a_deploy_safety_stop_is_named_in_the_record() -> None:
     tail = "deploy: x\ndeploy: stopped: robot: non-finite joint reading joint 3 (nan)\ndeploy: 40 control steps"
     d = classify(FailureFacts(step="deploy", exit_code=1, oom_killed=False, log_tail=tail))
     assert d is not None and d.kind == "deploy_safety_stop" and "joint 3 (nan)" in d.cause
+
+
+def test_a_gpu_out_of_memory_names_the_policy_s_own_options() -> None:
+    from policies.dp3.config import Dp3Train
+    from policies.rdt.config import RdtTrain
+
+    oom = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    rdt = classify(facts(oom, gpu_memory_fix=RdtTrain().gpu_memory_fix("train")))
+    assert rdt and rdt.kind == "cuda_oom"
+    assert "steps.train.train_batch_size" in rdt.fix and "gradient_accumulation_steps" in rdt.fix
+    assert "DeepSpeed ZeRO-2" in rdt.fix
+    dp3 = classify(facts(oom, gpu_memory_fix=Dp3Train().gpu_memory_fix("train")))
+    assert dp3 and "steps.train.batch_size" in dp3.fix and "accumulation" not in dp3.fix  # DP3 has none
+    plain = classify(facts(oom))
+    assert plain and plain.fix == "lower the batch size of steps.train, or give it more GPUs"
