@@ -190,6 +190,8 @@ def _docker_args(job: LoadedJob, step: str, opts: StepSpec, machine: Machine, ru
         ("python3 -m runner.inside", f"tees output to {host_run / log_name} from inside, so a lost terminal loses nothing"),
     ]
     why.append(("--init", "a real PID 1 reaps orphaned DataLoader/launcher processes and forwards docker stop's SIGTERM"))
+    why.append(("RUNNER_STOP_GRACE_S TORCH_ELASTIC_SHUTDOWN_TIMEOUT", f"steps.{step}.stop_grace_s: a stopped step has "
+                f"{opts.stop_grace_s:g} s to write its checkpoint, torchrun's ranks too (its own wait is 30 s)"))
     if any(e.name == "TORCHINDUCTOR_CACHE_DIR" and e.value.startswith(str(layout.JOB)) for e in docker.env):
         why.append(("TORCHINDUCTOR_CACHE_DIR TRITON_CACHE_DIR", f"torch.compile's kernels kept in {job_dir(job)}/"
                     f"{layout.COMPILE_CACHE}: another run of the job (a resume) skips most of the compile"))
