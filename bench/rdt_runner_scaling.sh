@@ -3,9 +3,10 @@
 # repository root on a machine with two GPUs:   bash bench/rdt_runner_scaling.sh
 # Random weights (nothing is downloaded): RDT-1B, the full-size SigLIP so400m, a random 2-layer T5 encoder 4096 wide
 # (T5-XXL's width); 12 generated episodes x 60 frames converted by `runner convert`; batch 16 a GPU, compile off
-# (COMPILE=true: on, the job default), 30 steps (STEPS=N), DDP (SHARD=true: shard_optimizer), on 1 then 2 GPUs (GPUS="2": only
-# two). Prints the median samples/s of each run (its metrics.jsonl after the first two windows of 5 steps) and the
-# ratio. Writes under ${BENCH_DIR:-/tmp/rdt_runner_scaling}. Results: docs/rdt.md.
+# (COMPILE=true: on, the job default), 30 steps (STEPS=N), the optimizer state sharded across the GPUs (the default;
+# SHARD=false: DDP), on 1 then 2 GPUs (GPUS="1 2 4": those counts, each above 1 compared with the same call's 1-GPU
+# run). Prints the median samples/s of each run (its metrics.jsonl after the first two windows of 5 steps) and the
+# ratios. Writes under ${BENCH_DIR:-/tmp/rdt_runner_scaling}. Results: docs/rdt.md.
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 W=${BENCH_DIR:-/tmp/rdt_runner_scaling}; mkdir -p "$W"
@@ -36,7 +37,7 @@ outputs: {runs_dir: $W/runs}
 resources: {gpus: 1, shm: 8g}
 steps:
   convert: {cameras: {cam_high: front}, image_size: [160, 120], binarize_gripper: true, instructions: [Pick up the red cube and move it to the right.], workers: 8}
-  train: {model_size: 1b, max_train_steps: ${STEPS:-30}, train_batch_size: 16, checkpointing_period: 100000, lr_warmup_steps: 5, num_workers: 4, img_history_size: 2, zero_stage: 2, logger: none, log_every: 5, compile: ${COMPILE:-false}, shard_optimizer: ${SHARD:-false}}
+  train: {model_size: 1b, max_train_steps: ${STEPS:-30}, train_batch_size: 16, checkpointing_period: 100000, lr_warmup_steps: 5, num_workers: 4, img_history_size: 2, zero_stage: 2, logger: none, log_every: 5, compile: ${COMPILE:-false}, shard_optimizer: ${SHARD:-true}}
 YAML
 R="python3 -m runner.cli"
 timeout 200 $R convert "$W/rdt_scale.yaml" --executor local > "$W/convert.txt" 2>&1; echo "convert rc=$? $(el)"
@@ -50,4 +51,7 @@ for g in ${GPUS:-1 2}; do
   echo "train $g GPU(s) rc=$? $(el)"; grep -E "RDT \(|all-reduce|GB/s" "$W/train$g.txt" | tail -3
   eval "r$g=$(rate)"; eval "echo \"$g GPU(s): median samples/s \$r$g\""
 done
-[ -n "${r1:-}" ] && [ -n "${r2:-}" ] && python3 -c "print(f'2 GPUs / 1 GPU through runner train: {$r2 / $r1:.2f}x')"
+for g in ${GPUS:-1 2}; do
+  eval "rg=\${r$g:-}"
+  [ "$g" != 1 ] && [ -n "${r1:-}" ] && [ -n "$rg" ] && python3 -c "print(f'$g GPUs / 1 GPU through runner train: {$rg / $r1:.2f}x')"
+done
