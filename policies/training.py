@@ -74,8 +74,11 @@ def checkpoint_line(path: Path, seconds: float, environ: Mapping[str, str] | Non
     (its temporary folder is never taken for a checkpoint, but the steps since the last one are lost)."""
     files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path] if path.is_file() else []
     size = sum(f.stat().st_size for f in files)
-    scale, unit = next((s, u) for s, u in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB"), (1, "bytes")) if size >= s or s == 1)
-    shown = f"{size / scale:.1f} {unit}" if scale > 1 else f"{size} bytes"
+    shown = f"{size} bytes"
+    for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if size >= scale:
+            shown = f"{size / scale:.1f} {unit}"
+            break
     line = f"train: checkpoint {path} ({shown} in {seconds:.1f} s)"
     try:
         grace = float((os.environ if environ is None else environ).get("RUNNER_STOP_GRACE_S") or 0)
