@@ -72,14 +72,7 @@ def checkpoint_line(path: Path, seconds: float, environ: Mapping[str, str] | Non
     grace (RUNNER_STOP_GRACE_S, which the runner sets from steps.train.stop_grace_s): a stop (Ctrl-C, `runner stop`,
     Slurm's signal before the time limit) ends with a checkpoint, and one slower than the grace is killed unfinished
     (its temporary folder is never taken for a checkpoint, but the steps since the last one are lost)."""
-    files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path] if path.is_file() else []
-    size = sum(f.stat().st_size for f in files)
-    shown = f"{size} bytes"
-    for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
-        if size >= scale:
-            shown = f"{size / scale:.1f} {unit}"
-            break
-    line = f"train: checkpoint {path} ({shown} in {seconds:.1f} s)"
+    line = f"train: checkpoint {path} ({_bytes(tree_bytes(path))} in {seconds:.1f} s)"
     try:
         grace = float((os.environ if environ is None else environ).get("RUNNER_STOP_GRACE_S") or 0)
     except ValueError:
@@ -89,3 +82,35 @@ def checkpoint_line(path: Path, seconds: float, environ: Mapping[str, str] | Non
                  "has before it is killed: raise steps.train.stop_grace_s so that a stop (Ctrl-C, `runner stop`, "
                  "Slurm's warning signal) can finish its checkpoint")
     return line
+
+
+def tree_bytes(path: Path) -> int:
+    """The size of a file, or of every file under a folder."""
+    files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path] if path.is_file() else []
+    return sum(f.stat().st_size for f in files)
+
+
+def _bytes(size: float) -> str:
+    for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size:.0f} bytes"
+
+
+def checkpoints_to_come(step: int, total: int, period: int) -> int:
+    """Checkpoints a run at `step` still writes: every `period` steps up to `total`, and one at `total`."""
+    return total // period - step // period + (1 if total % period else 0)
+
+
+def disk_warning(folder: Path, size: int, kept: int, held: int, to_come: int, free: int) -> str | None:
+    """A warning when the checkpoints still to come will not fit: `size` bytes each (the one just written), the
+    lineage in `folder` holding `held` now and keeping at most `kept` (checkpoints_total_limit; one more while the
+    newest is written, before the oldest goes), `to_come` more from this run, `free` bytes left on the disk."""
+    peak = min(held + to_come, kept + 1) if to_come else held
+    need = size * max(0, peak - held)
+    if need <= free:
+        return None
+    return (f"warning: {folder} has {_bytes(free)} free, but this run writes {to_come} more checkpoints of "
+            f"{_bytes(size)} and the lineage keeps up to {kept} (checkpoints_total_limit): {_bytes(need)} more at its "
+            "peak. Training would stop at a failed write: lower steps.train.checkpoints_total_limit, raise "
+            "checkpointing_period, or free space (`runner gc`)")

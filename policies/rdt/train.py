@@ -45,7 +45,15 @@ from policies.rdt.model import RdtConfig, RdtRunner, schedulers
 from policies.rdt.state_space import FRANKA, StateMap
 from policies.rdt.weights import WeightsError, load_strict, read_state_dict
 from policies.signals import StopFlag, ignore_stop_signals, stop_workers
-from policies.training import TrainResult, checkpoint_line, compile_note, lr_scheduler
+from policies.training import (
+    TrainResult,
+    checkpoint_line,
+    checkpoints_to_come,
+    compile_note,
+    disk_warning,
+    lr_scheduler,
+    tree_bytes,
+)
 
 TRAINER_STATE = "trainer_state.json"
 RDT_CONFIG = "rdt_config.json"
@@ -209,6 +217,7 @@ class _Loop:
                                enabled=acc.is_main_process, lineage=inputs.output,
                                title=f"RDT {meta.get('job', '')}: lineage {inputs.output.name}")
         self.result = TrainResult(0)
+        self.disk_checked = False
 
     def save(self, step: int) -> Path:
         acc, main = self.acc, self.acc.is_main_process
@@ -251,6 +260,8 @@ class _Loop:
                     t_save = time.perf_counter()
                     folder = self.save(global_step)
                     self.say(checkpoint_line(folder, time.perf_counter() - t_save))
+                    if not (stopping or self.disk_checked):
+                        self._check_disk(folder, global_step)
                     self.stop.save_now = False
                 if stopping:
                     self.result.stopped_by = self.stop.stopped_by
@@ -263,6 +274,19 @@ class _Loop:
             acc.end_training()
         self.result.global_step = global_step
         return self.result
+
+    def _check_disk(self, folder: Path, step: int) -> None:
+        """Once a run, after its first checkpoint: whether the disk holds the ones still to come."""
+        self.disk_checked = True
+        if not self.acc.is_main_process:
+            return
+        o, lineage = self.o, self.inputs.output
+        warning = disk_warning(lineage, tree_bytes(folder), o.checkpoints_total_limit,
+                               len(checkpoints.RdtStore(lineage).entries()),
+                               checkpoints_to_come(step, o.max_train_steps, o.checkpointing_period),
+                               shutil.disk_usage(lineage).free)
+        if warning:
+            self.say(warning)
 
     def _agreed_flags(self, step: int) -> tuple[bool, bool]:
         """(stop, save now), the same on every process. One process reads its own flags, with no GPU round trip;

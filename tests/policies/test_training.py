@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from policies.training import checkpoint_line, compile_note
+from policies.training import checkpoint_line, checkpoints_to_come, compile_note, disk_warning
 
 
 def test_a_cache_in_the_job_folder_is_named_empty_then_warm(tmp_path: Path) -> None:
@@ -39,3 +39,22 @@ def test_a_checkpoint_line_gives_size_and_time_and_warns_when_the_write_nears_th
     single = tmp_path / "epoch=0001.ckpt"  # DP3 writes one file
     single.write_bytes(b"0" * 1500)
     assert checkpoint_line(single, 0.3, {}) == f"train: checkpoint {single} (1.5 kB in 0.3 s)"
+
+
+def test_checkpoints_still_to_come_count_the_period_and_the_last_step() -> None:
+    assert checkpoints_to_come(2500, 20000, 2500) == 7  # 5000 ... 20000
+    assert checkpoints_to_come(2500, 20100, 2500) == 8  # and one at 20100
+    assert checkpoints_to_come(20000, 20000, 2500) == 0
+
+
+def test_a_disk_too_small_for_the_checkpoints_to_come_is_said_once_with_the_numbers(tmp_path: Path) -> None:
+    gb = 10**9
+    # RDT-1B's 22 GB fused checkpoints, 40 kept (upstream's limit), 7 more to come: 7 x 22 GB more at the peak
+    warning = disk_warning(tmp_path, 22 * gb, 40, 1, 7, free=100 * gb)
+    assert warning is not None and "100.0 GB free" in warning and "154.0 GB more" in warning
+    assert "steps.train.checkpoints_total_limit" in warning and "checkpointing_period" in warning
+    assert disk_warning(tmp_path, 22 * gb, 40, 1, 7, free=160 * gb) is None
+    # a limit of 3: at most 4 at once (the newest written before the oldest goes), 3 more than the one held
+    assert disk_warning(tmp_path, 22 * gb, 3, 1, 7, free=67 * gb) is None
+    assert "66.0 GB more" in (disk_warning(tmp_path, 22 * gb, 3, 1, 7, free=65 * gb) or "")
+    assert disk_warning(tmp_path, 22 * gb, 3, 3, 0, free=0) is None  # nothing more to write
