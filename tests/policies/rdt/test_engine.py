@@ -351,3 +351,59 @@ def test_sharded_engine_accumulating_micro_batches_trains_as_ddp_does(tmp_path: 
 
     moved = dist(ddp["end"], ddp["start"])
     assert moved > 0 and dist(sharded["weights"], ddp["weights"]) < 1e-4 * moved  # 0.0 on gloo when written
+
+
+def _counts_rank(rank: int, world: int, port: int, out: str, start: str | None) -> None:
+    """shard_optimizer over `world` gloo processes, a 4-sample batch split evenly: three steps then checkpoint-3,
+    or (`start`) `start`'s checkpoint-3 loaded and written again at once, then two steps."""
+    acc = _join(rank, world, port, "gloo")
+    torch.manual_seed(rank)
+    engine = FusedEngine(acc, RdtRunner(CFG), opts(shard_optimizer=True), compile=False)
+    assert engine.sharded
+    n = 4 // world
+    parts = [[({k: v[rank * n:(rank + 1) * n] for k, v in b.items()}, 100 * i + rank)] for i, b in enumerate(batches(3))]
+    if start is None:
+        _step_all(engine, parts)
+    else:
+        engine.load(Path(start) / "checkpoint-3")
+        engine.ema.load(Path(start) / "checkpoint-3" / "ema", 3)
+    engine.save(Path(out) / "checkpoint-3")
+    if start is not None:
+        _step_all(engine, parts[:2])
+        Path(out).mkdir(parents=True, exist_ok=True)
+        torch.save([p.detach().float().cpu() for p in engine.model.parameters()], Path(out) / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_sharded_checkpoint_moves_between_four_and_two_processes_unchanged(tmp_path: Path) -> None:
+    """Each count splits the state at other boundaries; the checkpoint is the same whole state either way: four
+    processes' checkpoint loaded by two and written again is the same bytes of state, and back to four; every
+    process then trains on with the same weights."""
+    runs = [(4, None, "four"), (2, "four", "two"), (4, "two", "four_again")]
+    for world, start, out in runs:
+        mp.spawn(_counts_rank, args=(world, free_port(), str(tmp_path / out), str(tmp_path / start) if start else None),
+                 nprocs=world, join=True)
+
+    def state(name: str) -> tuple[Any, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        from safetensors.torch import load_file
+
+        folder = tmp_path / name / "checkpoint-3"
+        return (checkpoint_io.load(folder / FUSED_OPTIMIZER, "cpu"), load_file(str(folder / "ema" / "model.safetensors")),
+                checkpoint_io.load(folder / MODEL_FILE, "cpu")["module"])
+
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, torch.Tensor):
+            return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+        if isinstance(a, dict):
+            return isinstance(b, dict) and set(a) == set(b) and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, list | tuple):
+            return isinstance(b, list | tuple) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+        return bool(a == b)
+
+    four, two, again = state("four"), state("two"), state("four_again")
+    assert float(four[0]["optimizer"]["state"][0]["step"]) == 3.0
+    assert same(four, two) and same(two, again)
+    for name, world in (("two", 2), ("four_again", 4)):
+        ranks = [torch.load(tmp_path / name / f"rank{r}.pt", weights_only=True) for r in range(world)]
+        assert all(same(ranks[0], r) for r in ranks[1:])
