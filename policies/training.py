@@ -99,6 +99,8 @@ def _bytes(size: float) -> str:
 
 def checkpoints_to_come(step: int, total: int, period: int) -> int:
     """Checkpoints a run at `step` still writes: every `period` steps up to `total`, and one at `total`."""
+    if step >= total:
+        return 0
     return total // period - step // period + (1 if total % period else 0)
 
 

@@ -45,6 +45,8 @@ def test_checkpoints_still_to_come_count_the_period_and_the_last_step() -> None:
     assert checkpoints_to_come(2500, 20000, 2500) == 7  # 5000 ... 20000
     assert checkpoints_to_come(2500, 20100, 2500) == 8  # and one at 20100
     assert checkpoints_to_come(20000, 20000, 2500) == 0
+    assert checkpoints_to_come(40, 40, 100000) == 0  # the last step's checkpoint, off the period
+    assert checkpoints_to_come(10, 40, 100000) == 1
 
 
 def test_a_disk_too_small_for_the_checkpoints_to_come_is_said_once_with_the_numbers(tmp_path: Path) -> None:
