@@ -17,6 +17,13 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def checkpoints_to_come(step: int, total: int, period: int) -> int:
+    """Checkpoints a run at `step` still writes: every `period` steps up to `total`, and one at `total`."""
+    if step >= total:
+        return 0
+    return total // period - step // period + (1 if total % period else 0)
+
+
 class CheckpointStore:
     """The checkpoints of one lineage folder. Subclasses set `pattern` (one group: the step) and override
     `incomplete` and `check`."""

@@ -97,13 +97,6 @@ def _bytes(size: float) -> str:
     return f"{size:.0f} bytes"
 
 
-def checkpoints_to_come(step: int, total: int, period: int) -> int:
-    """Checkpoints a run at `step` still writes: every `period` steps up to `total`, and one at `total`."""
-    if step >= total:
-        return 0
-    return total // period - step // period + (1 if total % period else 0)
-
-
 def disk_warning(folder: Path, size: int, kept: int, held: int, to_come: int, free: int) -> str | None:
     """A warning when the checkpoints still to come will not fit: `size` bytes each (the one just written), the
     lineage in `folder` holding `held` now and keeping at most `kept` (checkpoints_total_limit; one more while the

@@ -16,7 +16,16 @@ from runner.errors import PreflightError, RunnerError
 from runner.executors.base import Executor
 from runner.machine import gather_machine
 from runner.plan import Machine, job_dir
-from runner.preparation import Say, check_steps, new_record, pipeline_steps, preflight_reasons, prepare_inputs, redact_text
+from runner.preparation import (
+    Say,
+    check_steps,
+    checkpoint_warnings,
+    new_record,
+    pipeline_steps,
+    preflight_reasons,
+    prepare_inputs,
+    redact_text,
+)
 from runner.records import JobLock, RunRecord
 from runner.spec.load import LoadedJob
 from runner.stepping import STOP_CODES, StepRunner
@@ -68,6 +77,8 @@ class Orchestrator:
         reasons = list(dict.fromkeys([*reasons, *(check.reasons if check else ())]))
         if reasons:
             raise PreflightError(reasons)
+        for warning in checkpoint_warnings(job, steps):
+            self.say(f"[yellow]{warning}[/]")
         lock = JobLock(job_dir(job), job.name)
         run_id = records.new_run_id(self.now())
         lock.acquire({"run": run_id, "pid": os.getpid(), "host": self.machine.hostname})

@@ -85,6 +85,22 @@ def check_disk(runs_dir: Path, free: int) -> list[str]:
     return []
 
 
+def checkpoint_disk_warnings(job: LoadedJob, steps: Iterable[str], free: int) -> list[str]:
+    """Steps whose checkpoints, as many as a run keeps at once, will not fit in `free` bytes of the runs folder: a
+    warning, not a refusal (the run is good until the disk fills; `runner gc` may free space meanwhile)."""
+    out = []
+    for s in steps:
+        opts = job.step(s)
+        need = opts.checkpoints_disk() if opts is not None else None
+        if need is None or need[0] * need[1] <= free:
+            continue
+        each, kept = need
+        out.append(f"warning: steps.{s} keeps up to {kept} checkpoints of ~{each / 1e9:.1f} GB "
+                   f"({each * kept / 1e9:.0f} GB) but {job.spec.outputs.runs_dir} has {free / 1e9:.0f} GB free: lower "
+                   f"steps.{s}.checkpoints_total_limit, raise checkpointing_period, or free space (`runner gc`)")
+    return out
+
+
 def check_memory(job: LoadedJob, steps: Iterable[str], host_memory: int | None) -> list[str]:
     """Sizes larger than this machine's memory: /dev/shm and the memory limit live in RAM."""
     if host_memory is None:

@@ -80,6 +80,11 @@ def preflight_reasons(job: LoadedJob, steps: list[str], here: bool = True) -> li
     return list(dict.fromkeys(reasons))
 
 
+def checkpoint_warnings(job: LoadedJob, steps: list[str]) -> list[str]:
+    """Steps whose checkpoints will not fit on the runs folder's disk (preflight.checkpoint_disk_warnings)."""
+    return preflight.checkpoint_disk_warnings(job, steps, free_bytes(job.spec.outputs.runs_dir))
+
+
 def new_record(job: LoadedJob, run_id: str, executor: str, resume: bool, steps: list[str], now: datetime,
                say: Say) -> RunRecord:
     """The run's record with every step listed as pending, saved, and the job file kept beside the runs."""

@@ -77,6 +77,15 @@ class RdtTrain(StepSpec):
     logger: Literal["none", "tensorboard", "wandb"] = "tensorboard"
     log_every: int = Field(default=10, gt=0)
 
+    def checkpoints_disk(self) -> tuple[int, int] | None:
+        """The fused engine's checkpoint (bf16 weights, fp32 masters, two AdamW moments, fp32 EMA: 18 bytes a
+        parameter, ~22 GB for RDT-1B), up to checkpoints_total_limit of them plus the one being written."""
+        from policies.checkpoint_store import checkpoints_to_come
+        from policies.rdt.launch import MODEL_PARAMS
+
+        written = checkpoints_to_come(0, self.max_train_steps, self.checkpointing_period)
+        return MODEL_PARAMS[self.model_size] * 18, min(written, self.checkpoints_total_limit + 1)
+
     def gpu_memory_fix(self, step: str) -> str:
         return (f"lower steps.{step}.train_batch_size (a GPU's batch) and raise gradient_accumulation_steps to keep "
                 "the samples a step, or train on more GPUs (shard_optimizer splits the optimizer state across them); "

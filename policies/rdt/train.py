@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from policies import checkpoint_io, interconnect
+from policies.checkpoint_store import checkpoints_to_come
 from policies.cuda_graph import compile_unavailable
 from policies.data.episodes import read_attrs
 from policies.metrics import Metrics, SmoothRate, progress
@@ -48,7 +49,6 @@ from policies.signals import StopFlag, ignore_stop_signals, stop_workers
 from policies.training import (
     TrainResult,
     checkpoint_line,
-    checkpoints_to_come,
     compile_note,
     disk_warning,
     lr_scheduler,

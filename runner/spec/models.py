@@ -61,6 +61,10 @@ class StepSpec(Model):
         """Shared memory the step's DataLoader workers need; 0 when it loads in-process."""
         return 0
 
+    def checkpoints_disk(self) -> tuple[int, int] | None:
+        """(bytes a checkpoint, the most a run keeps at once) where a policy can tell before it runs, else None."""
+        return None
+
     def gpu_memory_fix(self, step: str) -> str:
         """What a step that ran out of GPU memory should change: policies name their own options."""
         return f"lower the batch size of steps.{step}, or give it more GPUs"

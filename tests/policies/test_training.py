@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from policies.training import checkpoint_line, checkpoints_to_come, compile_note, disk_warning
+from policies.checkpoint_store import checkpoints_to_come
+from policies.training import checkpoint_line, compile_note, disk_warning
 
 
 def test_a_cache_in_the_job_folder_is_named_empty_then_warm(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 from collections.abc import Callable
 from pathlib import Path
 
-from runner.preflight import EngineFacts, check_disk, check_engine, check_paths
+from runner.preflight import EngineFacts, check_disk, check_engine, check_paths, checkpoint_disk_warnings
 from runner.spec.load import load_job
 
 GIB = 1024**3
@@ -43,3 +43,20 @@ def test_memory_is_checked_against_this_machine_only_when_the_steps_run_here(wri
     job = load_job(write_job("name: big\npolicy: dp3\nresources: {memory: 1000t}\nsteps: {train: }\n"), {})
     assert any("resources.memory is 1000t but this machine has" in r for r in preflight_reasons(job, ["train"]))
     assert not any("memory" in r for r in preflight_reasons(job, ["train"], here=SlurmExecutor.runs_here))
+
+
+def test_checkpoints_that_will_not_fit_are_a_warning_before_the_run(write_job: Callable[..., Path]) -> None:
+    """RDT-1B's fused checkpoints (18 bytes a parameter: 22.1 GB), as many as the run keeps: 20000 steps every 2500
+    write 8, all kept under upstream's limit of 40; a limit of 3 keeps 4 at once (the newest before the oldest
+    goes). DP3 cannot tell before it runs (nothing said)."""
+    job = load_job(write_job("name: r\npolicy: rdt\nsteps:\n  train: {max_train_steps: 20000, "
+                             "checkpointing_period: 2500}\n"), {})
+    assert job.step("train").checkpoints_disk() == (1_228_319_872 * 18, 8)
+    said = checkpoint_disk_warnings(job, ["convert", "train"], 100 * 10**9)
+    assert len(said) == 1 and "steps.train keeps up to 8 checkpoints of ~22.1 GB (177 GB)" in said[0]
+    assert "100 GB free" in said[0] and "checkpoints_total_limit" in said[0]
+    assert checkpoint_disk_warnings(job, ["train"], 180 * 10**9) == []
+    three = load_job(write_job("name: r3\npolicy: rdt\nsteps: {train: {checkpoints_total_limit: 3}}\n", "r3.yaml"), {})
+    assert three.step("train").checkpoints_disk() == (1_228_319_872 * 18, 4)
+    dp3 = load_job(write_job("name: d\npolicy: dp3\nsteps: {train: }\n", "d.yaml"), {})
+    assert checkpoint_disk_warnings(dp3, ["train"], 0) == []
