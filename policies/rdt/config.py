@@ -81,10 +81,11 @@ class RdtTrain(StepSpec):
         """The fused engine's checkpoint (bf16 weights, fp32 masters, two AdamW moments, fp32 EMA: 18 bytes a
         parameter, ~22 GB for RDT-1B), up to checkpoints_total_limit of them plus the one being written."""
         from policies.checkpoint_store import checkpoints_to_come
-        from policies.rdt.launch import MODEL_PARAMS
+        from policies.rdt.launch import FUSED_CHECKPOINT_BYTES_PER_PARAM, MODEL_PARAMS
 
         written = checkpoints_to_come(0, self.max_train_steps, self.checkpointing_period)
-        return MODEL_PARAMS[self.model_size] * 18, min(written, self.checkpoints_total_limit + 1)
+        each = MODEL_PARAMS[self.model_size] * FUSED_CHECKPOINT_BYTES_PER_PARAM
+        return each, min(written, self.checkpoints_total_limit + 1)
 
     def gpu_memory_fix(self, step: str) -> str:
         return (f"lower steps.{step}.train_batch_size (a GPU's batch) and raise gradient_accumulation_steps to keep "

@@ -43,6 +43,8 @@ def processes_per_machine(gpus: Any, visible: int) -> int:
 FUSED_BYTES_PER_PARAM = 2 + 2 + 4 + 4 + 8 + 4
 #: Parameters of each model size (RDT-1B: 1,228,319,872 with SigLIP so400m's token width).
 MODEL_PARAMS = {"1b": 1_228_319_872, "tiny": 2_000_000}
+#: A fused checkpoint, bytes a parameter: bf16 weight, fp32 master, AdamW's two fp32 moments, fp32 EMA.
+FUSED_CHECKPOINT_BYTES_PER_PARAM = 2 + 4 + 8 + 4
 #: Activations, SigLIP and workspace a sample of the micro-batch (RDT-1B on one H200, bf16, bench/rdt.py: peak
 #: 41.4 GiB at batch 16 and 56.6 GiB at 32 over the 27.4 GiB of state above).
 ACTIVATION_BYTES_PER_SAMPLE = {"1b": 1 << 30, "tiny": 16 << 20}
