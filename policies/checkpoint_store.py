@@ -17,6 +17,14 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def human_bytes(size: float) -> str:
+    """A disk size as a person reads it: 22.1 GB, 35.9 MB, 1.5 kB."""
+    for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size:.0f} bytes"
+
+
 def checkpoints_to_come(step: int, total: int, period: int) -> int:
     """Checkpoints a run at `step` still writes: every `period` steps up to `total`, and one at `total`."""
     if step >= total:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from policies.checkpoint_store import human_bytes
+
 #: diffusers' get_scheduler names this runner supports.
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 
@@ -72,7 +74,7 @@ def checkpoint_line(path: Path, seconds: float, environ: Mapping[str, str] | Non
     grace (RUNNER_STOP_GRACE_S, which the runner sets from steps.train.stop_grace_s): a stop (Ctrl-C, `runner stop`,
     Slurm's signal before the time limit) ends with a checkpoint, and one slower than the grace is killed unfinished
     (its temporary folder is never taken for a checkpoint, but the steps since the last one are lost)."""
-    line = f"train: checkpoint {path} ({_bytes(tree_bytes(path))} in {seconds:.1f} s)"
+    line = f"train: checkpoint {path} ({human_bytes(tree_bytes(path))} in {seconds:.1f} s)"
     try:
         grace = float((os.environ if environ is None else environ).get("RUNNER_STOP_GRACE_S") or 0)
     except ValueError:
@@ -90,13 +92,6 @@ def tree_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in files)
 
 
-def _bytes(size: float) -> str:
-    for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size:.0f} bytes"
-
-
 def disk_warning(folder: Path, size: int, kept: int, held: int, to_come: int, free: int) -> str | None:
     """A warning when the checkpoints still to come will not fit: `size` bytes each (the one just written), the
     lineage in `folder` holding `held` now and keeping at most `kept` (checkpoints_total_limit; one more while the
@@ -105,7 +100,7 @@ def disk_warning(folder: Path, size: int, kept: int, held: int, to_come: int, fr
     need = size * max(0, peak - held)
     if need <= free:
         return None
-    return (f"warning: {folder} has {_bytes(free)} free, but this run writes {to_come} more checkpoints of "
-            f"{_bytes(size)} and the lineage keeps up to {kept} (checkpoints_total_limit): {_bytes(need)} more at its "
+    return (f"warning: {folder} has {human_bytes(free)} free, but this run writes {to_come} more checkpoints of "
+            f"{human_bytes(size)} and the lineage keeps up to {kept} (checkpoints_total_limit): {human_bytes(need)} more at its "
             "peak. Training would stop at a failed write: lower steps.train.checkpoints_total_limit, raise "
             "checkpointing_period, or free space (`runner gc`)")

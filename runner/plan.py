@@ -428,6 +428,8 @@ def _preview_lines(plan: StepPlan) -> list[str]:
                 "#   " + " ".join(shlex.quote(x) if not x.startswith("<") else x for x in plan.preview["launch"])]
     if plan.preview.get("note"):
         out += [f"#   ({plan.preview['note']})"]
+    if plan.preview.get("checkpoints"):
+        out += [f"# checkpoints: {plan.preview['checkpoints']}"]
     for name, value in plan.preview.items():
         if name.endswith(".json"):
             out += [f"# {name} (written to the run folder):"]

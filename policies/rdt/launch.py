@@ -11,6 +11,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
+from policies.checkpoint_store import human_bytes
 from policies.rdt.config import RdtTrain
 from runner.spec.models import StepSpec
 
@@ -164,6 +165,11 @@ def preview(step: str, options: StepSpec, gpus: Any, nodes: int) -> dict[str, An
                        "micro-batch)")
     if not fused and options.zero_stage > 0 and visible:
         out["deepspeed_config.json"] = deepspeed_config(options, options.mixed_precision)
+    disk = options.checkpoints_disk()
+    if disk is not None:
+        each, kept = disk
+        out["checkpoints"] = (f"~{human_bytes(each)} each, up to {kept} at once: {human_bytes(each * kept)} on the "
+                              "runs folder's disk (checkpoints_total_limit, checkpointing_period)")
     return out
 
 

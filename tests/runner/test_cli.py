@@ -192,6 +192,9 @@ def test_plan_shows_what_rdt_launches_inside_the_step_and_its_options() -> None:
     assert '"train_micro_batch_size_per_gpu": 8' in two.stdout  # the rendered DeepSpeed config
     assert "#   * max_train_steps: 60" in fused.stdout and "#     engine: \"auto\"" in fused.stdout  # set / default
     assert "#   * engine: \"accelerate\"" in two.stdout
+    # the tiny model's 36 MB checkpoints, 60 steps every 20 and checkpoints_total_limit 2: 3 at once (the newest
+    # written before the oldest goes)
+    assert "# checkpoints: ~36.0 MB each, up to 3 at once: 108.0 MB on the runs folder's disk" in fused.stdout
     one = cli("plan", "jobs/sample_rdt.yaml", "train", "resources.gpus=1", "--json", cwd=REPO)
     step = json.loads(one.stdout)["steps"][0]
     assert step["launches"]["engine"] == "fused" and "--use_deepspeed" not in step["launches"]["launch"]
