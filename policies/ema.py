@@ -17,6 +17,29 @@ def ema_decay(updates_done: int, power: float = 0.75, inv_gamma: float = 1.0, ma
     return float(max(min_value, min(max_value, 1 - (1 + step / inv_gamma) ** -power)))
 
 
+#: The averages' file in an EMA folder (RDT's layout: `<checkpoint>/ema/model.safetensors`).
+AVERAGES_FILE = "model.safetensors"
+
+
+def save_averages(folder: Path, averages: dict[str, Any]) -> None:
+    """Named averages as AVERAGES_FILE in `folder`."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous().cpu() for k, v in averages.items()}, str(folder / AVERAGES_FILE))
+
+
+def load_averages(folder: Path, names: Any) -> dict[str, Any]:
+    """The averages save_averages wrote in `folder`, by name (ValueError unless they are exactly `names`)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / AVERAGES_FILE))
+    if set(state) != set(names):
+        msg = f"{folder}: the EMA weights do not match the model"
+        raise ValueError(msg)
+    return state
+
+
 class Ema:
     """The EMA of a model's weights with that schedule, one class for both policies. Two ways to hold it:
 
@@ -80,20 +103,11 @@ class Ema:
         return self
 
     def save(self, folder: Path) -> None:
-        """The averages as `model.safetensors` in `folder` (RDT's layout: `<checkpoint>/ema/`)."""
-        from safetensors.torch import save_file
-
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous().cpu() for k, v in self.params.items()}, str(folder / "model.safetensors"))
+        """The averages as AVERAGES_FILE in `folder` (RDT's layout: `<checkpoint>/ema/`)."""
+        save_averages(folder, self.params)
 
     def load(self, folder: Path, steps: int) -> None:
         """The averages saved by `save`, and the count of updates they had (ValueError when they do not match)."""
-        from safetensors.torch import load_file
-
-        state = load_file(str(folder / "model.safetensors"))
-        if set(state) != set(self.params):
-            msg = f"{folder}: the EMA weights do not match the model"
-            raise ValueError(msg)
-        for k, v in state.items():
+        for k, v in load_averages(folder, self.params).items():
             self.params[k].copy_(v)
         self.steps = steps

@@ -69,12 +69,13 @@ def compile_note(clause: str, environ: Mapping[str, str] | None = None) -> str:
                else "(empty: this run compiles everything (minutes), later runs and resumes reuse it)"))
 
 
-def checkpoint_line(path: Path, seconds: float, environ: Mapping[str, str] | None = None) -> str:
-    """`train: checkpoint PATH (size in time)`, and a warning when the write took more than half the step's stop
-    grace (RUNNER_STOP_GRACE_S, which the runner sets from steps.train.stop_grace_s): a stop (Ctrl-C, `runner stop`,
-    Slurm's signal before the time limit) ends with a checkpoint, and one slower than the grace is killed unfinished
-    (its temporary folder is never taken for a checkpoint, but the steps since the last one are lost)."""
-    line = f"train: checkpoint {path} ({human_bytes(tree_bytes(path))} in {seconds:.1f} s)"
+def checkpoint_line(path: Path, size: int, seconds: float, environ: Mapping[str, str] | None = None) -> str:
+    """`train: checkpoint PATH (size in time)` (`size`: tree_bytes), and a warning when the write took more than
+    half the step's stop grace (RUNNER_STOP_GRACE_S, which the runner sets from steps.train.stop_grace_s): a stop
+    (Ctrl-C, `runner stop`, Slurm's signal before the time limit) ends with a checkpoint, and one slower than the
+    grace is killed unfinished (its temporary folder is never taken for a checkpoint, but the steps since the last
+    one are lost)."""
+    line = f"train: checkpoint {path} ({human_bytes(size)} in {seconds:.1f} s)"
     try:
         grace = float((os.environ if environ is None else environ).get("RUNNER_STOP_GRACE_S") or 0)
     except ValueError:

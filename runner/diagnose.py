@@ -33,7 +33,7 @@ class FailureFacts:
     num_workers: int = 0
     nccl_ifname: str | None = None
     interfaces: tuple[str, ...] = ()
-    gpu_memory_fix: str | None = None  # the step's own options (StepSpec.gpu_memory_fix)
+    gpu_memory_fix: str | None = None  # in the step's own options (StepSpec.gpu_memory_fix); None: generic
 
 
 _SHM = re.compile(r"Bus error|out of shared memory|insufficient shared memory|shm_open|/dev/shm", re.I)

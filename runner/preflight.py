@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from policies.checkpoint_store import human_bytes
 from runner.layout import is_secret as _is_secret
 from runner.plan import mounts_raw, third_party_for
 from runner.spec.load import LoadedJob
@@ -95,8 +96,8 @@ def checkpoint_disk_warnings(job: LoadedJob, steps: Iterable[str], free: int) ->
         if need is None or need[0] * need[1] <= free:
             continue
         each, kept = need
-        out.append(f"warning: steps.{s} keeps up to {kept} checkpoints of ~{each / 1e9:.1f} GB "
-                   f"({each * kept / 1e9:.0f} GB) but {job.spec.outputs.runs_dir} has {free / 1e9:.0f} GB free: lower "
+        out.append(f"warning: steps.{s} keeps up to {kept} checkpoints of ~{human_bytes(each)} "
+                   f"({human_bytes(each * kept)}) but {job.spec.outputs.runs_dir} has {human_bytes(free)} free: lower "
                    f"steps.{s}.checkpoints_total_limit, raise checkpointing_period, or free space (`runner gc`)")
     return out
 

@@ -25,7 +25,7 @@ from policies.dp3.optim_step import GraphedStep, train_step
 from policies.ema import Ema
 from policies.metrics import Metrics, SmoothRate, progress
 from policies.signals import StopFlag
-from policies.training import TrainResult, checkpoint_line, compile_note, lr_scheduler
+from policies.training import TrainResult, checkpoint_line, compile_note, lr_scheduler, tree_bytes
 
 
 def build_model(cfg: Dp3Config, data: ReplayData, train_rows: torch.Tensor, device: torch.device) -> DP3:
@@ -299,7 +299,7 @@ class _Run:
             t_save = time.perf_counter()
             saved = self.save(val_loss, epoch, 0, None)
             if saved is not None:
-                self.say(checkpoint_line(saved, time.perf_counter() - t_save))
+                self.say(checkpoint_line(saved, tree_bytes(saved), time.perf_counter() - t_save))
 
 
 def _starting_point(ckpt_dir: Path, start: Path | None, expect: dict[str, Any], device: torch.device

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from policies.collectives import all_gather, reduce_scatter
+from policies.ema import ema_decay, load_averages, save_averages
 from policies.rdt.fused import check_masters
 
 #: Elements a process gathers at a time when a checkpoint is written (256 MB of fp32 a process on the GPU).
@@ -168,8 +169,6 @@ class ShardedEma:
         self.params = [masters.master[0].detach().clone()]
 
     def decay(self) -> float:
-        from policies.ema import ema_decay
-
         return ema_decay(self.steps)  # Ema's defaults, as the unsharded engine's Ema(model)
 
     def update_from(self, tensors: list[torch.Tensor]) -> None:
@@ -178,22 +177,13 @@ class ShardedEma:
         self.steps += 1
 
     def save(self, folder: Path) -> None:
-        """The whole EMA as `model.safetensors` (the main process writes). Collective."""
-        from safetensors.torch import save_file
-
+        """The whole EMA as Ema saves it (the main process writes). Collective."""
         full = self.masters.gathered(self.params[0])
-        if full is None:
-            return
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file(dict(zip(self.names, full, strict=True)), str(folder / "model.safetensors"))
+        if full is not None:
+            save_averages(folder, dict(zip(self.names, full, strict=True)))
 
     def load(self, folder: Path, steps: int) -> None:
-        from safetensors.torch import load_file
-
-        state = load_file(str(folder / "model.safetensors"))
-        if set(state) != set(self.names):
-            msg = f"{folder}: the EMA weights do not match the model"
-            raise ValueError(msg)
+        state = load_averages(folder, self.names)
         with torch.no_grad():
             self.masters._fill(self.params[0], [state[k] for k in self.names])
         self.steps = steps

@@ -259,9 +259,10 @@ class _Loop:
                 if global_step % o.checkpointing_period == 0 or global_step == total or stopping or saving:
                     t_save = time.perf_counter()
                     folder = self.save(global_step)
-                    self.say(checkpoint_line(folder, time.perf_counter() - t_save))
+                    size = tree_bytes(folder)
+                    self.say(checkpoint_line(folder, size, time.perf_counter() - t_save))
                     if not (stopping or self.disk_checked):
-                        self._check_disk(folder, global_step)
+                        self._check_disk(size, global_step)
                     self.stop.save_now = False
                 if stopping:
                     self.result.stopped_by = self.stop.stopped_by
@@ -275,13 +276,13 @@ class _Loop:
         self.result.global_step = global_step
         return self.result
 
-    def _check_disk(self, folder: Path, step: int) -> None:
-        """Once a run, after its first checkpoint: whether the disk holds the ones still to come."""
+    def _check_disk(self, size: int, step: int) -> None:
+        """Once a run, after its first checkpoint (`size` bytes): whether the disk holds the ones still to come."""
         self.disk_checked = True
         if not self.acc.is_main_process:
             return
         o, lineage = self.o, self.inputs.output
-        warning = disk_warning(lineage, tree_bytes(folder), o.checkpoints_total_limit,
+        warning = disk_warning(lineage, size, o.checkpoints_total_limit,
                                len(checkpoints.RdtStore(lineage).entries()),
                                checkpoints_to_come(step, o.max_train_steps, o.checkpointing_period),
                                shutil.disk_usage(lineage).free)

@@ -65,9 +65,10 @@ class StepSpec(Model):
         """(bytes a checkpoint, the most a run keeps at once) where a policy can tell before it runs, else None."""
         return None
 
-    def gpu_memory_fix(self, step: str) -> str:
-        """What a step that ran out of GPU memory should change: policies name their own options."""
-        return f"lower the batch size of steps.{step}, or give it more GPUs"
+    def gpu_memory_fix(self, step: str) -> str | None:
+        """What a step that ran out of GPU memory should change, in the policy's own option names (None: the
+        generic advice, runner.diagnose)."""
+        return None
 
 
 class StepsModel(Model):

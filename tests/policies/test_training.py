@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from policies.checkpoint_store import checkpoints_to_come
-from policies.training import checkpoint_line, compile_note, disk_warning
+from policies.training import checkpoint_line, compile_note, disk_warning, tree_bytes
 
 
 def test_a_cache_in_the_job_folder_is_named_empty_then_warm(tmp_path: Path) -> None:
@@ -30,16 +30,16 @@ def test_a_checkpoint_line_gives_size_and_time_and_warns_when_the_write_nears_th
     (folder / "pytorch_model" / "x").parent.mkdir()
     (folder / "pytorch_model" / "x").write_bytes(b"0" * 2_000_000)
     (folder / "ema" / "y").write_bytes(b"0" * 500_000)
-    quick = checkpoint_line(folder, 4.2, {"RUNNER_STOP_GRACE_S": "30"})
+    quick = checkpoint_line(folder, tree_bytes(folder), 4.2, {"RUNNER_STOP_GRACE_S": "30"})
     assert quick == f"train: checkpoint {folder} (2.5 MB in 4.2 s)"
-    slow = checkpoint_line(folder, 41.0, {"RUNNER_STOP_GRACE_S": "60"}).splitlines()
+    slow = checkpoint_line(folder, tree_bytes(folder), 41.0, {"RUNNER_STOP_GRACE_S": "60"}).splitlines()
     assert slow[0] == f"train: checkpoint {folder} (2.5 MB in 41.0 s)"
     assert slow[1].startswith("warning: the checkpoint took 41 s to write, more than half the 60 s")
     assert "steps.train.stop_grace_s" in slow[1]
-    assert "warning" not in checkpoint_line(folder, 41.0, {})  # outside the runner: no grace known
+    assert "warning" not in checkpoint_line(folder, tree_bytes(folder), 41.0, {})  # outside the runner: no grace known
     single = tmp_path / "epoch=0001.ckpt"  # DP3 writes one file
     single.write_bytes(b"0" * 1500)
-    assert checkpoint_line(single, 0.3, {}) == f"train: checkpoint {single} (1.5 kB in 0.3 s)"
+    assert checkpoint_line(single, tree_bytes(single), 0.3, {}) == f"train: checkpoint {single} (1.5 kB in 0.3 s)"
 
 
 def test_checkpoints_still_to_come_count_the_period_and_the_last_step() -> None:

@@ -53,8 +53,8 @@ def test_checkpoints_that_will_not_fit_are_a_warning_before_the_run(write_job: C
                              "checkpointing_period: 2500}\n"), {})
     assert job.step("train").checkpoints_disk() == (1_228_319_872 * 18, 8)
     said = checkpoint_disk_warnings(job, ["convert", "train"], 100 * 10**9)
-    assert len(said) == 1 and "steps.train keeps up to 8 checkpoints of ~22.1 GB (177 GB)" in said[0]
-    assert "100 GB free" in said[0] and "checkpoints_total_limit" in said[0]
+    assert len(said) == 1 and "steps.train keeps up to 8 checkpoints of ~22.1 GB (176.9 GB)" in said[0]
+    assert "100.0 GB free" in said[0] and "checkpoints_total_limit" in said[0]
     assert checkpoint_disk_warnings(job, ["train"], 180 * 10**9) == []
     three = load_job(write_job("name: r3\npolicy: rdt\nsteps: {train: {checkpoints_total_limit: 3}}\n", "r3.yaml"), {})
     assert three.step("train").checkpoints_disk() == (1_228_319_872 * 18, 4)

@@ -236,6 +236,21 @@ def _fused_rank(rank: int, world: int, port: int, out: str, backend: str, compil
     torch.distributed.destroy_process_group()
 
 
+def _dist(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> float:
+    """How far apart two lists of tensors are (the norm of all their differences)."""
+    return float(torch.cat([(x - y).flatten() for x, y in zip(xs, ys, strict=True)]).norm())
+
+
+def _ddp_and_sharded(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Process 1's results of the DDP run in folder/False and the sharded one in folder/True, once the sharded
+    processes are seen to end with the same weights and to follow DDP's losses (within bf16)."""
+    ddp, sharded = (torch.load(folder / str(s) / "rank1.pt", weights_only=True) for s in (False, True))
+    sharded0 = torch.load(folder / "True" / "rank0.pt", weights_only=True)
+    assert all(torch.equal(a, b) for a, b in zip(sharded0["weights"], sharded["weights"], strict=True))
+    assert sharded["losses"] == pytest.approx(ddp["losses"], rel=2e-2)
+    return ddp, sharded
+
+
 two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 
 
@@ -270,11 +285,8 @@ def test_compiled_fused_engine_on_two_processes_trains_as_the_uncompiled_one(tmp
     r0 = torch.load(tmp_path / "True" / "rank0.pt", weights_only=True)
     assert all(torch.equal(a, b) for a, b in zip(r0["end"], comp["end"], strict=True))  # replicas stay identical
     assert comp["losses"] == pytest.approx(plain["losses"], rel=2e-2)
-    def dist(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> float:
-        return float(torch.cat([(x - y).flatten() for x, y in zip(xs, ys, strict=True)]).norm())
-
-    moved = dist(plain["end"], plain["at3"])  # what the last three steps changed
-    assert moved > 0 and dist(comp["end"], plain["end"]) < 0.25 * moved  # 0.052 against 0.54 when written
+    moved = _dist(plain["end"], plain["at3"])  # what the last three steps changed
+    assert moved > 0 and _dist(comp["end"], plain["end"]) < 0.25 * moved  # 0.052 against 0.54 when written
 
 
 @pytest.mark.parametrize("backend", ["gloo", pytest.param("nccl", marks=[pytest.mark.gpu, two_gpus])])
@@ -286,16 +298,10 @@ def test_sharded_fused_engine_trains_as_ddp_and_writes_the_unsharded_checkpoint(
     for shard in (False, True):
         mp.spawn(_fused_rank, args=(2, free_port(), str(tmp_path / str(shard)), backend, False, shard), nprocs=2,
                  join=True)
-    ddp, sharded = (torch.load(tmp_path / str(s) / "rank1.pt", weights_only=True) for s in (False, True))
-    sharded0 = torch.load(tmp_path / "True" / "rank0.pt", weights_only=True)
-    assert all(torch.equal(a, b) for a, b in zip(sharded0["weights"], sharded["weights"], strict=True))
-    assert sharded["losses"] == pytest.approx(ddp["losses"], rel=2e-2)
+    ddp, sharded = _ddp_and_sharded(tmp_path)
 
-    def dist(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> float:
-        return float(torch.cat([(x - y).flatten() for x, y in zip(xs, ys, strict=True)]).norm())
-
-    moved = dist(ddp["end"], ddp["at3"])
-    assert moved > 0 and dist(sharded["weights"], ddp["weights"]) < 0.01 * moved  # 0.0 on gloo when written
+    moved = _dist(ddp["end"], ddp["at3"])
+    assert moved > 0 and _dist(sharded["weights"], ddp["weights"]) < 0.01 * moved  # 0.0 on gloo when written
     # the sharded checkpoint is an unsharded one: every parameter's master and AdamW state, the EMA by name
     folder = tmp_path / "True" / "checkpoint-3"
     saved, theirs = (checkpoint_io.load(tmp_path / s / "checkpoint-3" / FUSED_OPTIMIZER, "cpu")
@@ -341,16 +347,10 @@ def test_sharded_engine_accumulating_micro_batches_trains_as_ddp_does(tmp_path: 
     are reduce-scattered once a step, as DDP (no_sync, then one all-reduce) does."""
     for shard in (False, True):
         mp.spawn(_accumulating_rank, args=(2, free_port(), str(tmp_path / str(shard)), shard), nprocs=2, join=True)
-    ddp, sharded = (torch.load(tmp_path / str(s) / "rank1.pt", weights_only=True) for s in (False, True))
-    sharded0 = torch.load(tmp_path / "True" / "rank0.pt", weights_only=True)
-    assert all(torch.equal(a, b) for a, b in zip(sharded0["weights"], sharded["weights"], strict=True))
-    assert sharded["losses"] == pytest.approx(ddp["losses"], rel=2e-2)
+    ddp, sharded = _ddp_and_sharded(tmp_path)
 
-    def dist(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> float:
-        return float(torch.cat([(x - y).flatten() for x, y in zip(xs, ys, strict=True)]).norm())
-
-    moved = dist(ddp["end"], ddp["start"])
-    assert moved > 0 and dist(sharded["weights"], ddp["weights"]) < 1e-4 * moved  # 0.0 on gloo when written
+    moved = _dist(ddp["end"], ddp["start"])
+    assert moved > 0 and _dist(sharded["weights"], ddp["weights"]) < 1e-4 * moved  # 0.0 on gloo when written
 
 
 def _counts_rank(rank: int, world: int, port: int, out: str, start: str | None) -> None:
