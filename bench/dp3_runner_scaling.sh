@@ -4,7 +4,12 @@
 # Writes sample_data/raw/scale (80 generated episodes x 100 frames), sample_data/converted_scale, and
 # ${BENCH_DIR:-/tmp/dp3_runner_scaling}/jobs/scale_dp3.yaml with its runs beside it; prints the median samples/s of each run (its metrics.jsonl after the
 # first three logged windows) and the 2-GPU / 1-GPU ratio. Results: docs/dp3.md.
+# COMPILE=true (the default, as DP3 jobs have it) compiles the training step: the 1-GPU run compiles, the 2-GPU run
+# finds the same graph (256 windows a GPU) in the job's compile cache. GPUS="1 2" the GPU counts; STOP=0 skips the
+# `runner stop` check; TRAIN_TIMEOUT (seconds a training run, default 420 compiled, 150 not).
 set -u
+COMPILE=${COMPILE:-true}; GPUS=${GPUS:-"1 2"}; STOP=${STOP:-1}
+TRAIN_TIMEOUT=${TRAIN_TIMEOUT:-$([ "$COMPILE" = true ] && echo 420 || echo 150)}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 OUT=${BENCH_DIR:-/tmp/dp3_runner_scaling}; mkdir -p "$OUT"
 nvidia-smi topo -m 2>/dev/null | head -4  # NV# between the GPUs: NVLink; PIX/PXB/PHB/SYS: PCIe or the host
@@ -26,12 +31,12 @@ steps:
     crop: {min: [-1.0, -1.0, 0.2], max: [1.0, 1.0, 1.5]}
     num_points: 1024
     workers: 24
-  train: {epochs: 100000, max_steps: 160, batch_size: 256, checkpoint_every: 100000, val_every: 100000, compile: false, lr_warmup_steps: 10}
+  train: {epochs: 100000, max_steps: 160, batch_size: 256, checkpoint_every: 100000, val_every: 100000, compile: $COMPILE, lr_warmup_steps: 10}
 YAML
 R="python3 -m runner.cli"
 timeout 150 $R convert $JOB --executor local > $OUT/s_convert.txt 2>&1; echo "convert rc=$? $(el)"; tail -2 $OUT/s_convert.txt
-for g in 1 2; do
-  timeout 120 $R train $JOB --executor local resources.gpus=$g steps.train.batch_size=$((256*g)) > $OUT/s_train$g.txt 2>&1; echo "train $g GPU(s) rc=$? $(el)"
+for g in $GPUS; do
+  timeout "$TRAIN_TIMEOUT" $R train $JOB --executor local resources.gpus=$g steps.train.batch_size=$((256*g)) > $OUT/s_train$g.txt 2>&1; echo "train $g GPU(s) rc=$? $(el)"
   grep -E "parameters|step 160/|all-reduce|GB/s" $OUT/s_train$g.txt | tail -4
 done
 OUT=$OUT python3 - <<'PY'
@@ -44,9 +49,11 @@ for path in runs:
     r = [x["samples_per_s"] for x in rows][3:]
     rates.append(statistics.median(r) if r else 0.0)
     print(path, "median samples/s after 3 windows:", round(rates[-1]), "windows", len(r))
-if len(rates) == 2 and rates[0]:
-    print(f"2 GPUs / 1 GPU through runner train: {rates[1] / rates[0]:.2f}x")
+for rate, path in zip(rates[1:], runs[1:]):
+    if rates[0]:
+        print(f"{path.split('/')[-2]} / the first run ({runs[0].split('/')[-2]}) through runner train: {rate / rates[0]:.2f}x")
 PY
+[ "$STOP" = 1 ] || exit 0
 ( timeout 120 $R train $JOB --executor local resources.gpus=2 steps.train.batch_size=512 steps.train.max_steps=100000 > $OUT/s_stop.txt 2>&1; echo "stopped run rc=$?" > $OUT/s_stop_rc.txt ) &
 for i in $(seq 1 80); do grep -q "samples/s" $OUT/s_stop.txt 2>/dev/null && break; sleep 1; done
 $R stop scale_dp3 --runs-dir $OUT/runs > $OUT/s_stop_cmd.txt 2>&1; echo "runner stop rc=$? $(el)"; cat $OUT/s_stop_cmd.txt
