@@ -59,12 +59,15 @@ def main() -> None:
         print(f"{first_step(a.size, a.device):.2f}")
         return
     with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "PYTHONPATH": str(REPO), "TORCHINDUCTOR_CACHE_DIR": f"{cache}/inductor",
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)  # keep the caller's
+        env = {**os.environ, "PYTHONPATH": path, "TORCHINDUCTOR_CACHE_DIR": f"{cache}/inductor",
                "TRITON_CACHE_DIR": f"{cache}/triton"}
         times = []
         for run in ("cold (empty cache)", "warm (the first run's cache)"):
             out = subprocess.run([sys.executable, __file__, "--child", "--size", a.size, "--device", a.device],
-                                 env=env, capture_output=True, text=True, check=True)
+                                 env=env, capture_output=True, text=True, check=False)
+            if out.returncode:
+                sys.exit(f"the {run} run failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
             times.append(float(out.stdout.strip().splitlines()[-1]))
             print(f"RDT {a.size} on {a.device}, first compiled step, {run}: {times[-1]:.1f} s", flush=True)
     print(f"warm / cold: {times[1] / times[0]:.2f} ({times[0] / times[1]:.1f}x faster to start)")
