@@ -113,3 +113,79 @@ two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPU
 def test_sharded_adamw_matches_ddp_clipping_adamw_and_ema(tmp_path: Path, backend: str, low: bool) -> None:
     """bf16: gradients summed in bf16 (steps.train.grad_reduce) against DDP's all-reduce of bf16 gradients."""
     mp.spawn(_worker, args=(2, str(tmp_path / "store"), backend, low), nprocs=2, join=True)
+
+
+def _resume_worker(rank: int, world: int, store: str, start: str, out: str, first: int, steps: int) -> None:
+    """ZeRO-1 over `world` gloo processes from the checkpoint `start` ("" : fresh) for `steps` steps of one global
+    8-row batch a step, split across the processes; rank 0 saves what DP3's trainer saves (per-parameter AdamW
+    state, the weights, the EMA) to `out` and the global losses beside it."""
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = DP3(TINY)
+    g = torch.Generator().manual_seed(0)
+    model.normalizer.fit({"action": torch.randn(50, 8, generator=g), "agent_pos": torch.randn(50, 8, generator=g),
+                          "point_cloud": torch.randn(50, 32, 6, generator=g)})
+    ema, opt = Ema(model, copy_module=True), _adamw(model)
+    if start:
+        saved = torch.load(start, weights_only=False)
+        model.load_state_dict(saved["model"])
+        ema.model.load_state_dict(saved["ema"])
+        ema.steps = saved["ema_steps"]
+        opt.load_state_dict(saved["optimizer"])
+    params = _learned(model, model)
+    flat, flat_ema = flatten_into_one(params, pad_to=world), flatten_into_one(_learned(ema.model, model), pad_to=world)
+    sharded = ShardedAdamW(params, flat, flat_ema, opt, rank, world, CLIP, None)
+    losses = []
+    for step in range(first, first + steps):
+        bg = torch.Generator().manual_seed(1000 + step)  # the step's global batch, whatever the process count
+        batch = (torch.randn(8, TINY.horizon, 32, 6, generator=bg), torch.randn(8, TINY.horizon, 8, generator=bg),
+                 torch.randn(8, TINY.horizon, 8, generator=bg))
+        noise, t = model.draw_noise(batch[2], torch.Generator().manual_seed(2000 + step))
+        rows = slice(rank, None, world)
+        opt.zero_grad(set_to_none=True)
+        loss = model(*(x[rows] for x in batch), noise[rows], t[rows])
+        loss.backward()
+        sharded.step(torch.tensor(1 - ema.decay()))
+        ema.steps += 1
+        mean = loss.detach().clone()
+        dist.all_reduce(mean)
+        losses.append(float(mean) / world)
+    sharded.gather_ema()
+    sharded.export_state()
+    if rank == 0:
+        torch.save({"model": model.state_dict(), "ema": ema.model.state_dict(), "ema_steps": ema.steps,
+                    "optimizer": opt.state_dict(), "losses": losses}, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _spawn_resume(tmp_path: Path, world: int, start: str, out: str, first: int, steps: int) -> dict:
+    store = tmp_path / f"store-{world}-{first}-{Path(out).stem}"
+    mp.spawn(_resume_worker, args=(world, str(store), start, out, first, steps), nprocs=world, join=True)
+    return torch.load(out, weights_only=False)
+
+
+@pytest.mark.slow
+def test_zero1_checkpoints_resume_across_process_counts_with_the_same_losses(tmp_path: Path) -> None:
+    """The CPU stand-in for resuming a 4-GPU DP3 run on 2 GPUs and a 2-GPU one on 4: 4 processes train 3 steps and
+    save; from that checkpoint 2 processes and 4 processes each train the same 3 further steps (one global batch a
+    step, split across them) and give the same losses and weights; the 2-process checkpoint, loaded by 4 processes
+    and saved again without a step, keeps its AdamW state and EMA exactly."""
+    a = _spawn_resume(tmp_path, 4, "", str(tmp_path / "a.pt"), 0, 3)
+    two = _spawn_resume(tmp_path, 2, str(tmp_path / "a.pt"), str(tmp_path / "two.pt"), 3, 3)
+    four = _spawn_resume(tmp_path, 4, str(tmp_path / "a.pt"), str(tmp_path / "four.pt"), 3, 3)
+    assert len(a["losses"]) == 3 and two["ema_steps"] == four["ema_steps"] == 6
+    # the same mean gradients, summed in another order: float rounding apart, not a different training
+    torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(four["losses"]), rtol=1e-5, atol=1e-6)
+    for name, w in four["model"].items():
+        torch.testing.assert_close(two["model"][name], w, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+    for i, st in four["optimizer"]["state"].items():
+        assert float(two["optimizer"]["state"][i]["step"]) == float(st["step"]) == 6
+    again = _spawn_resume(tmp_path, 4, str(tmp_path / "two.pt"), str(tmp_path / "again.pt"), 6, 0)
+    for i, st in two["optimizer"]["state"].items():
+        for k in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(again["optimizer"]["state"][i][k], st[k]), (i, k)
+    for name, w in two["ema"].items():
+        assert torch.equal(again["ema"][name], w), name
+    for name, w in two["model"].items():
+        assert torch.equal(again["model"][name], w), name
