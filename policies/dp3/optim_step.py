@@ -52,9 +52,11 @@ class GraphedStep:
     def __init__(self, model: DP3, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
                  ema: Ema | None, grad_clip: float, warmup: int = 3, compile: bool = False,
                  say: Callable[[str], None] | None = None, ranks: tuple[int, int] = (0, 1),
-                 shard: bool = False, reduce_dtype: torch.dtype | None = None) -> None:
+                 shard: bool = False, reduce_dtype: torch.dtype | None = None,
+                 gather_dtype: torch.dtype | None = None) -> None:
         """ranks: (rank, world) of a multi-GPU run; shard: with world > 1, ZeRO-1 (policies.dp3.sharded)
-        instead of DistributedDataParallel; reduce_dtype: ZeRO-1's gradient reduction dtype (the weights' if None)."""
+        instead of DistributedDataParallel; reduce_dtype / gather_dtype: ZeRO-1's gradient reduction and weight
+        all-gather dtypes (the weights' if None)."""
         self.model, self.opt, self.sched, self.ema, self.grad_clip = model, opt, sched, ema, grad_clip
         self.warmup = warmup
         self.calls = 0
@@ -84,7 +86,7 @@ class GraphedStep:
         self.module: torch.nn.Module = model
         if shard and self.flat is not None:
             self.sharded = ShardedAdamW(self.params, self.flat[0], self.flat[1], opt, rank, world, grad_clip,
-                                        reduce_dtype)
+                                        reduce_dtype, gather_dtype)
         elif world > 1:
             # Built on the stream that runs the warm-up steps and the capture (its gradient hooks must live on the
             # stream of the backward); after >= 11 eager iterations DDP has rebuilt its buckets and stopped
@@ -138,9 +140,11 @@ class GraphedStep:
         torch.cuda.current_stream().wait_stream(self.stream)
 
     def gather(self, optimizer: bool = True) -> None:
-        """Before validation or a checkpoint, on every rank: with ZeRO-1, complete the EMA weights and (optimizer)
-        put the optimizer state, per parameter, into the torch optimizer (what checkpoints save). Else nothing."""
+        """Before validation or a checkpoint, on every rank: with ZeRO-1, complete the exact fp32 weights and the EMA
+        weights and (optimizer) put the optimizer state, per parameter, into the torch optimizer (what checkpoints
+        save). Else nothing."""
         if self.sharded is not None:
+            self.sharded.gather_weights()
             self.sharded.gather_ema()
             if optimizer:
                 self.sharded.export_state()

@@ -10,6 +10,14 @@ clipping + AdamW + EMA, a reduce-scatter plus an all-gather instead of an all-re
 the update's traffic. (Cutting the buffer into chunks to overlap each chunk's communication with the next one's
 copy and update was measured slower on two H100s: NCCL and the bandwidth-bound kernels slow each other down.)
 
+With `gather_dtype=torch.bfloat16` the updated weights travel in bf16 (half the all-gather's bytes): each rank rounds
+its shard into a bf16 buffer, the buffer is all-gathered, and every rank copies the other ranks' parts into its fp32
+weights, keeping its own shard (the master copy AdamW updates) in fp32. That is exact for a model that reads every
+trained weight through a bf16 cast, as DP3 does under autocast (the products' casts, BfLayerNorm and BfGroupNorm):
+round(round(w)) == round(w), so every rank computes with the same bf16 values as with an fp32 all-gather
+(tests/policies/dp3/test_sharded.py checks equal losses). The other ranks' parts are then bf16 values in fp32
+storage: `gather_weights` (collective) all-gathers the exact fp32 weights before validation and checkpoints.
+
 With `reduce_dtype=torch.bfloat16` the gradients travel and are summed in bf16 (half the reduce-scatter's bytes),
 as DeepSpeed's bf16 mode and FSDP's mixed precision do: under bf16 autocast the linear and convolution weight
 gradients are bf16 values already, so this rounds only their sum (and the fp32 norm gradients) to bf16; the
@@ -33,10 +41,11 @@ from policies.collectives import all_gather, reduce_scatter
 class ShardedAdamW:
     def __init__(self, params: Sequence[torch.Tensor], flat: torch.Tensor, flat_ema: torch.Tensor | None,
                  opt: torch.optim.Optimizer, rank: int, world: int, grad_clip: float,
-                 reduce_dtype: torch.dtype | None = None) -> None:
+                 reduce_dtype: torch.dtype | None = None, gather_dtype: torch.dtype | None = None) -> None:
         """params: the trained weights, views of `flat` (flatten_into_one, padded to a multiple of world);
         flat_ema: their EMA laid out the same way; opt: the torch AdamW whose hyper-parameters, learning rate
-        (read every step) and, when resuming, state this takes over."""
+        (read every step) and, when resuming, state this takes over; reduce_dtype / gather_dtype: the dtype the
+        gradients are summed in / the weights are gathered in (None: the weights' own)."""
         if flat.numel() % world:
             msg = f"the flat weight buffer ({flat.numel()}) must be padded to a multiple of the {world} ranks"
             raise ValueError(msg)
@@ -58,6 +67,9 @@ class ShardedAdamW:
         self.inner = torch.optim.AdamW([self.shard], lr=self.lr, betas=group["betas"], eps=group["eps"],
                                        weight_decay=group["weight_decay"], fused=True, capturable=self.capturable)
         self.divisor = torch.ones((), device=flat.device)
+        # the bf16 copy of the weights the all-gather fills (None: it gathers the fp32 weights themselves)
+        self.flat_low = (torch.zeros_like(flat, dtype=gather_dtype)
+                         if gather_dtype is not None and gather_dtype != flat.dtype else None)
         self._import_state()
 
     def _import_state(self) -> None:
@@ -101,10 +113,25 @@ class ShardedAdamW:
         finally:
             del self.inner.grad_scale  # type: ignore[attr-defined]
         # the all-gather (NCCL's stream) runs while this stream averages the shard into the EMA
-        work = all_gather(self.flat, self.shard, async_op=True)
+        if self.flat_low is None:
+            work = all_gather(self.flat, self.shard, async_op=True)
+        else:
+            own = self.flat_low[self.lo:self.hi]
+            own.copy_(self.shard)
+            work = all_gather(self.flat_low, own, async_op=True)
         if self.flat_ema is not None and keep is not None:
             self.flat_ema[self.lo:self.hi].lerp_(self.shard, keep)
         work.wait()
+        if self.flat_low is not None:  # the other ranks' parts; this rank's shard stays the fp32 master
+            self.flat[:self.lo].copy_(self.flat_low[:self.lo])
+            self.flat[self.hi:].copy_(self.flat_low[self.hi:])
+
+    @torch.no_grad()
+    def gather_weights(self) -> None:
+        """Make every rank's weights the exact fp32 ones (after bf16 all-gathers they are bf16 values outside
+        this rank's shard): before validation and checkpoints. Collective; nothing to do with fp32 gathers."""
+        if self.flat_low is not None:
+            all_gather(self.flat, self.shard)
 
     @torch.no_grad()
     def gather_ema(self) -> None:

@@ -200,7 +200,8 @@ class _Run:
         if self.graphed:
             self.stepper = GraphedStep(self.model, self.opt, self.sched, self.ema, s.grad_clip, compile=s.compile,
                                        say=self.say, ranks=(self.ranks.rank, self.ranks.world), shard=s.shard_optimizer,
-                                       reduce_dtype=torch.bfloat16 if s.grad_reduce == "bf16" else None)
+                                       reduce_dtype=torch.bfloat16 if s.grad_reduce == "bf16" else None,
+                                       gather_dtype=torch.bfloat16 if s.weight_gather == "bf16" else None)
         self.t_log = time.perf_counter()
         while self.epoch < s.epochs:
             if self._epoch():

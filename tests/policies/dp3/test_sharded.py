@@ -189,3 +189,73 @@ def test_zero1_checkpoints_resume_across_process_counts_with_the_same_losses(tmp
         assert torch.equal(again["ema"][name], w), name
     for name, w in two["model"].items():
         assert torch.equal(again["model"][name], w), name
+
+
+def _gather_worker(rank: int, world: int, store: str, out: str, low_gather: bool, backend: str) -> None:
+    """4 ZeRO-1 steps under bf16 autocast (as GPUs train), the weights gathered in bf16 or fp32; rank 0 saves the
+    losses, the weights as every rank holds them before and after gather_weights, and the EMA."""
+    dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world)
+    dev = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    torch.manual_seed(0)
+    model = DP3(TINY)
+    g = torch.Generator().manual_seed(0)
+    model.normalizer.fit({"action": torch.randn(50, 8, generator=g), "agent_pos": torch.randn(50, 8, generator=g),
+                          "point_cloud": torch.randn(50, 32, 6, generator=g)})
+    model = model.to(dev)
+    ema, opt = Ema(model, copy_module=True), _adamw(model)
+    params = _learned(model, model)
+    flat, flat_ema = flatten_into_one(params, pad_to=world), flatten_into_one(_learned(ema.model, model), pad_to=world)
+    sharded = ShardedAdamW(params, flat, flat_ema, opt, rank, world, CLIP, torch.bfloat16,
+                           torch.bfloat16 if low_gather else None)
+    losses = []
+    for step in range(4):
+        bg = torch.Generator().manual_seed(100 * step + rank)
+        batch = tuple(x.to(dev) for x in (torch.randn(4, TINY.horizon, 32, 6, generator=bg),
+                                          torch.randn(4, TINY.horizon, 8, generator=bg),
+                                          torch.randn(4, TINY.horizon, 8, generator=bg)))
+        noise, t = model.draw_noise(batch[2], torch.Generator(dev).manual_seed(7 + step + 10 * rank))
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            loss = model(*batch, noise, t)
+        loss.backward()
+        sharded.step(torch.tensor(1 - ema.decay(), device=dev))
+        ema.steps += 1
+        losses.append(loss.detach().float().clone())
+    held = flat.clone()
+    everyone = [torch.empty_like(held) for _ in range(world)]
+    dist.all_gather(everyone, held)
+    sharded.gather_weights()
+    sharded.gather_ema()
+    all_losses = [torch.empty(4, device=dev) for _ in range(world)]
+    dist.all_gather(all_losses, torch.stack(losses))
+    size = flat.numel() // world
+    if rank == 0:
+        torch.save({"losses": torch.stack(all_losses).cpu(), "held": [h.cpu() for h in everyone],
+                    "weights": flat.cpu(), "ema": flat_ema.cpu(),
+                    "shards": [(r * size, (r + 1) * size) for r in range(world)]}, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("backend", ["gloo", pytest.param("nccl", marks=[pytest.mark.gpu, two_gpus])])
+def test_weights_gathered_in_bf16_train_exactly_as_fp32_under_autocast(tmp_path: Path, backend: str) -> None:
+    """weight_gather: bf16 (the default) against fp32 on two processes: the same losses bit for bit at every step
+    (every weight DP3 trains is read as bf16 under autocast), each rank's own shard the exact fp32 master, the
+    others' parts bf16 values until gather_weights makes every rank's weights the fp32 ones."""
+    runs = {}
+    for low in (False, True):
+        out = tmp_path / f"{'bf16' if low else 'fp32'}.pt"
+        mp.spawn(_gather_worker, args=(2, str(tmp_path / f"store-{low}"), str(out), low, backend), nprocs=2,
+                 join=True)
+        runs[low] = torch.load(out, weights_only=False)
+    exact, low = runs[False], runs[True]
+    assert torch.equal(low["losses"], exact["losses"]), (low["losses"], exact["losses"])
+    assert torch.equal(low["weights"], exact["weights"]) and torch.equal(low["ema"], exact["ema"])
+    for rank, (lo, hi) in enumerate(low["shards"]):
+        held = low["held"][rank]
+        assert torch.equal(held[lo:hi], exact["weights"][lo:hi])  # its own shard: the fp32 master
+        others = torch.cat([held[:lo], held[hi:]])
+        full = torch.cat([exact["weights"][:lo], exact["weights"][hi:]])
+        assert torch.equal(others, full.bfloat16().float())  # the rest: the masters' bf16 values
+        assert not torch.equal(others, full)  # (so the test sees the rounding it claims is harmless)
