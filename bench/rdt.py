@@ -233,8 +233,9 @@ def inference(siglip: Path, calls: int, dtype: torch.dtype, graphs: bool = True,
                  "condition K/V, eager": kv}
         for name, fn in parts.items():
             print(f"  {name}: {cuda_ms(fn):.2f} ms")
-        if os.environ.get("RDT_KERNELS"):  # where the sample graph's time goes, kernel by kernel
-            print(kernels(parts["sample graph"], int(os.environ["RDT_KERNELS"])))
+        if os.environ.get("RDT_KERNELS"):  # where the two graphs' time goes, kernel by kernel
+            for name in ("encode graph", "sample graph"):
+                print(f"  {name}, busiest kernels:\n{kernels(parts[name], int(os.environ['RDT_KERNELS']))}")
     return out
 
 
