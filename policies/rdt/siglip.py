@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from policies.rdt.add_norm import add_layer_norm
 
 _ACTS = {"gelu_pytorch_tanh": "tanh", "gelu": "none"}
 
@@ -32,11 +34,20 @@ class _Layer(nn.Module):
         self.fc1, self.fc2 = nn.Linear(d, inter), nn.Linear(inter, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        x = x + self.attend(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+    def attend(self, normed: torch.Tensor) -> torch.Tensor:
+        """The attention branch on the normalised residual stream (before it is added back)."""
+        b, n, d = normed.shape
+        q, k, v = self.qkv(normed).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
         a = F.scaled_dot_product_attention(q, k, v)
-        x = x + self.out(a.transpose(1, 2).reshape(b, n, d))
-        out: torch.Tensor = x + self.fc2(self.fc1_gelu(self.ln2(x)))
+        out: torch.Tensor = self.out(a.transpose(1, 2).reshape(b, n, d))
+        return out
+
+    def mlp(self, normed: torch.Tensor) -> torch.Tensor:
+        """The MLP branch on the normalised residual stream (before it is added back)."""
+        out: torch.Tensor = self.fc2(self.fc1_gelu(normed))
         return out
 
     def fc1_gelu(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,7 +65,13 @@ class _Layer(nn.Module):
 
 
 class SiglipEncoder(nn.Module):
-    """(N, 3, S, S) normalised pixels -> (N, (S/patch)^2, hidden) patch tokens."""
+    """(N, 3, S, S) normalised pixels -> (N, (S/patch)^2, hidden) patch tokens.
+
+    Each residual add runs with the LayerNorm after it (the next branch's, or the final one) through
+    policies.rdt.add_norm: two eager operations, or with `fused_add_norm` (opt-in: not yet measured on a GPU) one
+    Triton kernel where it applies."""
+
+    fused_add_norm = False
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__()
@@ -76,9 +93,15 @@ class SiglipEncoder(nn.Module):
         # contiguous (N, tokens, hidden): the convolution's (N, hidden, tokens) layout would otherwise carry through
         # every residual add, and each layer would transpose the residual stream again (~20 ms a 96-image batch)
         x = (self.patch(pixels).flatten(2).transpose(1, 2) + self.pos).contiguous()
-        for layer in self.layers:
-            x = layer(x)
-        return self.post(x)  # type: ignore[no-any-return]
+        layers = [cast(_Layer, layer) for layer in self.layers]
+        if not layers:
+            return self.post(x)  # type: ignore[no-any-return]
+        normed: torch.Tensor = layers[0].ln1(x)
+        for i, layer in enumerate(layers):
+            x, normed = add_layer_norm(x, layer.attend(normed), layer.ln2, self.fused_add_norm)
+            after = layers[i + 1].ln1 if i + 1 < len(layers) else self.post
+            x, normed = add_layer_norm(x, layer.mlp(normed), after, self.fused_add_norm)
+        return normed
 
     def load_hf(self, state: dict[str, torch.Tensor]) -> None:
         """Load transformers' SigLIP weights: a SiglipVisionModel's, or the `vision_model.*` part of a SiglipModel's."""

@@ -68,3 +68,49 @@ def test_fused_gelu_product_on_cuda_equals_the_plain_two(tmp_path: Path) -> None
         finally:
             layer_type.fc1_gelu = saved  # type: ignore[method-assign]
     torch.testing.assert_close(fused.float(), unfused.float(), rtol=5e-2, atol=5e-2)
+
+
+def test_add_layer_norm_is_the_eager_pair_off_the_gpu() -> None:
+    from policies.rdt.add_norm import add_layer_norm, fusable
+
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(32, eps=1e-6)
+    x, h = torch.randn(3, 9, 32), torch.randn(3, 9, 32)
+    assert not fusable(x, h, norm)
+    s, y = add_layer_norm(x, h, norm, fused=True)
+    assert torch.equal(s, x + h) and torch.equal(y, norm(x + h))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("shape", [(8, 729, 1152), (3, 9, 32)])
+def test_fused_add_layer_norm_on_cuda_matches_the_eager_pair(shape: tuple[int, ...]) -> None:
+    """bf16: the same residual sum bit for bit (both round the fp32 sum to nearest even), the normalised rows within
+    bf16 rounding (the statistics are summed in another order)."""
+    from policies.rdt.add_norm import add_layer_norm, fusable
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        norm = torch.nn.LayerNorm(shape[-1], eps=1e-6).to(torch.bfloat16).requires_grad_(False)
+        torch.nn.init.normal_(norm.weight)
+        torch.nn.init.normal_(norm.bias)
+        x = (torch.randn(shape) * 3 + 1).to(torch.bfloat16)
+        h = torch.randn(shape, dtype=torch.bfloat16)
+    assert fusable(x, h, norm)
+    s, y = add_layer_norm(x, h, norm)
+    ref_s, ref_y = add_layer_norm(x, h, norm, fused=False)
+    assert torch.equal(s, ref_s)
+    torch.testing.assert_close(y.float(), ref_y.float(), rtol=1.6e-2, atol=1.6e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_encoder_with_fused_add_norm_on_cuda_gives_the_same_tokens(tmp_path: Path) -> None:
+    reference(tmp_path, full=False)
+    enc = siglip.load(tmp_path, torch.device("cuda"), torch.bfloat16)
+    pixels = torch.randn(8, 3, 42, 42, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        plain = enc(pixels)
+        enc.fused_add_norm = True
+        fused = enc(pixels)
+    torch.testing.assert_close(fused.float(), plain.float(), rtol=5e-2, atol=5e-2)
