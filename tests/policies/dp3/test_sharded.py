@@ -25,6 +25,16 @@ def _adamw(model: DP3) -> torch.optim.AdamW:
                              weight_decay=s.weight_decay, fused=True)
 
 
+def _tiny_model() -> DP3:
+    """The same tiny DP3 (weights and normaliser) in every process."""
+    torch.manual_seed(0)
+    model = DP3(TINY)
+    g = torch.Generator().manual_seed(0)
+    model.normalizer.fit({"action": torch.randn(50, 8, generator=g), "agent_pos": torch.randn(50, 8, generator=g),
+                          "point_cloud": torch.randn(50, 32, 6, generator=g)})
+    return model
+
+
 def _learned(model: torch.nn.Module, like: DP3) -> list[torch.nn.Parameter]:
     return [e for e, p in zip(model.parameters(), like.parameters(), strict=True) if p.requires_grad and p.numel()]
 
@@ -34,12 +44,7 @@ def _worker(rank: int, world: int, store: str, backend: str, low: bool) -> None:
     dev = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    torch.manual_seed(0)
-    ref = DP3(TINY)
-    g = torch.Generator().manual_seed(0)
-    ref.normalizer.fit({"action": torch.randn(50, 8, generator=g), "agent_pos": torch.randn(50, 8, generator=g),
-                        "point_cloud": torch.randn(50, 32, 6, generator=g)})
-    ref = ref.to(dev)
+    ref = _tiny_model().to(dev)
     sh = copy.deepcopy(ref)
     ema_ref, ema_sh = Ema(ref, copy_module=True), Ema(sh, copy_module=True)
     opt_ref, opt_sh = _adamw(ref), _adamw(sh)
@@ -120,11 +125,7 @@ def _resume_worker(rank: int, world: int, store: str, start: str, out: str, firs
     8-row batch a step, split across the processes; rank 0 saves what DP3's trainer saves (per-parameter AdamW
     state, the weights, the EMA) to `out` and the global losses beside it."""
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    torch.manual_seed(0)
-    model = DP3(TINY)
-    g = torch.Generator().manual_seed(0)
-    model.normalizer.fit({"action": torch.randn(50, 8, generator=g), "agent_pos": torch.randn(50, 8, generator=g),
-                          "point_cloud": torch.randn(50, 32, 6, generator=g)})
+    model = _tiny_model()
     ema, opt = Ema(model, copy_module=True), _adamw(model)
     if start:
         saved = torch.load(start, weights_only=False)
@@ -198,11 +199,7 @@ def _gather_worker(rank: int, world: int, store: str, out: str, low_gather: bool
     dev = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    torch.manual_seed(0)
-    model = DP3(TINY)
-    g = torch.Generator().manual_seed(0)
-    model.normalizer.fit({"action": torch.randn(50, 8, generator=g), "agent_pos": torch.randn(50, 8, generator=g),
-                          "point_cloud": torch.randn(50, 32, 6, generator=g)})
+    model = _tiny_model()
     model = model.to(dev)
     ema, opt = Ema(model, copy_module=True), _adamw(model)
     params = _learned(model, model)
