@@ -47,13 +47,18 @@ def test_tokens_equal_transformers_last_hidden_state(tmp_path: Path, full: bool)
     assert got.is_contiguous()
 
 
+def cuda_encoder(tmp_path: Path) -> tuple[siglip.SiglipEncoder, torch.Tensor]:
+    """The reference's weights loaded by ours on CUDA in bf16, and a batch of 8 random images for it."""
+    reference(tmp_path, full=False)
+    enc = siglip.load(tmp_path, torch.device("cuda"), torch.bfloat16)
+    return enc, torch.randn(8, 3, 42, 42, device="cuda", dtype=torch.bfloat16)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fused_gelu_product_on_cuda_equals_the_plain_two(tmp_path: Path) -> None:
     """CUDA, bf16: fc1 with the GELU in cuBLASLt's epilogue gives the plain product-then-tanh-GELU's tokens."""
-    reference(tmp_path, full=False)
-    enc = siglip.load(tmp_path, torch.device("cuda"), torch.bfloat16)
-    pixels = torch.randn(8, 3, 42, 42, device="cuda", dtype=torch.bfloat16)
+    enc, pixels = cuda_encoder(tmp_path)
     layer = enc.layers[0]
     x = torch.randn(8, 9, 32, device="cuda", dtype=torch.bfloat16)
     plain = torch.nn.functional.gelu(layer.fc1(x), approximate="tanh")
@@ -106,9 +111,7 @@ def test_fused_add_layer_norm_on_cuda_matches_the_eager_pair(shape: tuple[int, .
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_encoder_with_fused_add_norm_on_cuda_gives_the_same_tokens(tmp_path: Path) -> None:
-    reference(tmp_path, full=False)
-    enc = siglip.load(tmp_path, torch.device("cuda"), torch.bfloat16)
-    pixels = torch.randn(8, 3, 42, 42, device="cuda", dtype=torch.bfloat16)
+    enc, pixels = cuda_encoder(tmp_path)
     with torch.no_grad():
         plain = enc(pixels)
         enc.fused_add_norm = True
