@@ -18,9 +18,9 @@ upstream    upstream's train/train.py step, item by item: Accelerator(mixed_prec
 Upstream's path encodes all six images a sample as it does; the runner's encodes the shown ones and one background.
 
 fused       the runner's default on one GPU (policies/rdt/engine.py FusedEngine, the same code `runner train` runs):
-            compiled SigLIP (policies/rdt/siglip.py), compiled RDT in bf16, fp32 masters, fused AdamW, clipping 1.0,
-            fp32 EMA by one multi-tensor lerp. FUSED_ADD_NORM=1: SigLIP's residual adds and LayerNorms as one
-            Triton kernel each (policies/rdt/add_norm.py; opt-in until measured).
+            eager bf16 SigLIP (policies/rdt/siglip.py), compiled RDT in bf16, fp32 masters, fused AdamW, clipping
+            1.0, fp32 EMA by one multi-tensor lerp. SigLIP's residual adds and LayerNorms run as one Triton kernel
+            each (policies/rdt/add_norm.py); FUSED_ADD_NORM=0 runs them as two eager kernels.
 accelerate  the runner's several-GPU engine (AccelerateEngine: accelerate + DeepSpeed ZeRO-2 bf16, our SigLIP).
 """
 
@@ -282,10 +282,10 @@ def one(args: argparse.Namespace, siglip: Path) -> None:
               f"({statistics.median(eager) / statistics.median(graph):.2f}x)")
         return
     n = args.batch[0]
-    if os.environ.get("FUSED_ADD_NORM") == "1":  # the runner's SigLIP with add_norm.py's kernel (opt-in until measured)
+    if os.environ.get("FUSED_ADD_NORM") == "0":  # the runner's SigLIP without add_norm.py's kernel (its baseline)
         from policies.rdt.siglip import SiglipEncoder
 
-        SiglipEncoder.fused_add_norm = True
+        SiglipEncoder.fused_add_norm = False
     rate = train_upstream(siglip, n, args.steps, args.train_cameras) if args.only == "upstream" else train_runner(
         siglip, n, args.steps, args.only, args.train_cameras)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -49,8 +49,9 @@ def resolve(path: Path, name: str = "latest") -> Path:
 class RdtPolicy:
     def __init__(self, model: RdtRunner, meta: dict[str, Any], device: torch.device, dtype: torch.dtype,
                  siglip: Path | None = None, compile: bool = False) -> None:
-        """`compile` (GPU, opt-in, docs/rdt.md): one denoising step, the condition keys/values and SigLIP compiled
-        before their CUDA graphs are captured, since all are bound by their kernel count at batch 1."""
+        """`compile` (GPU, opt-in, docs/rdt.md): one denoising step and the condition keys/values compiled before
+        their CUDA graphs are captured, since both are bound by their kernel count at batch 1. SigLIP stays eager
+        in its graph (SiglipTower says why)."""
         from policies.rdt.vision import SiglipTower
 
         self.model, self.meta, self.device, self.dtype = model, meta, device, dtype
@@ -62,7 +63,7 @@ class RdtPolicy:
         if compile and device.type == "cuda" and reason:
             log.warning(f"inference: not compiling: {reason}")
         self.compiled = reason is None
-        self.tower = SiglipTower(siglip or Path(meta["siglip"]), device, dtype, compile=self.compiled)
+        self.tower = SiglipTower(siglip or Path(meta["siglip"]), device, dtype)
         # one key chunk per image in the history (split_key_attention; on GPUs, where batch 1 leaves most idle)
         split_image_keys(model.model, self.history * len(SLOTS) if split_keys_supported(device, dtype) else 0)
         self.denoise: Any = torch.compile(model.model, dynamic=False) if self.compiled else model.model
@@ -167,7 +168,7 @@ class RdtPolicy:
                     raise
                 log.warning("inference: " + compile_failed(exc, "capturing without it"))
                 self.compiled = False
-                self.denoise, self.tower.encoder = self.model.model, self.tower.model
+                self.denoise = self.model.model
                 self.condition = self.model.model.condition_kv
                 graph = Graphed(fn, example)
             table[key] = graph

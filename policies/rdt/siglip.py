@@ -68,10 +68,10 @@ class SiglipEncoder(nn.Module):
     """(N, 3, S, S) normalised pixels -> (N, (S/patch)^2, hidden) patch tokens.
 
     Each residual add runs with the LayerNorm after it (the next branch's, or the final one) through
-    policies.rdt.add_norm: two eager operations, or with `fused_add_norm` (opt-in: not yet measured on a GPU) one
-    Triton kernel where it applies."""
+    policies.rdt.add_norm: one Triton kernel where it applies (`fused_add_norm`, the default: 137.4 -> 129.7 ms for
+    96 images on an H200, docs/rdt.md), else the two eager operations."""
 
-    fused_add_norm = False
+    fused_add_norm = True
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__()

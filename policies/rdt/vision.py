@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -13,17 +12,18 @@ from policies.rdt.images import ImagePrep
 
 class SiglipTower:
     """Images -> patch tokens (B, patches, hidden): 729 x 1152 for so400m-patch14-384. Frozen, in eval mode.
-    The encoder is policies/rdt/siglip.py's (transformers' output to float tolerance); `compile` compiles it on GPUs."""
+    The encoder is policies/rdt/siglip.py's (transformers' output to float tolerance), eager: on an H200 its bf16
+    kernels (cuDNN attention, the GELU epilogue, the fused add + LayerNorm) beat torch.compile's both on a training
+    batch (129.7 against 158.6 ms, 96 images) and inside act's CUDA graph (4.76 against 5.53 ms, 3 images;
+    docs/rdt.md, fifteenth session)."""
 
-    def __init__(self, path: Path, device: torch.device, dtype: torch.dtype = torch.float32,
-                 compile: bool = False) -> None:
+    def __init__(self, path: Path, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
         from policies.rdt import siglip
 
         if not (path / "config.json").is_file():
             msg = f"{path}: no SigLIP model here (config.json missing); set weights.siglip to a local folder"
             raise FileNotFoundError(msg)
         self.model = siglip.load(path, device, dtype)
-        self.encoder: Any = torch.compile(self.model) if compile and device.type == "cuda" else self.model
         self.prep = ImagePrep(path)
         self.hidden_size: int = self.model.hidden_size
         self.num_patches: int = self.model.num_patches
@@ -32,7 +32,7 @@ class SiglipTower:
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) pixel values (ImagePrep.pixels) -> (N, patches, hidden)."""
-        out: torch.Tensor = self.encoder(pixels.to(self.device, self.dtype))
+        out: torch.Tensor = self.model(pixels.to(self.device, self.dtype))
         return out
 
     def __call__(self, frames: list[np.ndarray]) -> torch.Tensor:

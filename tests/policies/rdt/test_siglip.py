@@ -112,8 +112,9 @@ def test_fused_add_layer_norm_on_cuda_matches_the_eager_pair(shape: tuple[int, .
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_encoder_with_fused_add_norm_on_cuda_gives_the_same_tokens(tmp_path: Path) -> None:
     enc, pixels = cuda_encoder(tmp_path)
+    assert enc.fused_add_norm  # the default
     with torch.no_grad():
-        plain = enc(pixels)
-        enc.fused_add_norm = True
         fused = enc(pixels)
+        enc.fused_add_norm = False
+        plain = enc(pixels)
     torch.testing.assert_close(fused.float(), plain.float(), rtol=5e-2, atol=5e-2)
