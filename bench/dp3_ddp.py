@@ -4,8 +4,8 @@
     PYTHONPATH=. BATCH=512 torchrun --standalone --nproc_per_node 2 bench/dp3_ddp.py # 2 GPUs, 256 each
 Batch BATCH (default 256) in total, split across GPUs; robot_dp3.yaml at Franka dims, synthetic buffer of
 100 x 200 frames; train()'s defaults (CUDA graph step, torch.compile, on several GPUs ZeRO-1 summing gradients
-in bf16 and gathering the weights in bf16) unless CUDA_GRAPH=0 / COMPILE=0 / SHARD=0 (DDP instead of ZeRO-1) /
-GRAD_REDUCE=fp32 / WEIGHT_GATHER=fp32.
+in bf16 and gathering the weights in fp32) unless CUDA_GRAPH=0 / COMPILE=0 / SHARD=0 (DDP instead of ZeRO-1) /
+GRAD_REDUCE=fp32 / WEIGHT_GATHER=bf16.
 Prints the median samples/s of the logged windows after the first two (warm-up, compilation, capture).
 """
 
@@ -38,7 +38,7 @@ if __name__ == "__main__":
                       val_every=10**6, val_ratio=0.0, cuda_graph=os.environ.get("CUDA_GRAPH", "1") == "1",
                       compile=os.environ.get("COMPILE", "1") == "1", shard_optimizer=os.environ.get("SHARD", "1") == "1",
                       grad_reduce=os.environ.get("GRAD_REDUCE", "bf16"),
-                      weight_gather=os.environ.get("WEIGHT_GATHER", "bf16"))
+                      weight_gather=os.environ.get("WEIGHT_GATHER", "fp32"))
     result = train(cfg, synthetic(100, 200), s, ckpt_dir=tmp / "ckpt", run_dir=tmp, device=torch.device("cuda"),
                    resume=False, say=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
     if int(os.environ.get("RANK", "0")) == 0:

@@ -237,7 +237,7 @@ def _gather_worker(rank: int, world: int, store: str, out: str, low_gather: bool
 
 @pytest.mark.parametrize("backend", ["gloo", pytest.param("nccl", marks=[pytest.mark.gpu, two_gpus])])
 def test_weights_gathered_in_bf16_train_exactly_as_fp32_under_autocast(tmp_path: Path, backend: str) -> None:
-    """weight_gather: bf16 (the default) against fp32 on two processes: the same losses bit for bit at every step
+    """weight_gather: bf16 against fp32 (the default) on two processes: the same losses bit for bit at every step
     (every weight DP3 trains is read as bf16 under autocast), each rank's own shard the exact fp32 master, the
     others' parts bf16 values until gather_weights makes every rank's weights the fp32 ones."""
     runs = {}
