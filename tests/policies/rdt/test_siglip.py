@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,38 @@ def test_add_layer_norm_is_the_eager_pair_off_the_gpu() -> None:
     assert not fusable(x, h, norm)
     s, y = add_layer_norm(x, h, norm, fused=True)
     assert torch.equal(s, x + h) and torch.equal(y, norm(x + h))
+
+
+@pytest.fixture
+def no_c_compiler(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A machine where Triton could not build its launcher: no C compiler on PATH (add_norm asks once: reset)."""
+    from policies import cuda_graph
+    from policies.rdt import add_norm
+
+    monkeypatch.setattr(cuda_graph.shutil, "which", lambda name: None)
+    add_norm.unavailable.cache_clear()
+    yield
+    add_norm.unavailable.cache_clear()
+
+
+def test_no_c_compiler_is_a_reason_not_to_build_the_kernel(no_c_compiler: None) -> None:
+    from policies.rdt.add_norm import unavailable
+
+    reason = unavailable()
+    assert reason is not None and ("C compiler" in reason or "triton" in reason)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_without_a_c_compiler_the_encoder_runs_the_eager_pair_on_cuda(tmp_path: Path, no_c_compiler: None) -> None:
+    from policies.rdt.add_norm import fusable
+
+    enc, pixels = cuda_encoder(tmp_path)
+    x = torch.randn(2, 9, enc.hidden_size, device="cuda", dtype=torch.bfloat16)
+    assert enc.fused_add_norm and not fusable(x, x.clone(), enc.post)
+    with torch.no_grad():
+        tokens = enc(pixels)
+    assert tokens.shape == (8, enc.num_patches, enc.hidden_size) and bool(tokens.isfinite().all())
 
 
 @pytest.mark.gpu
