@@ -221,7 +221,8 @@ def inference(siglip: Path, calls: int, dtype: torch.dtype, graphs: bool = True,
             out.append((time.perf_counter() - t) * 1000)
     assert chunk.shape == (64, 8)
     if graphs and breakdown:
-        enc = next(iter(policy.encoders.values()))
+        # the graph of a call's new frames (the first call's also held the background picture: one image more)
+        enc = policy.encoders[(cameras, sets[0][0].shape)]
         sample = next(iter(policy.graphs.values()))
         frames = {"frames": enc.inputs["frames"].clone()}
         ins = sample.inputs
