@@ -26,16 +26,15 @@ _ACTS = {"gelu_pytorch_tanh": "tanh", "gelu": "none"}
 
 
 class _Layer(nn.Module):
+    """One encoder layer's weights and its two branches; SiglipEncoder.forward adds each branch back to the residual
+    stream together with the LayerNorm that follows it."""
+
     def __init__(self, d: int, heads: int, inter: int, eps: float, approximate: str) -> None:
         super().__init__()
         self.heads, self.approximate = heads, approximate
         self.ln1, self.ln2 = nn.LayerNorm(d, eps=eps), nn.LayerNorm(d, eps=eps)
         self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
         self.fc1, self.fc2 = nn.Linear(d, inter), nn.Linear(inter, d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attend(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
 
     def attend(self, normed: torch.Tensor) -> torch.Tensor:
         """The attention branch on the normalised residual stream (before it is added back)."""

@@ -199,8 +199,7 @@ def _gather_worker(rank: int, world: int, store: str, out: str, low_gather: bool
     dev = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    model = _tiny_model()
-    model = model.to(dev)
+    model = _tiny_model().to(dev)
     ema, opt = Ema(model, copy_module=True), _adamw(model)
     params = _learned(model, model)
     flat, flat_ema = flatten_into_one(params, pad_to=world), flatten_into_one(_learned(ema.model, model), pad_to=world)
