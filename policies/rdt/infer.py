@@ -21,6 +21,7 @@ from policies import checkpoint_io
 from policies.cuda_graph import Graphed, compile_failed, compile_unavailable
 from policies.rdt import checkpoints
 from policies.rdt.convert import SLOTS
+from policies.rdt.decode_attention import splits_for, supported
 from policies.rdt.model import RdtConfig, RdtRunner, dpm_solver_coefficients, sample_chunk, split_image_keys, split_keys_supported
 from policies.rdt.state_space import StateMap
 from policies.rdt.weights import checkpoint_weights, load_strict, read_state_dict
@@ -64,8 +65,13 @@ class RdtPolicy:
             log.warning(f"inference: not compiling: {reason}")
         self.compiled = reason is None
         self.tower = SiglipTower(siglip or Path(meta["siglip"]), device, dtype)
-        # one key chunk per image in the history (split_key_attention; on GPUs, where batch 1 leaves most idle)
-        split_image_keys(model.model, self.history * len(SLOTS) if split_keys_supported(device, dtype) else 0)
+        # The image blocks' keys walked in parts (batch 1 leaves most of a GPU idle): decode_attention's Triton
+        # kernels where they build, else one chunk per image in the history (split_key_attention).
+        cfg = model.cfg
+        heads = cfg.num_heads
+        split_image_keys(model.model, self.history * len(SLOTS) if split_keys_supported(device, dtype) else 0,
+                         splits_for(device, 1, heads, cfg.horizon + 3)
+                         if supported(device, dtype, cfg.hidden_size // heads) else 0)
         self.denoise: Any = torch.compile(model.model, dynamic=False) if self.compiled else model.model
         self.condition: Any = (torch.compile(model.model.condition_kv, dynamic=False) if self.compiled
                                else model.model.condition_kv)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from policies.rdt import decode_attention as decode
+
 
 @dataclass(frozen=True)
 class RdtConfig:
@@ -105,13 +107,14 @@ def split_key_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, parts
 class CrossAttention(nn.Module):
     """Queries from the action tokens, keys and values from a condition (language or image tokens).
 
-    `key_parts` (inference, set by `split_image_keys`): attend through split_key_attention in that many parts when
-    there is no mask and the keys divide evenly; 0, one attention (training)."""
+    Inference, set by `split_image_keys`, with no mask: `decode_parts` > 0 attends through decode_attention's Triton
+    kernels with the keys in that many parts; else `key_parts` > 1 through split_key_attention in that many parts when
+    the keys divide evenly; both 0, one attention (training)."""
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
-        self.key_parts = 0
+        self.key_parts = self.decode_parts = 0
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, dim * 2)
         self.q_norm, self.k_norm = RmsNorm(self.head_dim), RmsNorm(self.head_dim)
@@ -134,6 +137,9 @@ class CrossAttention(nn.Module):
         q = self.q(x).reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
         k, v = kv
         length = k.shape[2]
+        if self.decode_parts and mask is None:
+            # (B, n, H, D) from two Triton kernels, the keys walked in parts across the whole GPU
+            return self.proj(decode.decode_attention(self.q_norm(q), k, v, self.decode_parts).reshape(b, n, c))
         if self.key_parts > 1 and mask is None and length % self.key_parts == 0:
             out = split_key_attention(self.q_norm(q), k, v, self.key_parts)
         else:
@@ -245,10 +251,12 @@ def split_keys_supported(device: torch.device, dtype: torch.dtype) -> bool:
             and torch.cuda.get_device_capability(device) >= (8, 0))
 
 
-def split_image_keys(model: Rdt, parts: int) -> None:
-    """The image blocks' cross-attention in `parts` key chunks (CrossAttention.key_parts; 0: one attention)."""
+def split_image_keys(model: Rdt, parts: int, decode_parts: int = 0) -> None:
+    """The image blocks' cross-attention in `parts` key chunks (CrossAttention.key_parts; 0: one attention), or
+    through decode_attention in `decode_parts` (CrossAttention.decode_parts; 0: not)."""
     for block in list(model.blocks)[1::2]:
-        cast(RdtBlock, block).cross_attn.key_parts = parts
+        attn = cast(RdtBlock, block).cross_attn
+        attn.key_parts, attn.decode_parts = parts, decode_parts
 
 
 def adaptor(depth: int, dim_in: int, dim_out: int) -> nn.Sequential:

@@ -230,6 +230,62 @@ def test_split_key_attention_matches_sdpa_on_the_gpu_at_rdt_1b_width(compiled: b
     assert float((split.float() - plain.float()).abs().max()) < 2e-2 * float(plain.float().abs().max())
 
 
+def test_decode_attention_is_chosen_only_where_its_triton_kernels_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from policies.rdt import decode_attention as decode
+    from policies.rdt.model import RdtBlock, split_image_keys
+
+    assert not decode.supported(torch.device("cpu"), torch.bfloat16, 64)
+    if torch.cuda.is_available():
+        assert not decode.supported(torch.device("cuda"), torch.float32, 64)  # bf16 / fp16 only
+        assert not decode.supported(torch.device("cuda"), torch.bfloat16, 512)  # head size
+    # ~2 programs a multiprocessor: RDT-1B's 32 heads x 67 queries on an H200's 132 -> 8 parts
+    assert decode.splits_for(torch.device("cpu"), 1, 32, 67) == 8
+    assert decode.splits_for(torch.device("cpu"), 16, 32, 67) == 1
+    monkeypatch.setenv("RDT_DECODE_SPLITS", "12")
+    assert decode.splits_for(torch.device("cpu"), 1, 32, 67) == 12
+    assert decode.split_length(4374, 8) == 576 and decode.split_length(30, 8) == 64  # whole 64-key blocks
+    m = RdtRunner(RdtConfig.tiny())
+    split_image_keys(m.model, 6, 8)
+    attns = [b.cross_attn for b in m.model.blocks if isinstance(b, RdtBlock)]
+    assert [(a.key_parts, a.decode_parts) for a in attns] == [(0, 0), (6, 8)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("splits", [1, 7, 8, 16])
+def test_decode_attention_matches_sdpa_eager_compiled_and_graphed_at_rdt_1b_width(splits: int) -> None:
+    """The Triton kernels against SDPA on keys_values's layout: 67 queries, 32 heads of 64, 4,374 keys, bf16."""
+    from policies.rdt.model import CrossAttention
+
+    torch.manual_seed(splits)
+    with torch.device("cuda"):
+        attn = CrossAttention(2048, 32).to(torch.bfloat16).eval()
+        x, cond = torch.randn(1, 67, 2048, dtype=torch.bfloat16), torch.randn(1, 4374, 2048, dtype=torch.bfloat16)
+    with torch.no_grad():
+        kv = attn.keys_values(cond)
+        ref = attn(x, kv, None)  # one SDPA
+        attn.decode_parts = splits
+        eager = attn(x, kv, None)
+        compiled = torch.compile(attn, dynamic=False)(x, kv, None)
+        static = x.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            attn(static, kv, None)  # warm-up off the capture
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            graphed = attn(static, kv, None)
+        static.copy_(x * 0.5)
+        graph.replay()
+        half = attn(x * 0.5, kv, None)
+    scale = float(ref.float().abs().max())
+    for out in (eager, compiled):
+        assert float((out.float() - ref.float()).abs().max()) < 2e-2 * scale
+    assert not torch.equal(eager, ref)  # the kernels ran, not SDPA
+    assert torch.equal(graphed, half)  # the replay read the new queries
+
+
 def test_torch_image_prep_matches_the_siglip_processor(tmp_path: Path) -> None:
     from transformers import SiglipImageProcessor
 
@@ -292,11 +348,16 @@ def test_graphed_act_with_split_image_keys_gives_the_chunk_of_one_attention(tmp_
     frames = [np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8) for i in range(3)]
     emb = torch.randn(4, cfg.lang_token_dim)
     chunks = []
-    for parts in (6, 0):
+    for parts, decode_parts in ((-1, -1), (6, 0), (0, 0)):  # the policy's default (decode_attention), aten's, one
         policy = RdtPolicy(model, meta, torch.device("cuda"), torch.bfloat16, siglip)
-        assert [b.cross_attn.key_parts for b in model.model.blocks if isinstance(b, RdtBlock)] == [0, 6]
-        split_image_keys(model.model, parts)
+        attns = [b.cross_attn for b in model.model.blocks if isinstance(b, RdtBlock)]
+        assert [a.key_parts for a in attns] == [0, 6] and attns[0].decode_parts == 0
+        assert attns[1].decode_parts > 0  # the Triton kernels are the default on a GPU
+        if parts >= 0:
+            split_image_keys(model.model, parts, decode_parts)
         chunks.append([policy.act({"qpos": np.zeros(8), "images": {"cam_high": f}}, emb) for f in frames])
         assert len(policy.graphs) == 1  # the sample graph was captured and replayed
-    for split, one in zip(*chunks, strict=True):
-        np.testing.assert_allclose(split, one, atol=0.05 * float(np.abs(one).max()) + 1e-3)
+    for one_chunk in range(len(frames)):
+        one = chunks[2][one_chunk]
+        for other in (chunks[0][one_chunk], chunks[1][one_chunk]):
+            np.testing.assert_allclose(other, one, atol=0.05 * float(np.abs(one).max()) + 1e-3)
