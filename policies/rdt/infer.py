@@ -109,12 +109,14 @@ class RdtPolicy:
     def predict(self, qpos: np.ndarray, history: list[dict[str, np.ndarray] | None],
                 embedding: torch.Tensor) -> np.ndarray:
         """One chunk from the state and `img_history_size` frames (oldest first; None or a missing slot: background)."""
-        frames = [(f or {}).get(slot) for f in history for slot in SLOTS]
-        img = torch.cat(self._frame_tokens(frames)).reshape(1, -1, self.tower.hidden_size)
+        # The host-to-device copies first, while the GPU is idle: from pageable memory they wait for the stream, and
+        # after the encode graph was launched they would hold the sample graph's launch until the encoding ended.
         lang = embedding.to(self.device, self.dtype)
         lang = lang[None] if lang.ndim == 2 else lang
         state = torch.from_numpy(self.map.to_unified(qpos[None]))[None].to(self.device, self.dtype)
         noise = torch.randn((1, self.cfg.horizon, self.cfg.action_dim), generator=self.generator, device=self.device)
+        frames = [(f or {}).get(slot) for f in history for slot in SLOTS]
+        img = torch.cat(self._frame_tokens(frames)).reshape(1, -1, self.tower.hidden_size)
         inputs = {"img": img, "lang": lang, "state": state, "noise": noise}
         run = self._graph(self.graphs, lang.shape[1], self._sample, inputs) if self.use_graphs else None
         out = run(inputs) if run is not None else self._sample(**inputs)
