@@ -108,14 +108,16 @@ def _gripper_convention(conversion: Mapping[str, Any]) -> dict[str, Any]:
             "gripper_threshold": g.gripper_threshold}
 
 
-def warm_up(robot: Robot, camera: Camera, adapter: PolicyAdapter) -> float:
-    """One action chunk from the robot's pose and a camera frame, thrown away, before the loop starts: a policy's
+def warm_up(robot: Robot, camera: Camera, adapter: PolicyAdapter, chunks: int = 2) -> float:
+    """Action chunks from the robot's pose and camera frames, thrown away, before the loop starts: a policy's
     first call captures its CUDA graphs (and compiles, when asked), which would otherwise stall the first ticks
-    (the arm holding) and count in the loop's inference latency. Returns its seconds."""
+    (the arm holding) and count in the loop's inference latency. Two chunks: RDT's second call, the first with a
+    previous frame, captures the graph every later call replays. Returns their seconds."""
     t0 = time.monotonic()
     joints = np.asarray(robot.get_joint_state(), np.float64)
-    rgb, depth = camera.read()
-    adapter.act([adapter.observation(joints, rgb, depth)] * adapter.window)
+    for _ in range(chunks):
+        rgb, depth = camera.read()
+        adapter.act([adapter.observation(joints, rgb, depth)] * adapter.window)
     return time.monotonic() - t0
 
 
@@ -142,7 +144,7 @@ def deploy(ctx: StepContext, make_adapter: Callable[[StepContext], tuple[PolicyA
             return 2
         camera_name = str(conversion.get("camera", default_of(ConvertCommon, "camera")))
         camera = _camera(o, ctx, camera_name)
-        print("deploy: warm-up: the policy's first action chunk, nothing sent"
+        print("deploy: warm-up: two action chunks, nothing sent"
               + (" (compiling: about a minute)" if o.compile else ""), flush=True)
         try:
             took = warm_up(robot, camera, adapter)
@@ -152,7 +154,7 @@ def deploy(ctx: StepContext, make_adapter: Callable[[StepContext], tuple[PolicyA
             print(f"error: the policy failed on its first observation, before anything moved: {type(e).__name__}: {e}",
                   file=sys.stderr)
             return 1
-        print(f"deploy: warm-up: the first action chunk took {took:.1f} s, before the control loop's clock starts "
+        print(f"deploy: warm-up: the first two action chunks took {took:.1f} s, before the control loop's clock starts "
               "(a GPU policy captures its CUDA graphs there, and compiles when asked)", flush=True)
         if o.record:
             recorder = Recorder(ctx.run_dir / "deploy" / "episode0.hdf5", camera_name,

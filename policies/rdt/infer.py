@@ -8,6 +8,7 @@ maps the robot state into the unified vector, samples a chunk with DPM-Solver++ 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections import deque
@@ -76,13 +77,23 @@ class RdtPolicy:
         self.denoise: Any = torch.compile(model.model, dynamic=False) if self.compiled else model.model
         self.condition: Any = (torch.compile(model.model.condition_kv, dynamic=False) if self.compiled
                                else model.model.condition_kv)
+        # uncompiled: each set of changed slots would compile anew, and a camera that repeats a frame mid-run makes a
+        # new set (a capture of ~0.1 s then, not a compile of seconds)
+        self.condition_slots = model.model.condition_kv_slots
+        # The image blocks' keys/values kept across calls (allocated at first use) and the frame key of each slot
+        # they were computed from: a slot whose frame did not change (an absent camera's background) is not
+        # recomputed (`_changed`).
+        self.kept: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.kept_keys: list[object] | None = None
+        self.keep_image_kv = True  # False: every call computes every slot's keys/values (the tests' reference)
+        self.per_image = cfg.img_cond_len // (self.history * len(SLOTS))
         self.coef = dpm_solver_coefficients(self.cfg)
         self.steps = [torch.full((1,), t, dtype=torch.long, device=device) for t, *_ in self.coef]
         self.frames: deque[dict[str, np.ndarray]] = deque(maxlen=self.history)
         self.generator = torch.Generator(device).manual_seed(0)
         self.action_mask = torch.from_numpy(self.map.indicator())[None, None].to(device, dtype)
         self.freq = torch.full((1,), self.ctrl_freq, device=device, dtype=dtype)
-        self.graphs: dict[int, Graphed] = {}  # by instruction length
+        self.graphs: dict[tuple[int, tuple[int, ...] | None], Graphed] = {}  # by instruction length, changed slots
         self.encoders: dict[tuple[int, tuple[int, ...]], Graphed] = {}  # by the new frames' count and size
         self.token_cache: dict[object, torch.Tensor] = {}
         self.seen: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}  # id -> (frame, its content, key)
@@ -97,6 +108,7 @@ class RdtPolicy:
         for _, copy, _ in self.seen.values():
             self.pool.give(copy)
         self.seen.clear()
+        self.kept_keys = None
         self.generator.manual_seed(seed)
 
     def act(self, obs: dict[str, Any], instruction_embedding: torch.Tensor) -> np.ndarray:
@@ -116,15 +128,31 @@ class RdtPolicy:
         state = torch.from_numpy(self.map.to_unified(qpos[None]))[None].to(self.device, self.dtype)
         noise = torch.randn((1, self.cfg.horizon, self.cfg.action_dim), generator=self.generator, device=self.device)
         frames = [(f or {}).get(slot) for f in history for slot in SLOTS]
-        img = torch.cat(self._frame_tokens(frames)).reshape(1, -1, self.tower.hidden_size)
-        inputs = {"img": img, "lang": lang, "state": state, "noise": noise}
-        run = self._graph(self.graphs, lang.shape[1], self._sample, inputs) if self.use_graphs else None
-        out = run(inputs) if run is not None else self._sample(**inputs)
+        keys, tokens = self._frame_tokens(frames)
+        slots = self._changed(keys)
+        fn = self._sample if slots is None else functools.partial(self._sample_slots, slots)
+        img = torch.cat(tokens if slots is None else [tokens[s] for s in slots] or [tokens[0][:, :0]])
+        inputs = {"img": img.reshape(1, -1, self.tower.hidden_size), "lang": lang, "state": state, "noise": noise}
+        self.kept_keys = None  # until this call's keys/values are written
+        run = self._graph(self.graphs, (lang.shape[1], slots), fn, inputs) if self.use_graphs else None
+        out = run(inputs) if run is not None else fn(**inputs)
+        self.kept_keys = None if slots is None else keys
         return self.map.from_unified(out[0].float().cpu().numpy())
 
-    def _frame_tokens(self, frames: list[np.ndarray | None]) -> list[torch.Tensor]:
+    def _changed(self, keys: list[object]) -> tuple[int, ...] | None:
+        """The slots whose image keys/values this call computes into `kept` (their frame differs from the one they
+        were computed from), or None: compute them all without keeping them, when every slot is a new frame and none
+        is an absent camera's background (three cameras with new frames: nothing would ever be kept)."""
+        old = self.kept_keys
+        changed = tuple(s for s, k in enumerate(keys) if old is None or old[s] != k)
+        if not self.keep_image_kv or (len(changed) == len(keys) and "background" not in keys):
+            return None
+        return changed
+
+    def _frame_tokens(self, frames: list[np.ndarray | None]) -> tuple[list[object], list[torch.Tensor]]:
         """SigLIP tokens of each frame, cached: a frame stays in the history for img_history_size calls and the
-        background of an absent camera never changes, so a call encodes only its new frames, in one batch."""
+        background of an absent camera never changes, so a call encodes only its new frames, in one batch. Returns
+        each frame's cache key and tokens."""
         keys = [self._key(f) for f in frames]
         # encoded from the copies (pinned on a GPU: uploaded from there, no staging)
         new = {k: None if f is None else self.seen[id(f)][1]
@@ -138,7 +166,7 @@ class RdtPolicy:
             self.token_cache.pop(next(iter(self.token_cache)))
         for i in [i for i, s in self.seen.items() if s[2] not in self.token_cache]:
             self.pool.give(self.seen.pop(i)[1])
-        return out
+        return keys, out
 
     def _key(self, frame: np.ndarray | None) -> object:
         """A frame's cache key: the same array object with the same content as when first seen (compared in full,
@@ -215,6 +243,29 @@ class RdtPolicy:
         lang_mask = torch.ones(lang.shape[:2], dtype=torch.bool, device=self.device)
         return sample_chunk(self.model, self.coef, lang, lang_mask, img, state, self.action_mask, self.freq, noise,
                             self.steps, self.denoise, self.condition)
+
+    def _sample_slots(self, slots: tuple[int, ...], img: torch.Tensor, lang: torch.Tensor, state: torch.Tensor,
+                      noise: torch.Tensor) -> torch.Tensor:
+        """_sample with `img` the tokens of the changed `slots` only: their image keys/values are computed into
+        `kept`, the other slots' are read from there."""
+        kept = self._kept()
+        per = self.per_image
+
+        def condition(lang_c: torch.Tensor, img_c: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            out: list[tuple[torch.Tensor, torch.Tensor]] = self.condition_slots(lang_c, img_c, slots, per, kept)
+            return out
+
+        lang_mask = torch.ones(lang.shape[:2], dtype=torch.bool, device=self.device)
+        return sample_chunk(self.model, self.coef, lang, lang_mask, img, state, self.action_mask, self.freq, noise,
+                            self.steps, self.denoise, condition)
+
+    def _kept(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if self.kept is None:
+            cfg = self.cfg
+            shape = (1, cfg.img_cond_len, cfg.num_heads, cfg.hidden_size // cfg.num_heads)
+            self.kept = [(torch.zeros(shape, device=self.device, dtype=self.dtype),
+                          torch.zeros(shape, device=self.device, dtype=self.dtype)) for _ in range(cfg.depth // 2)]
+        return self.kept
 
 
 def load(checkpoint: Path | str, device: str | torch.device | None = None, weights: str = "ema",

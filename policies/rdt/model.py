@@ -228,6 +228,40 @@ class Rdt(nn.Module):
         conds = (lang + self.lang_cond_pos_embed[:, : lang.shape[1]], img + self.img_cond_pos_embed)
         return [cast(RdtBlock, b).cross_attn.keys_values(conds[i % 2]) for i, b in enumerate(self.blocks)]
 
+    def condition_kv_slots(self, lang: torch.Tensor, img: torch.Tensor, slots: tuple[int, ...], per_image: int,
+                           images: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """condition_kv for a policy that keeps the image blocks' keys/values across calls: `img` holds the adapted
+        tokens of the image `slots` (each `per_image` tokens, in slot order) whose images changed; their keys and
+        values are written into `images` ((B, L, H, D) keys and values of each image block, kept by the caller),
+        the other slots' are kept. Returns every block's keys/values, the image blocks' as views of `images`."""
+        pos = self.img_cond_pos_embed[0]
+        runs = _runs(slots)
+        cond = img + torch.cat([pos[a * per_image:b * per_image] for a, b in runs])[None] if runs else None
+        out: list[tuple[torch.Tensor, torch.Tensor]] = []
+        lang_c = lang + self.lang_cond_pos_embed[:, : lang.shape[1]]
+        for i, block in enumerate(self.blocks):
+            attn = cast(RdtBlock, block).cross_attn
+            if i % 2 == 0:
+                out.append(attn.keys_values(lang_c))
+                continue
+            kept_k, kept_v = images[i // 2]
+            if cond is not None:
+                self._keep(attn.keys_values(cond), runs, per_image, kept_k, kept_v)
+            out.append((kept_k.transpose(1, 2), kept_v.transpose(1, 2)))
+        return out
+
+    @staticmethod
+    def _keep(kv: tuple[torch.Tensor, torch.Tensor], runs: list[tuple[int, int]], per_image: int,
+              kept_k: torch.Tensor, kept_v: torch.Tensor) -> None:
+        """Copy keys/values (B, H, n, D) of consecutive slot runs into the kept (B, L, H, D) tensors."""
+        k, v = kv
+        at = 0
+        for a, b in runs:
+            n = (b - a) * per_image
+            kept_k[:, a * per_image:b * per_image].copy_(k[:, :, at:at + n].transpose(1, 2))
+            kept_v[:, a * per_image:b * per_image].copy_(v[:, :, at:at + n].transpose(1, 2))
+            at += n
+
     def forward(self, x: torch.Tensor, freq: torch.Tensor, t: torch.Tensor, lang: torch.Tensor, img: torch.Tensor,
                 lang_mask: torch.Tensor | None = None, img_mask: torch.Tensor | None = None,
                 kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
@@ -242,6 +276,17 @@ class Rdt(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, kv[i], masks[i % 2])
         return self.final_layer(x)[:, -self.horizon:]
+
+
+def _runs(slots: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Sorted slot indices as [start, end) runs of consecutive slots: (0, 1, 3) -> [(0, 2), (3, 4)]."""
+    runs: list[tuple[int, int]] = []
+    for s in slots:
+        if runs and runs[-1][1] == s:
+            runs[-1] = (runs[-1][0], s + 1)
+        else:
+            runs.append((s, s + 1))
+    return runs
 
 
 def split_keys_supported(device: torch.device, dtype: torch.dtype) -> bool:
@@ -364,7 +409,9 @@ def sample_chunk(runner: RdtRunner, coef: list[tuple[int, float, float, float]],
     step = denoise if denoise is not None else model  # not `or`: truth-testing a compiled module calls len()
     for (_, a, b, c), t in zip(coef, steps, strict=True):
         traj = torch.cat([state_c, runner.state_adaptor(torch.cat([x.to(state.dtype), mask], dim=2))], dim=1)
-        m = step(traj, ctrl_freq, t, lang_c, img_c, lang_mask=lang_mask, kv=kv).float()
+        # the step reads the images through kv only: an empty slice keeps its input shape the same for every
+        # number of image tokens a caller passes (a compiled step is not compiled again)
+        m = step(traj, ctrl_freq, t, lang_c, img_c[:, :0], lang_mask=lang_mask, kv=kv).float()
         x = a * x + b * m + (c * prev if prev is not None and c else 0.0)
         prev = m
     return (x * mask).to(state.dtype)

@@ -305,7 +305,7 @@ def test_runner_deploy_rehearses_on_the_sim_after_a_warm_up_and_exits_cleanly(tm
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert "terminate called" not in out
-    warm = out.index("deploy: warm-up: the first action chunk took")
+    warm = out.index("deploy: warm-up: the first two action chunks took")
     assert warm < out.index("deploy: dp3 at 10 Hz") < out.index("deploy: stopped: duration 2 s reached")
     assert "thread(s) still ran" not in out
     assert list((tmp_path / "runs" / "sample_dp3").glob("*/deploy/episode0.hdf5"))

@@ -326,10 +326,75 @@ def test_policy_encodes_only_new_frames(tmp_path: Path) -> None:
     uncached = policy.tower(
         [policy.tower.prep.blank(), policy.tower.prep.blank(), policy.tower.prep.blank(), frames[0],
          policy.tower.prep.blank(), policy.tower.prep.blank()])
-    assert torch.allclose(torch.cat(policy._frame_tokens([None, None, None, frames[0], None, None])), uncached, atol=1e-5)
+    assert torch.allclose(torch.cat(policy._frame_tokens([None, None, None, frames[0], None, None])[1]), uncached,
+                          atol=1e-5)
     policy.reset()
     again = policy.act({"qpos": np.zeros(8), "images": {"cam_high": frames[0]}}, emb)
     np.testing.assert_allclose(first, again, atol=1e-5)  # reset: same seed, same history, same chunk
+
+
+def _two_policies(tmp_path: Path) -> tuple[Any, Any, int]:
+    from policies.rdt.infer import RdtPolicy
+    from policies.rdt.vision import save_tiny_siglip
+
+    cfg = replace(RdtConfig.tiny(), img_cond_len=6 * 4)
+    siglip = save_tiny_siglip(tmp_path / "siglip", hidden=cfg.img_token_dim)
+    meta = {"state_map": {"name": "franka", "indices": list(FRANKA.indices)}, "img_history_size": 2, "ctrl_freq": 25}
+    torch.manual_seed(0)
+    model = RdtRunner(cfg).eval()
+    keeping, plain = (RdtPolicy(model, meta, torch.device("cpu"), torch.float32, siglip) for _ in range(2))
+    plain.keep_image_kv = False
+    return keeping, plain, cfg.lang_token_dim
+
+
+def test_kept_image_keys_values_give_the_chunks_of_computing_every_slot(tmp_path: Path) -> None:
+    """One camera: the background slots' image keys/values are computed once and kept, each call computes only the
+    slots whose frame changed; the chunks are those of a policy that computes every slot at every call, through new
+    frames, a repeated frame, a second camera appearing, a camera refilling one array and a reset."""
+    keeping, plain, lang = _two_policies(tmp_path)
+    rng = np.random.default_rng(0)
+    emb = torch.randn(4, lang)
+    frames = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(6)]
+    refilled = frames[5].copy()
+    calls: list[dict[str, np.ndarray]] = [
+        {"cam_high": frames[0]}, {"cam_high": frames[1]}, {"cam_high": frames[2]},
+        {"cam_high": frames[2]},  # the camera repeats its frame: nothing changed in the newest slot
+        {"cam_high": frames[3], "cam_left_wrist": frames[4]},  # a second camera
+        {"cam_high": refilled}, {"cam_high": refilled}]
+    plans: list[tuple[int, ...] | None] = []
+    changed = keeping._changed
+    keeping._changed = lambda keys: (plans.append(changed(keys)), plans[-1])[1]
+    for i, images in enumerate(calls):
+        if i == 6:
+            refilled[:] = frames[1]  # the same array, new content
+        if i == 3:
+            keeping.reset()
+            plain.reset()
+        ours = keeping.act({"qpos": np.zeros(8), "images": images}, emb)
+        ref = plain.act({"qpos": np.zeros(8), "images": images}, emb)
+        np.testing.assert_allclose(ours, ref, atol=1e-4, err_msg=f"call {i}")
+    assert keeping.kept_keys is not None and plain.kept_keys is None
+    assert plans[0] == (0, 1, 2, 3, 4, 5)  # the first call computes and keeps every slot (the backgrounds too)
+    assert plans[1] == plans[2] == (0, 3)  # one camera, a new frame: its slot and the previous frame's, no other
+    assert plans[3] == (0, 1, 2, 3, 4, 5)  # after reset
+    assert plans[4] == (0, 3, 5)  # the second camera's slot too
+    assert plans[6] == (0, 2, 3)  # the refilled array is a new frame; the second camera's slot is background again
+    assert len(keeping.token_cache) and keeping.kept is not None
+
+
+def test_three_cameras_with_new_frames_keep_nothing(tmp_path: Path) -> None:
+    keeping, _, lang = _two_policies(tmp_path)
+    rng = np.random.default_rng(1)
+    emb = torch.randn(4, lang)
+    plans: list[tuple[int, ...] | None] = []
+    changed = keeping._changed
+    keeping._changed = lambda keys: (plans.append(changed(keys)), plans[-1])[1]
+    for _ in range(3):
+        images = {s: rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+                  for s in ("cam_high", "cam_right_wrist", "cam_left_wrist")}
+        keeping.act({"qpos": np.zeros(8), "images": images}, emb)
+    # the first call's older frame is the background (kept); then every slot is new at every call: nothing kept
+    assert plans == [(0, 1, 2, 3, 4, 5), None, None] and keeping.kept_keys is None
 
 
 @pytest.mark.gpu
@@ -356,7 +421,8 @@ def test_graphed_act_with_split_image_keys_gives_the_chunk_of_one_attention(tmp_
         if parts >= 0:
             split_image_keys(model.model, parts, decode_parts)
         chunks.append([policy.act({"qpos": np.zeros(8), "images": {"cam_high": f}}, emb) for f in frames])
-        assert len(policy.graphs) == 1  # the sample graph was captured and replayed
+        # captured and replayed: the first call's (every slot's keys/values computed) and the later calls' (two)
+        assert sorted(slots for _, slots in policy.graphs) == [(0, 1, 2, 3, 4, 5), (0, 3)]
     for one_chunk in range(len(frames)):
         one = chunks[2][one_chunk]
         for other in (chunks[0][one_chunk], chunks[1][one_chunk]):
