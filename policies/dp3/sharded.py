@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
-from policies.collectives import all_gather, reduce_scatter
+from policies.collectives import all_gather, pack, reduce_scatter, views_of
 
 
 class ShardedAdamW:
@@ -56,6 +56,7 @@ class ShardedAdamW:
         self.lo, self.hi = rank * size, (rank + 1) * size
         self.shard = flat[self.lo:self.hi]  # a leaf (the flat buffer does not require grad): AdamW's parameter
         self.flat_grad = torch.zeros_like(flat, dtype=reduce_dtype or flat.dtype)
+        self.grad_views = views_of(self.flat_grad, self.params)  # each parameter's place in flat_grad (`pack`)
         self.shard.grad = torch.zeros_like(self.shard)
         # what the reduce-scatter writes: the shard's gradient itself, or a low-precision copy of it
         self.shard_reduced = (self.shard.grad if self.flat_grad.dtype == flat.dtype
@@ -90,7 +91,7 @@ class ShardedAdamW:
     def step(self, keep: torch.Tensor | None) -> None:
         """Apply this step's gradients (in the parameters' .grad) on every rank; keep = 1 - EMA decay."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        torch.cat([g.reshape(-1) for g in grads], out=self.flat_grad[:self.n])
+        pack(grads, self.grad_views, self.flat_grad)
         reduce_scatter(self.shard_reduced, self.flat_grad)  # summed over ranks
         if self.shard_reduced is not self.shard.grad:
             self.shard.grad.copy_(self.shard_reduced)  # type: ignore[union-attr]

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from policies.collectives import all_gather, reduce_scatter
+from policies.collectives import all_gather, pack, reduce_scatter, views_of
 from policies.ema import ema_decay, load_averages, save_averages
 from policies.rdt.fused import check_masters
 
@@ -68,6 +68,7 @@ class ShardedMasters:
                                            fused=shard.is_cuda)
         self.max_grad_norm = max_grad_norm
         self.flat = torch.zeros(self.size * self.world, dtype=torch.bfloat16, device=device)
+        self.grad_views = views_of(self.flat, self.params)  # each parameter's place in flat (`pack`)
         self.sliced = torch.zeros(self.size, dtype=torch.bfloat16, device=device)
 
     @torch.no_grad()
@@ -75,7 +76,7 @@ class ShardedMasters:
         """Average, clip and apply the gradients in the model's parameters on every process; returns the norm of
         the averaged gradient before clipping (as clip_grad_norm_)."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        torch.cat([g.reshape(-1).to(self.flat.dtype) for g in grads], out=self.flat[:self.n])
+        pack(grads, self.grad_views, self.flat)
         self.flat[self.n:].zero_()  # the last slice's padding
         reduce_scatter(self.sliced, self.flat)  # summed over processes
         grad = self.master[0].grad
