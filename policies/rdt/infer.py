@@ -24,7 +24,15 @@ from policies.rdt import checkpoints
 from policies.rdt.convert import SLOTS
 from policies.rdt.decode_attention import splits_for, supported
 from policies.rdt.frames import FramePool, same_bytes
-from policies.rdt.model import RdtConfig, RdtRunner, dpm_solver_coefficients, sample_chunk, split_image_keys, split_keys_supported
+from policies.rdt.model import (
+    RdtConfig,
+    RdtRunner,
+    dpm_solver_coefficients,
+    interleave,
+    sample_chunk,
+    split_image_keys,
+    split_keys_supported,
+)
 from policies.rdt.state_space import StateMap
 from policies.rdt.weights import checkpoint_weights, load_strict, read_state_dict
 
@@ -75,17 +83,20 @@ class RdtPolicy:
                          splits_for(device, 1, heads, cfg.horizon + 3)
                          if supported(device, dtype, cfg.hidden_size // heads) else 0)
         self.denoise: Any = torch.compile(model.model, dynamic=False) if self.compiled else model.model
-        self.condition: Any = (torch.compile(model.model.condition_kv, dynamic=False) if self.compiled
-                               else model.model.condition_kv)
-        # uncompiled: each set of changed slots would compile anew, and a camera that repeats a frame mid-run makes a
-        # new set (a capture of ~0.1 s then, not a compile of seconds)
-        self.condition_slots = model.model.condition_kv_slots
-        # The image blocks' keys/values kept across calls (allocated at first use) and the frame key of each slot
-        # they were computed from: a slot whose frame did not change (an absent camera's background) is not
-        # recomputed (`_changed`).
+        self.lang_kv: Any = torch.compile(model.model.lang_kv, dynamic=False) if self.compiled else model.model.lang_kv
+        self.image_kv: Any = (torch.compile(model.model.image_kv, dynamic=False) if self.compiled
+                              else model.model.image_kv)
+        # Keys/values kept across calls (`_sample`), each with what it was computed from:
+        # - the image blocks' (allocated at first use) and the frame key of each slot: a slot whose frame did not
+        #   change (an absent camera's background) is not recomputed (`_changed`; uncompiled, since each set of
+        #   changed slots would compile anew and a camera repeating a frame mid-run makes a new set);
+        # - the language blocks', by instruction length, and the instruction (the same tensor, unmodified) with
+        #   its device copy (`_instruction`).
         self.kept: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.kept_keys: list[object] | None = None
-        self.keep_image_kv = True  # False: every call computes every slot's keys/values (the tests' reference)
+        self.kept_lang: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.lang_seen: tuple[tuple[object, ...], torch.Tensor, torch.Tensor] | None = None  # (id..., it, device copy)
+        self.keep_kv = True  # False: every call computes every key and value (the tests' reference)
         self.per_image = cfg.img_cond_len // (self.history * len(SLOTS))
         self.coef = dpm_solver_coefficients(self.cfg)
         self.steps = [torch.full((1,), t, dtype=torch.long, device=device) for t, *_ in self.coef]
@@ -108,7 +119,7 @@ class RdtPolicy:
         for _, copy, _ in self.seen.values():
             self.pool.give(copy)
         self.seen.clear()
-        self.kept_keys = None
+        self.kept_keys = self.lang_seen = None
         self.generator.manual_seed(seed)
 
     def act(self, obs: dict[str, Any], instruction_embedding: torch.Tensor) -> np.ndarray:
@@ -123,20 +134,26 @@ class RdtPolicy:
         """One chunk from the state and `img_history_size` frames (oldest first; None or a missing slot: background)."""
         # The host-to-device copies first, while the GPU is idle: from pageable memory they wait for the stream, and
         # after the encode graph was launched they would hold the sample graph's launch until the encoding ended.
-        lang = embedding.to(self.device, self.dtype)
+        identity, seen = self._instruction(embedding)
+        lang = seen if seen is not None else embedding.to(self.device, self.dtype)
         lang = lang[None] if lang.ndim == 2 else lang
         state = torch.from_numpy(self.map.to_unified(qpos[None]))[None].to(self.device, self.dtype)
         noise = torch.randn((1, self.cfg.horizon, self.cfg.action_dim), generator=self.generator, device=self.device)
         frames = [(f or {}).get(slot) for f in history for slot in SLOTS]
         keys, tokens = self._frame_tokens(frames)
         slots = self._changed(keys)
-        fn = self._sample if slots is None else functools.partial(self._sample_slots, slots)
+        fresh = seen is None
+        fn = functools.partial(self._sample, slots, fresh)
         img = torch.cat(tokens if slots is None else [tokens[s] for s in slots] or [tokens[0][:, :0]])
         inputs = {"img": img.reshape(1, -1, self.tower.hidden_size), "lang": lang, "state": state, "noise": noise}
         self.kept_keys = None  # until this call's keys/values are written
-        run = self._graph(self.graphs, (lang.shape[1], slots), fn, inputs) if self.use_graphs else None
+        if fresh:
+            self.lang_seen = None
+        run = self._graph(self.graphs, (lang.shape[1], slots, fresh), fn, inputs) if self.use_graphs else None
         out = run(inputs) if run is not None else fn(**inputs)
         self.kept_keys = None if slots is None else keys
+        if fresh and self.keep_kv and identity is not None:
+            self.lang_seen = (identity, embedding, lang)
         return self.map.from_unified(out[0].float().cpu().numpy())
 
     def _changed(self, keys: list[object]) -> tuple[int, ...] | None:
@@ -145,9 +162,23 @@ class RdtPolicy:
         is an absent camera's background (three cameras with new frames: nothing would ever be kept)."""
         old = self.kept_keys
         changed = tuple(s for s, k in enumerate(keys) if old is None or old[s] != k)
-        if not self.keep_image_kv or (len(changed) == len(keys) and "background" not in keys):
+        if not self.keep_kv or (len(changed) == len(keys) and "background" not in keys):
             return None
         return changed
+
+    def _instruction(self, embedding: torch.Tensor) -> tuple[tuple[object, ...] | None, torch.Tensor | None]:
+        """(what identifies the instruction embedding, its device copy if its keys/values are kept, else None).
+        Kept while it is the same tensor, unmodified (its version counter), the same shape and dtype; a tensor made
+        in inference mode has no version counter and is never kept."""
+        try:
+            identity: tuple[object, ...] | None = (id(embedding), embedding._version, tuple(embedding.shape),
+                                                   embedding.dtype, str(embedding.device))
+        except RuntimeError:
+            identity = None
+        seen = self.lang_seen
+        if identity is None or seen is None or seen[0] != identity or seen[1] is not embedding:
+            return identity, None
+        return identity, seen[2]
 
     def _frame_tokens(self, frames: list[np.ndarray | None]) -> tuple[list[object], list[torch.Tensor]]:
         """SigLIP tokens of each frame, cached: a frame stays in the history for img_history_size calls and the
@@ -215,7 +246,7 @@ class RdtPolicy:
                 log.warning("inference: " + compile_failed(exc, "capturing without it"))
                 self.compiled = False
                 self.denoise = self.model.model
-                self.condition = self.model.model.condition_kv
+                self.lang_kv, self.image_kv = self.model.model.lang_kv, self.model.model.image_kv
                 graph = Graphed(fn, example)
             table[key] = graph
         return graph
@@ -239,25 +270,34 @@ class RdtPolicy:
     def _tokens(self, frames: torch.Tensor) -> torch.Tensor:
         return self.tower.encode(self.tower.prep.pixels_batch(frames)).to(self.dtype)
 
-    def _sample(self, img: torch.Tensor, lang: torch.Tensor, state: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        lang_mask = torch.ones(lang.shape[:2], dtype=torch.bool, device=self.device)
-        return sample_chunk(self.model, self.coef, lang, lang_mask, img, state, self.action_mask, self.freq, noise,
-                            self.steps, self.denoise, self.condition)
-
-    def _sample_slots(self, slots: tuple[int, ...], img: torch.Tensor, lang: torch.Tensor, state: torch.Tensor,
-                      noise: torch.Tensor) -> torch.Tensor:
-        """_sample with `img` the tokens of the changed `slots` only: their image keys/values are computed into
-        `kept`, the other slots' are read from there."""
-        kept = self._kept()
-        per = self.per_image
+    def _sample(self, slots: tuple[int, ...] | None, fresh: bool, img: torch.Tensor, lang: torch.Tensor,
+                state: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """One chunk. `img`: every slot's tokens (slots None: their keys/values computed, not kept), or the changed
+        `slots`' only (theirs computed into `kept`, the others read from there). `fresh`: the language
+        keys/values computed (and kept); else read from `kept_lang`."""
+        kept = self._kept() if slots is not None else None
+        per, length = self.per_image, lang.shape[1]
 
         def condition(lang_c: torch.Tensor, img_c: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-            out: list[tuple[torch.Tensor, torch.Tensor]] = self.condition_slots(lang_c, img_c, slots, per, kept)
-            return out
+            lang_kv = self._keep_lang(self.lang_kv(lang_c)) if fresh else self.kept_lang[length]
+            img_kv = (self.image_kv(img_c) if kept is None or slots is None
+                      else self.model.model.image_kv_slots(img_c, slots, per, kept))
+            return interleave(lang_kv, img_kv)
 
         lang_mask = torch.ones(lang.shape[:2], dtype=torch.bool, device=self.device)
         return sample_chunk(self.model, self.coef, lang, lang_mask, img, state, self.action_mask, self.freq, noise,
                             self.steps, self.denoise, condition)
+
+    def _keep_lang(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Copy the language blocks' keys/values into the kept ones of their length (allocated at first use)."""
+        length = kv[0][0].shape[2]
+        kept = self.kept_lang.get(length)
+        if kept is None:
+            kept = self.kept_lang[length] = [(torch.empty_like(k), torch.empty_like(v)) for k, v in kv]
+        for (dst_k, dst_v), (k, v) in zip(kept, kv, strict=True):
+            dst_k.copy_(k)
+            dst_v.copy_(v)
+        return kept
 
     def _kept(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if self.kept is None:

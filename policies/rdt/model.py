@@ -225,28 +225,31 @@ class Rdt(nn.Module):
 
     def condition_kv(self, lang: torch.Tensor, img: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every block's cross-attention keys/values (language for even blocks, images for odd ones)."""
-        conds = (lang + self.lang_cond_pos_embed[:, : lang.shape[1]], img + self.img_cond_pos_embed)
-        return [cast(RdtBlock, b).cross_attn.keys_values(conds[i % 2]) for i, b in enumerate(self.blocks)]
+        return interleave(self.lang_kv(lang), self.image_kv(img))
 
-    def condition_kv_slots(self, lang: torch.Tensor, img: torch.Tensor, slots: tuple[int, ...], per_image: int,
-                           images: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """condition_kv for a policy that keeps the image blocks' keys/values across calls: `img` holds the adapted
+    def lang_kv(self, lang: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The language blocks' (even) keys/values of adapted language tokens."""
+        cond = lang + self.lang_cond_pos_embed[:, : lang.shape[1]]
+        return [cast(RdtBlock, b).cross_attn.keys_values(cond) for b in list(self.blocks)[0::2]]
+
+    def image_kv(self, img: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The image blocks' (odd) keys/values of adapted image tokens."""
+        cond = img + self.img_cond_pos_embed
+        return [cast(RdtBlock, b).cross_attn.keys_values(cond) for b in list(self.blocks)[1::2]]
+
+    def image_kv_slots(self, img: torch.Tensor, slots: tuple[int, ...], per_image: int,
+                       images: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """image_kv for a policy that keeps the image blocks' keys/values across calls: `img` holds the adapted
         tokens of the image `slots` (each `per_image` tokens, in slot order) whose images changed; their keys and
         values are written into `images` ((B, L, H, D) keys and values of each image block, kept by the caller),
-        the other slots' are kept. Returns every block's keys/values, the image blocks' as views of `images`."""
+        the other slots' are kept. Returns the image blocks' keys/values as views of `images`."""
         pos = self.img_cond_pos_embed[0]
         runs = _runs(slots)
         cond = img + torch.cat([pos[a * per_image:b * per_image] for a, b in runs])[None] if runs else None
         out: list[tuple[torch.Tensor, torch.Tensor]] = []
-        lang_c = lang + self.lang_cond_pos_embed[:, : lang.shape[1]]
-        for i, block in enumerate(self.blocks):
-            attn = cast(RdtBlock, block).cross_attn
-            if i % 2 == 0:
-                out.append(attn.keys_values(lang_c))
-                continue
-            kept_k, kept_v = images[i // 2]
+        for block, (kept_k, kept_v) in zip(list(self.blocks)[1::2], images, strict=True):
             if cond is not None:
-                self._keep(attn.keys_values(cond), runs, per_image, kept_k, kept_v)
+                self._keep(cast(RdtBlock, block).cross_attn.keys_values(cond), runs, per_image, kept_k, kept_v)
             out.append((kept_k.transpose(1, 2), kept_v.transpose(1, 2)))
         return out
 
@@ -276,6 +279,12 @@ class Rdt(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, kv[i], masks[i % 2])
         return self.final_layer(x)[:, -self.horizon:]
+
+
+def interleave(lang: list[tuple[torch.Tensor, torch.Tensor]], img: list[tuple[torch.Tensor, torch.Tensor]]
+               ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every block's keys/values from the language blocks' (even) and the image blocks' (odd)."""
+    return [kv for pair in zip(lang, img, strict=False) for kv in pair] + lang[len(img):] + img[len(lang):]
 
 
 def _runs(slots: tuple[int, ...]) -> list[tuple[int, int]]:

@@ -343,7 +343,7 @@ def _two_policies(tmp_path: Path) -> tuple[Any, Any, int]:
     torch.manual_seed(0)
     model = RdtRunner(cfg).eval()
     keeping, plain = (RdtPolicy(model, meta, torch.device("cpu"), torch.float32, siglip) for _ in range(2))
-    plain.keep_image_kv = False
+    plain.keep_kv = False
     return keeping, plain, cfg.lang_token_dim
 
 
@@ -380,6 +380,33 @@ def test_kept_image_keys_values_give_the_chunks_of_computing_every_slot(tmp_path
     assert plans[4] == (0, 3, 5)  # the second camera's slot too
     assert plans[6] == (0, 2, 3)  # the refilled array is a new frame; the second camera's slot is background again
     assert len(keeping.token_cache) and keeping.kept is not None
+
+
+def test_the_instructions_keys_values_are_kept_while_it_is_the_same_unmodified_tensor(tmp_path: Path) -> None:
+    keeping, plain, lang = _two_policies(tmp_path)
+    computed: list[int] = []
+    lang_kv = keeping.lang_kv
+    keeping.lang_kv = lambda c: (computed.append(c.shape[1]), lang_kv(c))[1]
+    rng = np.random.default_rng(2)
+    emb = torch.randn(4, lang)
+    other = torch.randn(6, lang)
+    calls = [emb, emb, emb.clone(), other, other, emb, "modified", emb]
+    for i, instruction in enumerate(calls):
+        if isinstance(instruction, str):
+            emb.mul_(2)  # the same tensor, changed in place: its version counter moves
+            instruction = emb
+        images = {"cam_high": rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)}
+        ours = keeping.act({"qpos": np.zeros(8), "images": images}, instruction)
+        ref = plain.act({"qpos": np.zeros(8), "images": images}, instruction)
+        np.testing.assert_allclose(ours, ref, atol=1e-4, err_msg=f"call {i}")
+    # computed at the first call, for the clone, for the other instruction, back to the first, after the change
+    assert computed == [4, 4, 6, 4, 4]
+    with torch.inference_mode():
+        frozen = torch.randn(4, lang)  # no version counter: never kept
+    for _ in range(2):
+        keeping.act({"qpos": np.zeros(8), "images": {"cam_high": rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)}},
+                    frozen)
+    assert computed[-2:] == [4, 4] and keeping.lang_seen is None
 
 
 def test_three_cameras_with_new_frames_keep_nothing(tmp_path: Path) -> None:
@@ -421,8 +448,10 @@ def test_graphed_act_with_split_image_keys_gives_the_chunk_of_one_attention(tmp_
         if parts >= 0:
             split_image_keys(model.model, parts, decode_parts)
         chunks.append([policy.act({"qpos": np.zeros(8), "images": {"cam_high": f}}, emb) for f in frames])
-        # captured and replayed: the first call's (every slot's keys/values computed) and the later calls' (two)
-        assert sorted(slots for _, slots in policy.graphs) == [(0, 1, 2, 3, 4, 5), (0, 3)]
+        # captured and replayed: the first call's (every key and value computed) and the later calls' (two image
+        # slots; the instruction's kept)
+        assert sorted((slots, fresh) for _, slots, fresh in policy.graphs) == [((0, 1, 2, 3, 4, 5), True),
+                                                                                ((0, 3), False)]
     for one_chunk in range(len(frames)):
         one = chunks[2][one_chunk]
         for other in (chunks[0][one_chunk], chunks[1][one_chunk]):
