@@ -203,8 +203,9 @@ def inference(siglip: Path, calls: int, dtype: torch.dtype, graphs: bool = True,
             "ctrl_freq": 25}
     policy = RdtPolicy(model, meta, dev, dtype, siglip, compile=graphs and os.environ.get("RDT_COMPILE") == "1")
     policy.use_graphs = graphs
-    if not graphs:  # the eager row as the policy ran before key splitting: its extra kernels cost launches there
+    if not graphs:  # the eager row as the policy ran before key splitting and keeping keys/values across calls
         split_image_keys(model.model, 0)
+        policy.keep_kv = False
     rng = np.random.default_rng(0)
     slots = ("cam_high", "cam_right_wrist", "cam_left_wrist")[:cameras]
     # New frames from every camera at every call (as on a robot): only the previous frames are cached.
