@@ -104,7 +104,8 @@ class RdtPolicy:
         self.generator = torch.Generator(device).manual_seed(0)
         self.action_mask = torch.from_numpy(self.map.indicator())[None, None].to(device, dtype)
         self.freq = torch.full((1,), self.ctrl_freq, device=device, dtype=dtype)
-        self.graphs: dict[tuple[int, tuple[int, ...] | None], Graphed] = {}  # by instruction length, changed slots
+        # by instruction length, changed image slots (None: all, none kept), whether the instruction is new
+        self.graphs: dict[tuple[int, tuple[int, ...] | None, bool], Graphed] = {}
         self.encoders: dict[tuple[int, tuple[int, ...]], Graphed] = {}  # by the new frames' count and size
         self.token_cache: dict[object, torch.Tensor] = {}
         self.seen: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}  # id -> (frame, its content, key)
@@ -280,7 +281,7 @@ class RdtPolicy:
 
         def condition(lang_c: torch.Tensor, img_c: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
             lang_kv = self._keep_lang(self.lang_kv(lang_c)) if fresh else self.kept_lang[length]
-            img_kv = (self.image_kv(img_c) if kept is None or slots is None
+            img_kv = (self.image_kv(img_c) if slots is None or kept is None
                       else self.model.model.image_kv_slots(img_c, slots, per, kept))
             return interleave(lang_kv, img_kv)
 
