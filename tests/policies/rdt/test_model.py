@@ -409,6 +409,32 @@ def test_the_instructions_keys_values_are_kept_while_it_is_the_same_unmodified_t
     assert computed[-2:] == [4, 4] and keeping.lang_seen is None
 
 
+def test_keeping_keys_values_through_a_random_run_gives_the_chunks_of_computing_all(tmp_path: Path) -> None:
+    """40 calls drawn at random: cameras present or not, new or repeated frames, an array refilled, the instruction
+    swapped or changed in place, resets; every chunk is the one a policy computing everything gives."""
+    keeping, plain, lang = _two_policies(tmp_path)
+    rng = np.random.default_rng(7)
+    cams = ("cam_high", "cam_right_wrist", "cam_left_wrist")
+    pool = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(5)]
+    instructions = [torch.randn(4, lang), torch.randn(5, lang)]
+    for i in range(40):
+        if rng.random() < 0.1:
+            keeping.reset()
+            plain.reset()
+        if rng.random() < 0.1:
+            instructions[0].add_(0.5)
+        if rng.random() < 0.15:
+            pool[int(rng.integers(5))][:] = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)  # refilled in place
+        images = {c: (pool[int(rng.integers(5))] if rng.random() < 0.5
+                      else rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+                  for c in cams if rng.random() < 0.6}
+        instruction = instructions[int(rng.random() < 0.2)]
+        qpos = rng.normal(size=8)
+        ours = keeping.act({"qpos": qpos, "images": images}, instruction)
+        ref = plain.act({"qpos": qpos, "images": images}, instruction)
+        np.testing.assert_allclose(ours, ref, atol=1e-4, err_msg=f"call {i}")
+
+
 def test_three_cameras_with_new_frames_keep_nothing(tmp_path: Path) -> None:
     keeping, _, lang = _two_policies(tmp_path)
     rng = np.random.default_rng(1)
