@@ -6,6 +6,7 @@ so lazy initialisation (cuBLAS handles, torch.compile's compilation and autotuni
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sysconfig
@@ -48,6 +49,13 @@ def compile_unavailable() -> str | None:
     if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
         return "no Python headers (install python3-dev)"
     return None
+
+
+@functools.cache
+def kernels_unavailable() -> str | None:
+    """compile_unavailable, asked once a process: for our own Triton kernels (add_norm, decode_attention), which
+    ask at every call that might launch one."""
+    return compile_unavailable()
 
 
 def compile_failed(exc: BaseException, instead: str) -> str:

@@ -15,11 +15,11 @@ non-contiguous inputs.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from policies.cuda_graph import kernels_unavailable
 
 MAX_COLS = 8192
 
@@ -51,20 +51,12 @@ if triton is not None:
         tl.store(y_ptr + offsets, (centred * rstd * w + b).to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@functools.cache
-def unavailable() -> str | None:
-    """Why Triton cannot build the kernel here (policies.cuda_graph.compile_unavailable, asked once), or None."""
-    from policies.cuda_graph import compile_unavailable
-
-    return compile_unavailable()
-
-
 def fusable(x: torch.Tensor, h: torch.Tensor, norm: nn.LayerNorm) -> bool:
     """Whether add_layer_norm(x, h, norm) runs the one kernel (not the eager pair)."""
     return (triton is not None and x.is_cuda and x.shape == h.shape and x.dtype == h.dtype
             and x.is_contiguous() and h.is_contiguous() and norm.elementwise_affine and norm.bias is not None
             and len(norm.normalized_shape) == 1 and x.shape[-1] == norm.normalized_shape[0] <= MAX_COLS
-            and not torch.compiler.is_compiling() and unavailable() is None
+            and not torch.compiler.is_compiling() and kernels_unavailable() is None
             and not (torch.is_grad_enabled() and (x.requires_grad or h.requires_grad or norm.weight.requires_grad)))
 
 

@@ -21,10 +21,11 @@ kernels also run on fp32 CPU tensors (Triton 3.6's interpreter multiplies bf16 o
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
+
+from policies.cuda_graph import kernels_unavailable
 
 MAX_HEAD = 256
 TILE = (64, 4, 3)  # keys a step, warps, pipeline stages: the best of 21 measured (docs/rdt.md, sixteenth session)
@@ -101,21 +102,11 @@ if triton is not None:
                  mask=row_ok[:, None] & (dims[None, :] < D))
 
 
-@functools.cache
-def unavailable() -> str | None:
-    """Why Triton cannot build the kernels here (policies.cuda_graph.compile_unavailable, asked once), or None."""
-    if triton is None:
-        return "triton is not installed"
-    from policies.cuda_graph import compile_unavailable
-
-    return compile_unavailable()
-
-
 def supported(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
     """Whether decode_attention runs here: a CUDA device, bf16 or fp16, a head size up to MAX_HEAD, and Triton
     able to build its kernels (else callers keep their fallback). It has no backward: inference only."""
     return (device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) and head_dim <= MAX_HEAD
-            and unavailable() is None)
+            and kernels_unavailable() is None)
 
 
 def splits_for(device: torch.device, batch: int, heads: int, queries: int) -> int:

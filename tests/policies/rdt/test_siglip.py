@@ -89,20 +89,19 @@ def test_add_layer_norm_is_the_eager_pair_off_the_gpu() -> None:
 
 @pytest.fixture
 def no_c_compiler(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A machine where Triton could not build its launcher: no C compiler on PATH (add_norm asks once: reset)."""
+    """A machine where Triton could not build its launcher: no C compiler on PATH (asked once a process: reset)."""
     from policies import cuda_graph
-    from policies.rdt import add_norm
 
     monkeypatch.setattr(cuda_graph.shutil, "which", lambda name: None)
-    add_norm.unavailable.cache_clear()
+    cuda_graph.kernels_unavailable.cache_clear()
     yield
-    add_norm.unavailable.cache_clear()
+    cuda_graph.kernels_unavailable.cache_clear()
 
 
 def test_no_c_compiler_is_a_reason_not_to_build_the_kernel(no_c_compiler: None) -> None:
-    from policies.rdt.add_norm import unavailable
+    from policies.cuda_graph import kernels_unavailable
 
-    reason = unavailable()
+    reason = kernels_unavailable()
     assert reason is not None and ("C compiler" in reason or "triton" in reason)
 
 
