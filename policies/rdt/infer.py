@@ -135,15 +135,15 @@ class RdtPolicy:
         """One chunk from the state and `img_history_size` frames (oldest first; None or a missing slot: background)."""
         # The host-to-device copies first, while the GPU is idle: from pageable memory they wait for the stream, and
         # after the encode graph was launched they would hold the sample graph's launch until the encoding ended.
-        identity, seen = self._instruction(embedding)
-        lang = seen if seen is not None else embedding.to(self.device, self.dtype)
+        identity, kept_lang = self._instruction(embedding)
+        lang = kept_lang if kept_lang is not None else embedding.to(self.device, self.dtype)
         lang = lang[None] if lang.ndim == 2 else lang
         state = torch.from_numpy(self.map.to_unified(qpos[None]))[None].to(self.device, self.dtype)
         noise = torch.randn((1, self.cfg.horizon, self.cfg.action_dim), generator=self.generator, device=self.device)
         frames = [(f or {}).get(slot) for f in history for slot in SLOTS]
         keys, tokens = self._frame_tokens(frames)
         slots = self._changed(keys)
-        fresh = seen is None
+        fresh = kept_lang is None
         fn = functools.partial(self._sample, slots, fresh)
         img = torch.cat(tokens if slots is None else [tokens[s] for s in slots] or [tokens[0][:, :0]])
         inputs = {"img": img.reshape(1, -1, self.tower.hidden_size), "lang": lang, "state": state, "noise": noise}
@@ -276,13 +276,12 @@ class RdtPolicy:
         """One chunk. `img`: every slot's tokens (slots None: their keys/values computed, not kept), or the changed
         `slots`' only (theirs computed into `kept`, the others read from there). `fresh`: the language
         keys/values computed (and kept); else read from `kept_lang`."""
-        kept = self._kept() if slots is not None else None
-        per, length = self.per_image, lang.shape[1]
+        length = lang.shape[1]
 
         def condition(lang_c: torch.Tensor, img_c: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
             lang_kv = self._keep_lang(self.lang_kv(lang_c)) if fresh else self.kept_lang[length]
-            img_kv = (self.image_kv(img_c) if slots is None or kept is None
-                      else self.model.model.image_kv_slots(img_c, slots, per, kept))
+            img_kv = (self.image_kv(img_c) if slots is None
+                      else self.model.model.image_kv_slots(img_c, slots, self.per_image, self._kept()))
             return interleave(lang_kv, img_kv)
 
         lang_mask = torch.ones(lang.shape[:2], dtype=torch.bool, device=self.device)
