@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 from collections.abc import Callable
 
 import torch
+from rdt import cuda_ms  # bench/rdt.py (this folder is on the path when run as a script)
 
 from policies.rdt.model import CrossAttention
 
@@ -31,15 +31,7 @@ def replay_us(body: Callable[[], list[torch.Tensor]], blocks: int) -> tuple[floa
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         outs = body()
-    times = []
-    for _ in range(55):
-        start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))  # type: ignore[no-untyped-call]
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times[5:]) / blocks * 1000, outs
+    return cuda_ms(graph.replay, reps=50, warm=5) / blocks * 1000, outs
 
 
 def main() -> None:
