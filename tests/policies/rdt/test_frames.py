@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from policies.rdt.frames import FramePool, same_bytes
-from policies.rdt.model import RdtConfig, RdtRunner
-from policies.rdt.state_space import FRANKA
+from tests.policies.rdt.test_model import tiny_policies
 
 
 def test_same_bytes_sees_one_changed_byte_in_any_layout() -> None:
@@ -46,18 +43,8 @@ def test_pool_reuses_a_returned_buffer_and_copies_into_it() -> None:
     assert pool.upload([second], torch.device("cpu")) is None  # the caller stages CPU uploads
 
 
-def _policy(tmp_path: Path) -> tuple[Any, int]:
-    from policies.rdt.infer import RdtPolicy
-    from policies.rdt.vision import save_tiny_siglip
-
-    cfg = replace(RdtConfig.tiny(), img_cond_len=6 * 4)  # 3 slots x 2 frames x (28 / 14)^2 patches
-    siglip = save_tiny_siglip(tmp_path / "siglip", hidden=cfg.img_token_dim)
-    meta = {"state_map": {"name": "franka", "indices": list(FRANKA.indices)}, "img_history_size": 2, "ctrl_freq": 25}
-    return RdtPolicy(RdtRunner(cfg).eval(), meta, torch.device("cpu"), torch.float32, siglip), cfg.lang_token_dim
-
-
 def test_a_camera_refilling_one_array_gets_new_tokens_and_the_copies_are_recycled(tmp_path: Path) -> None:
-    policy, lang = _policy(tmp_path)
+    (policy,), lang = tiny_policies(tmp_path, 1)
     encoded: list[int] = []
     encode = policy.tower.encode
 

@@ -333,18 +333,26 @@ def test_policy_encodes_only_new_frames(tmp_path: Path) -> None:
     np.testing.assert_allclose(first, again, atol=1e-5)  # reset: same seed, same history, same chunk
 
 
-def _two_policies(tmp_path: Path) -> tuple[Any, Any, int]:
+def tiny_policies(tmp_path: Path, n: int, device: str = "cpu", dtype: torch.dtype = torch.float32
+                  ) -> tuple[list[Any], int]:
+    """`n` RdtPolicies sharing one tiny seeded model on `device` (3 slots x 2 frames x 4 patches), and its language
+    token width."""
     from policies.rdt.infer import RdtPolicy
     from policies.rdt.vision import save_tiny_siglip
 
-    cfg = replace(RdtConfig.tiny(), img_cond_len=6 * 4)
+    cfg = replace(RdtConfig.tiny(), img_cond_len=6 * 4)  # 3 slots x 2 frames x (28 / 14)^2 patches
     siglip = save_tiny_siglip(tmp_path / "siglip", hidden=cfg.img_token_dim)
     meta = {"state_map": {"name": "franka", "indices": list(FRANKA.indices)}, "img_history_size": 2, "ctrl_freq": 25}
     torch.manual_seed(0)
-    model = RdtRunner(cfg).eval()
-    keeping, plain = (RdtPolicy(model, meta, torch.device("cpu"), torch.float32, siglip) for _ in range(2))
+    model = RdtRunner(cfg).to(device, dtype).eval()
+    return [RdtPolicy(model, meta, torch.device(device), dtype, siglip) for _ in range(n)], cfg.lang_token_dim
+
+
+def _two_policies(tmp_path: Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Any, Any, int]:
+    """A policy keeping keys/values across calls and one computing every one at every call (the reference)."""
+    (keeping, plain), lang = tiny_policies(tmp_path, 2, device, dtype)
     plain.keep_kv = False
-    return keeping, plain, cfg.lang_token_dim
+    return keeping, plain, lang
 
 
 def test_kept_image_keys_values_give_the_chunks_of_computing_every_slot(tmp_path: Path) -> None:
@@ -443,17 +451,8 @@ def test_keeping_keys_values_through_a_random_run_gives_the_chunks_of_computing_
 def test_keeping_keys_values_in_cuda_graphs_through_a_random_run(tmp_path: Path) -> None:
     """The same random run on a GPU, bf16, every call a CUDA graph replay (a graph per set of changed slots and per
     fresh or kept instruction), against a policy computing everything in its graphs."""
-    from policies.rdt.infer import RdtPolicy
-    from policies.rdt.vision import save_tiny_siglip
-
-    cfg = replace(RdtConfig.tiny(), img_cond_len=6 * 4)
-    siglip = save_tiny_siglip(tmp_path / "siglip", hidden=cfg.img_token_dim)
-    meta = {"state_map": {"name": "franka", "indices": list(FRANKA.indices)}, "img_history_size": 2, "ctrl_freq": 25}
-    torch.manual_seed(0)
-    model = RdtRunner(cfg).to("cuda", torch.bfloat16).eval()
-    keeping, plain = (RdtPolicy(model, meta, torch.device("cuda"), torch.bfloat16, siglip) for _ in range(2))
-    plain.keep_kv = False
-    _random_run(keeping, plain, cfg.lang_token_dim, atol=0.05)
+    keeping, plain, lang = _two_policies(tmp_path, "cuda", torch.bfloat16)
+    _random_run(keeping, plain, lang, atol=0.05)
     assert len(keeping.graphs) > 2 and all(slots is None and fresh for _, slots, fresh in plain.graphs)
 
 
