@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from policies import process_group
 from policies.rdt.model import RdtConfig, RdtRunner, schedulers, split_image_keys
 
 SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
@@ -332,7 +333,7 @@ if __name__ == "__main__":
     if int(os.environ.get("RANK", "0")) == 0:
         save_siglip(path)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        torch.distributed.init_process_group("nccl")
+        process_group.join("nccl")
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         torch.distributed.barrier()
     if a.only == "all":

@@ -75,3 +75,8 @@ def main(policy: str | PolicyInfo, steps: Mapping[str, Callable[[StepContext], i
     except StepInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if "torch.distributed" in sys.modules:  # the step may have trained in a process group
+            from policies import process_group
+
+            process_group.leave()

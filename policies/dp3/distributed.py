@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from policies import process_group
+
 
 @dataclass(frozen=True)
 class Ranks:
@@ -30,7 +32,7 @@ def init(device: torch.device) -> tuple[Ranks, torch.device]:
         device = torch.device("cuda", ranks.local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        process_group.join("nccl" if device.type == "cuda" else "gloo")
     return ranks, device
 
 

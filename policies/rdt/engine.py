@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from policies import checkpoint_io
+from policies import checkpoint_io, process_group
 from policies.ema import Ema
 from policies.rdt import zero_convert
 from policies.rdt.config import RdtTrain
@@ -46,6 +46,7 @@ def make_accelerator(o: RdtTrain, fused: bool = False) -> tuple[Any, str, dict[s
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin
 
+    process_group.prepare((process_group.DEEPSPEED_COMM,))  # Accelerator() joins the group
     precision = o.mixed_precision if torch.cuda.is_available() else "no"
     if fused:
         return Accelerator(mixed_precision="no"), precision, None
@@ -122,6 +123,11 @@ class AccelerateEngine:
             raise ResumeError(msg)
         self.acc.load_state(str(folder))
         return None
+
+    def close(self) -> None:
+        """At the end of training: destroy DeepSpeed's engine, whose gradient hooks would keep the model, and with it
+        the process groups its parameters name, alive until the interpreter shuts down (policies/process_group.py)."""
+        self.acc.free_memory()
 
 
 class FusedEngine:
@@ -227,6 +233,9 @@ class FusedEngine:
         # The fp32 masters define the bf16 weights (MODEL_FILE is their rounding, kept for readers of weights).
         self.master.load_state_dict(state)
         return note
+
+    def close(self) -> None:
+        """At the end of training: nothing outlives this engine (its DDP module goes with it)."""
 
     def _from_zero(self, folder: Path) -> tuple[dict[str, Any], str]:
         """DeepSpeed's per-process ZeRO state as the fused engine's: converted once by process 0 into a folder

@@ -272,6 +272,7 @@ class _Loop:
         finally:
             stop_workers(batches)  # the loader never runs dry (its sampler is endless)
             self.metrics.close()
+            self.engine.close()
             acc.end_training()
         self.result.global_step = global_step
         return self.result

@@ -8,12 +8,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from policies import process_group
 from policies.dp3.config import Dp3Train
 from policies.dp3.model import DP3, Dp3Config
 from policies.dp3.optim_step import flatten_into_one
 from policies.dp3.sharded import ShardedAdamW
 from policies.ema import Ema
 from policies.training import lr_scheduler
+from tests.policies.process_groups import then_leave
 
 TINY = Dp3Config(state_dim=8, action_dim=8, num_points=32, down_dims=(16, 32, 64))
 CLIP = 0.05  # small enough that every step clips
@@ -40,7 +42,7 @@ def _learned(model: torch.nn.Module, like: DP3) -> list[torch.nn.Parameter]:
 
 
 def _worker(rank: int, world: int, store: str, backend: str, low: bool) -> None:
-    dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world)
+    process_group.join(backend, init_method=f"file://{store}", rank=rank, world_size=world)
     dev = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
@@ -107,7 +109,6 @@ def _worker(rank: int, world: int, store: str, backend: str, low: bool) -> None:
         assert torch.equal(again.inner.state[again.shard][k], sharded.inner.state[sharded.shard][k])
     sharded.drop_exported()  # once saved, the gathered copy goes; the shards stay
     assert not opt_sh.state and sharded.inner.state[sharded.shard]
-    dist.destroy_process_group()
 
 
 two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
@@ -117,14 +118,14 @@ two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPU
 @pytest.mark.parametrize("backend", ["gloo", pytest.param("nccl", marks=[pytest.mark.gpu, two_gpus])])
 def test_sharded_adamw_matches_ddp_clipping_adamw_and_ema(tmp_path: Path, backend: str, low: bool) -> None:
     """bf16: gradients summed in bf16 (steps.train.grad_reduce) against DDP's all-reduce of bf16 gradients."""
-    mp.spawn(_worker, args=(2, str(tmp_path / "store"), backend, low), nprocs=2, join=True)
+    mp.spawn(then_leave, args=(_worker, 2, str(tmp_path / "store"), backend, low), nprocs=2, join=True)
 
 
 def _resume_worker(rank: int, world: int, store: str, start: str, out: str, first: int, steps: int) -> None:
     """ZeRO-1 over `world` gloo processes from the checkpoint `start` ("" : fresh) for `steps` steps of one global
     8-row batch a step, split across the processes; rank 0 saves what DP3's trainer saves (per-parameter AdamW
     state, the weights, the EMA) to `out` and the global losses beside it."""
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    process_group.join("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     model = _tiny_model()
     ema, opt = Ema(model, copy_module=True), _adamw(model)
     if start:
@@ -157,12 +158,11 @@ def _resume_worker(rank: int, world: int, store: str, start: str, out: str, firs
         torch.save({"model": model.state_dict(), "ema": ema.model.state_dict(), "ema_steps": ema.steps,
                     "optimizer": opt.state_dict(), "losses": losses}, out)
     dist.barrier()
-    dist.destroy_process_group()
 
 
 def _spawn_resume(tmp_path: Path, world: int, start: str, out: str, first: int, steps: int) -> dict:
     store = tmp_path / f"store-{world}-{first}-{Path(out).stem}"
-    mp.spawn(_resume_worker, args=(world, str(store), start, out, first, steps), nprocs=world, join=True)
+    mp.spawn(then_leave, args=(_resume_worker, world, str(store), start, out, first, steps), nprocs=world, join=True)
     return torch.load(out, weights_only=False)
 
 
@@ -195,7 +195,7 @@ def test_zero1_checkpoints_resume_across_process_counts_with_the_same_losses(tmp
 def _gather_worker(rank: int, world: int, store: str, out: str, low_gather: bool, backend: str) -> None:
     """4 ZeRO-1 steps under bf16 autocast (as GPUs train), the weights gathered in bf16 or fp32; rank 0 saves the
     losses, the weights as every rank holds them before and after gather_weights, and the EMA."""
-    dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world)
+    process_group.join(backend, init_method=f"file://{store}", rank=rank, world_size=world)
     dev = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
@@ -231,7 +231,6 @@ def _gather_worker(rank: int, world: int, store: str, out: str, low_gather: bool
         torch.save({"losses": torch.stack(all_losses).cpu(), "held": [h.cpu() for h in everyone],
                     "weights": flat.cpu(), "ema": flat_ema.cpu(),
                     "shards": [(r * size, (r + 1) * size) for r in range(world)]}, out)
-    dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("backend", ["gloo", pytest.param("nccl", marks=[pytest.mark.gpu, two_gpus])])
@@ -242,7 +241,7 @@ def test_weights_gathered_in_bf16_train_exactly_as_fp32_under_autocast(tmp_path:
     runs = {}
     for low in (False, True):
         out = tmp_path / f"{'bf16' if low else 'fp32'}.pt"
-        mp.spawn(_gather_worker, args=(2, str(tmp_path / f"store-{low}"), str(out), low, backend), nprocs=2,
+        mp.spawn(then_leave, args=(_gather_worker, 2, str(tmp_path / f"store-{low}"), str(out), low, backend), nprocs=2,
                  join=True)
         runs[low] = torch.load(out, weights_only=False)
     exact, low = runs[False], runs[True]

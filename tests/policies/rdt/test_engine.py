@@ -27,6 +27,7 @@ from policies.rdt.engine import (
 from policies.rdt.launch import fits_fused, free_port, fused_applies, fused_memory
 from policies.rdt.model import RdtConfig, RdtRunner, schedulers
 from policies.rdt.train import _loss
+from tests.policies.process_groups import then_leave
 
 CFG = RdtConfig(hidden_size=64, depth=2, num_heads=4, horizon=8, lang_token_dim=32, img_token_dim=16,
                 max_lang_cond_len=16, img_cond_len=2 * 4)
@@ -166,12 +167,13 @@ def _zero_rank(rank: int, world: int, port: int, out: str) -> None:
     rest = run(engine, data[3:], torch.float32, start=3)
     torch.save({"losses": first + rest, "at3": at3, "lr": engine.optimizer.param_groups[0]["lr"], "exp_avg": avg,
                 "exp_avg_sq": avg_sq}, Path(out) / "zero.pt")
+    engine.close()  # as the training loop ends
 
 
 def test_a_deepspeed_zero_checkpoint_resumes_in_the_fused_engine(tmp_path: Path) -> None:
     """DeepSpeed's own converter reads its shards; the masters are its fp32 weights exactly, AdamW goes on from
     its moments (the next losses follow DeepSpeed's own within bf16 tolerance)."""
-    mp.spawn(_zero_rank, args=(1, free_port(), str(tmp_path)), nprocs=1, join=True)
+    mp.spawn(then_leave, args=(_zero_rank, 1, free_port(), str(tmp_path)), nprocs=1, join=True)
     zero = torch.load(tmp_path / "zero.pt", weights_only=True)
     folder = tmp_path / "checkpoint-3"
     assert list((folder / "pytorch_model").glob("zero_pp_rank_0_mp_rank_00_optim_states.pt"))
@@ -199,11 +201,10 @@ def _disagreeing_rank(rank: int, world: int, port: int, out: str) -> None:
         check_same_engine(acc, rank == 0)  # a machine whose GPUs are too small for the fused engine
     except ValueError as e:
         Path(out, f"rank{rank}.txt").write_text(str(e))
-    torch.distributed.destroy_process_group()
 
 
 def test_processes_that_picked_different_engines_all_stop_naming_the_ranks(tmp_path: Path) -> None:
-    mp.spawn(_disagreeing_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(then_leave, args=(_disagreeing_rank, 2, free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):
         said = (tmp_path / f"rank{rank}.txt").read_text()
         assert "fused on ranks [0], accelerate + DeepSpeed on ranks [1]" in said and "steps.train.engine" in said
@@ -233,7 +234,6 @@ def _fused_rank(rank: int, world: int, port: int, out: str, backend: str, compil
     weights = [p.detach().float().cpu() for p in engine.model.parameters()]
     Path(out).mkdir(parents=True, exist_ok=True)
     torch.save({"losses": first + rest, "at3": at3, "end": cpu, "weights": weights}, Path(out) / f"rank{rank}.pt")
-    torch.distributed.destroy_process_group()
 
 
 def _dist(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> float:
@@ -258,7 +258,7 @@ two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPU
 def test_fused_engine_on_two_processes_averages_like_one_accumulating_both_halves(tmp_path: Path,
                                                                                    backend: str) -> None:
     """nccl: two GPUs, against one process on the first GPU."""
-    mp.spawn(_fused_rank, args=(2, free_port(), str(tmp_path), backend), nprocs=2, join=True)
+    mp.spawn(then_leave, args=(_fused_rank, 2, free_port(), str(tmp_path), backend), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert all(torch.equal(a, b) for a, b in zip(r0["end"], r1["end"], strict=True))  # replicas stay identical
     data = batches(6)
@@ -279,7 +279,7 @@ def test_compiled_fused_engine_on_two_processes_trains_as_the_uncompiled_one(tmp
     """torch.compile over DDP as one graph (optimize_ddp off): the replicas agree and the losses are the uncompiled
     engine's (gloo, CPU inductor)."""
     for compiled in (False, True):
-        mp.spawn(_fused_rank, args=(2, free_port(), str(tmp_path / str(compiled)), "gloo", compiled), nprocs=2,
+        mp.spawn(then_leave, args=(_fused_rank, 2, free_port(), str(tmp_path / str(compiled)), "gloo", compiled), nprocs=2,
                  join=True)
     plain, comp = (torch.load(tmp_path / str(c) / "rank1.pt", weights_only=True) for c in (False, True))
     r0 = torch.load(tmp_path / "True" / "rank0.pt", weights_only=True)
@@ -296,7 +296,7 @@ def test_sharded_fused_engine_trains_as_ddp_and_writes_the_unsharded_checkpoint(
     cross both ways: the sharded one resumes unsharded in one process (nccl: on the first GPU), DDP's resumes
     sharded."""
     for shard in (False, True):
-        mp.spawn(_fused_rank, args=(2, free_port(), str(tmp_path / str(shard)), backend, False, shard), nprocs=2,
+        mp.spawn(then_leave, args=(_fused_rank, 2, free_port(), str(tmp_path / str(shard)), backend, False, shard), nprocs=2,
                  join=True)
     ddp, sharded = _ddp_and_sharded(tmp_path)
 
@@ -321,7 +321,7 @@ def test_sharded_fused_engine_trains_as_ddp_and_writes_the_unsharded_checkpoint(
     both = [[a, b] for a, b in zip(_halves(data, 0), _halves(data, 1), strict=True)]
     assert _step_all(one, both[3:]) == pytest.approx(sharded["losses"][3:], rel=2e-2)
     # DDP's checkpoint resumed by two sharded processes: the same next losses
-    mp.spawn(_fused_rank, args=(2, free_port(), str(tmp_path / "resumed"), backend, False, True,
+    mp.spawn(then_leave, args=(_fused_rank, 2, free_port(), str(tmp_path / "resumed"), backend, False, True,
                                 str(tmp_path / "False")), nprocs=2, join=True)
     resumed = torch.load(tmp_path / "resumed" / "rank1.pt", weights_only=True)
     assert resumed["losses"] == pytest.approx(ddp["losses"][3:], rel=2e-2)
@@ -339,14 +339,13 @@ def _accumulating_rank(rank: int, world: int, port: int, out: str, shard: bool) 
     Path(out).mkdir(parents=True, exist_ok=True)
     torch.save({"losses": losses, "start": start, "end": [m.detach().cpu() for m in engine.master.master],
                 "weights": [p.detach().float().cpu() for p in engine.model.parameters()]}, Path(out) / f"rank{rank}.pt")
-    torch.distributed.destroy_process_group()
 
 
 def test_sharded_engine_accumulating_micro_batches_trains_as_ddp_does(tmp_path: Path) -> None:
     """shard_optimizer with gradient_accumulation_steps 2: gradients accumulate locally over the micro-batches and
     are reduce-scattered once a step, as DDP (no_sync, then one all-reduce) does."""
     for shard in (False, True):
-        mp.spawn(_accumulating_rank, args=(2, free_port(), str(tmp_path / str(shard)), shard), nprocs=2, join=True)
+        mp.spawn(then_leave, args=(_accumulating_rank, 2, free_port(), str(tmp_path / str(shard)), shard), nprocs=2, join=True)
     ddp, sharded = _ddp_and_sharded(tmp_path)
 
     moved = _dist(ddp["end"], ddp["start"])
@@ -372,7 +371,6 @@ def _counts_rank(rank: int, world: int, port: int, out: str, start: str | None) 
         _step_all(engine, parts[:2])
         Path(out).mkdir(parents=True, exist_ok=True)
         torch.save([p.detach().float().cpu() for p in engine.model.parameters()], Path(out) / f"rank{rank}.pt")
-    torch.distributed.destroy_process_group()
 
 
 @pytest.mark.slow
@@ -382,8 +380,8 @@ def test_a_sharded_checkpoint_moves_between_four_and_two_processes_unchanged(tmp
     process then trains on with the same weights."""
     runs = [(4, None, "four"), (2, "four", "two"), (4, "two", "four_again")]
     for world, start, out in runs:
-        mp.spawn(_counts_rank, args=(world, free_port(), str(tmp_path / out), str(tmp_path / start) if start else None),
-                 nprocs=world, join=True)
+        mp.spawn(then_leave, args=(_counts_rank, world, free_port(), str(tmp_path / out),
+                                   str(tmp_path / start) if start else None), nprocs=world, join=True)
 
     def state(name: str) -> tuple[Any, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         from safetensors.torch import load_file
