@@ -22,6 +22,7 @@ import gc
 import importlib
 import importlib.util
 import sys
+import time
 from collections.abc import Iterable
 
 import torch.distributed as dist
@@ -53,6 +54,9 @@ def leave() -> None:
     deepspeed_groups = sys.modules.get("deepspeed.utils.groups")
     if getattr(deepspeed_groups, "_WORLD_GROUP", None) is not None:
         deepspeed_groups._WORLD_GROUP = None  # type: ignore[union-attr]  # DeepSpeed's own reference to the group
+    # A gloo thread may still wait for the GIL to release its last collective's tensors; freeing the group below
+    # joins its threads while this thread holds the GIL, so let them have it first.
+    time.sleep(0.05)
     gc.collect()  # training objects in reference cycles that still hold the group
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,8 @@ def _rank(rank: int, world: int, store: str, out: str, prepared: bool, late: str
     dist.destroy_process_group()
     Path(out, f"rank{rank}.json").write_text(json.dumps({"threads": gloo_threads(),
                                                           "gathered": [p.tolist() for p in parts]}))
+    if not prepared:  # the group leaked, as shown: skip the shutdown at which such a process can abort (exit 134)
+        os._exit(0)
 
 
 def _run(tmp_path: Path, prepared: bool, late: str) -> list[dict[str, list]]:
