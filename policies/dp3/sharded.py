@@ -150,16 +150,13 @@ class ShardedAdamW:
         for k in ("exp_avg", "exp_avg_sq"):
             full[k] = torch.empty_like(self.flat)
             all_gather(full[k], state[k])
-        offset = 0
+        views = {k: views_of(buf, self.params) for k, buf in full.items()}
         fused_or_capturable = bool(self.opt.defaults.get("fused") or self.opt.defaults.get("capturable"))
-        for p in self.params:
-            n = p.numel()
+        for i, p in enumerate(self.params):
             self.opt.state[p] = {
                 "step": torch.tensor(float(state["step"]), dtype=torch.float32,
                                      device=p.device if fused_or_capturable else "cpu"),
-                "exp_avg": full["exp_avg"][offset:offset + n].view_as(p).clone(),
-                "exp_avg_sq": full["exp_avg_sq"][offset:offset + n].view_as(p).clone()}
-            offset += n
+                **{k: v[i].clone() for k, v in views.items()}}
 
     def drop_exported(self) -> None:
         """Free what export_state wrote into `opt` (2 full fp32 copies of the weights) once it has been saved."""

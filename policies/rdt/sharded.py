@@ -68,7 +68,7 @@ class ShardedMasters:
                                            fused=shard.is_cuda)
         self.max_grad_norm = max_grad_norm
         self.flat = torch.zeros(self.size * self.world, dtype=torch.bfloat16, device=device)
-        self.grad_views = views_of(self.flat, self.params)  # each parameter's place in flat (`pack`)
+        self.views = views_of(self.flat, self.params)  # each parameter's place in flat: gradients in, weights out
         self.sliced = torch.zeros(self.size, dtype=torch.bfloat16, device=device)
 
     @torch.no_grad()
@@ -76,7 +76,7 @@ class ShardedMasters:
         """Average, clip and apply the gradients in the model's parameters on every process; returns the norm of
         the averaged gradient before clipping (as clip_grad_norm_)."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        pack(grads, self.grad_views, self.flat)
+        pack(grads, self.views, self.flat)
         self.flat[self.n:].zero_()  # the last slice's padding
         reduce_scatter(self.sliced, self.flat)  # summed over processes
         grad = self.master[0].grad
@@ -89,15 +89,8 @@ class ShardedMasters:
         self.optimizer.step()
         self.sliced.copy_(self.master[0])
         all_gather(self.flat, self.sliced)
-        torch._foreach_copy_([p.data for p in self.params], self._views(self.flat))
+        torch._foreach_copy_([p.data for p in self.params], self.views)
         return norm
-
-    def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        out, offset = [], 0
-        for p in self.params:
-            out.append(flat[offset:offset + p.numel()].view_as(p))
-            offset += p.numel()
-        return out
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -116,7 +109,7 @@ class ShardedMasters:
                 host = buf.cpu()
                 for r in range(self.world):
                     full[r * self.size + c:r * self.size + c + m] = host[r * m:(r + 1) * m]
-        return None if full is None else [v.clone() for v in self._views(full)]
+        return None if full is None else [v.clone() for v in views_of(full, self.params)]
 
     def state_dict(self) -> dict[str, Any]:
         """MasterWeights.state_dict's layout (per-parameter fp32 masters and AdamW state), on the main process;
