@@ -25,8 +25,10 @@ from policies.rdt.convert import SLOTS
 from policies.rdt.decode_attention import splits_for, supported
 from policies.rdt.frames import FramePool, same_bytes
 from policies.rdt.model import (
+    KeptKV,
     RdtConfig,
     RdtRunner,
+    SlotPlan,
     dpm_solver_coefficients,
     interleave,
     sample_chunk,
@@ -88,11 +90,13 @@ class RdtPolicy:
                               else model.model.image_kv)
         # Keys/values kept across calls (`_sample`), each with what it was computed from:
         # - the image blocks' (allocated at first use) and the frame key of each slot: a slot whose frame did not
-        #   change (an absent camera's background) is not recomputed (`_changed`; uncompiled, since each set of
-        #   changed slots would compile anew and a camera repeating a frame mid-run makes a new set);
+        #   change (an absent camera's background) is not recomputed, a frame that moved one history step older
+        #   takes its kept keys/values plus a per-slot constant (`_plan`, `deltas`; uncompiled, since each plan
+        #   would compile anew and a camera repeating a frame mid-run makes a new one);
         # - the language blocks', by instruction length, and the instruction (the same tensor, unmodified) with
         #   its device copy (`_instruction`).
-        self.kept: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.kept: list[KeptKV] | None = None
+        self.deltas: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # Rdt.slot_deltas, at the first move
         self.kept_keys: list[object] | None = None
         self.kept_lang: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.lang_seen: tuple[tuple[object, ...], torch.Tensor, torch.Tensor] | None = None  # (id..., it, device copy)
@@ -104,8 +108,8 @@ class RdtPolicy:
         self.generator = torch.Generator(device).manual_seed(0)
         self.action_mask = torch.from_numpy(self.map.indicator())[None, None].to(device, dtype)
         self.freq = torch.full((1,), self.ctrl_freq, device=device, dtype=dtype)
-        # by instruction length, changed image slots (None: all, none kept), whether the instruction is new
-        self.graphs: dict[tuple[int, tuple[int, ...] | None, bool], Graphed] = {}
+        # by instruction length, image slot plan (None: all computed, none kept), whether the instruction is new
+        self.graphs: dict[tuple[int, SlotPlan | None, bool], Graphed] = {}
         self.encoders: dict[tuple[int, tuple[int, ...]], Graphed] = {}  # by the new frames' count and size
         self.token_cache: dict[object, torch.Tensor] = {}
         self.seen: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}  # id -> (frame, its content, key)
@@ -142,30 +146,32 @@ class RdtPolicy:
         noise = torch.randn((1, self.cfg.horizon, self.cfg.action_dim), generator=self.generator, device=self.device)
         frames = [(f or {}).get(slot) for f in history for slot in SLOTS]
         keys, tokens = self._frame_tokens(frames)
-        slots = self._changed(keys)
+        plan = self._plan(keys)
         fresh = kept_lang is None
-        fn = functools.partial(self._sample, slots, fresh)
-        img = torch.cat(tokens if slots is None else [tokens[s] for s in slots] or [tokens[0][:, :0]])
+        fn = functools.partial(self._sample, plan, fresh)
+        img = torch.cat(tokens if plan is None else [tokens[s] for s in plan.compute] or [tokens[0][:, :0]])
         inputs = {"img": img.reshape(1, -1, self.tower.hidden_size), "lang": lang, "state": state, "noise": noise}
         self.kept_keys = None  # until this call's keys/values are written
         if fresh:
             self.lang_seen = None
-        run = self._graph(self.graphs, (lang.shape[1], slots, fresh), fn, inputs) if self.use_graphs else None
+        run = self._graph(self.graphs, (lang.shape[1], plan, fresh), fn, inputs) if self.use_graphs else None
         out = run(inputs) if run is not None else fn(**inputs)
-        self.kept_keys = None if slots is None else keys
+        self.kept_keys = None if plan is None else keys
         if fresh and self.keep_kv and identity is not None:
             self.lang_seen = (identity, embedding, lang)
         return self.map.from_unified(out[0].float().cpu().numpy())
 
-    def _changed(self, keys: list[object]) -> tuple[int, ...] | None:
-        """The slots whose image keys/values this call computes into `kept` (their frame differs from the one they
-        were computed from), or None: compute them all without keeping them, when every slot is a new frame and none
-        is an absent camera's background (three cameras with new frames: nothing would ever be kept)."""
-        old = self.kept_keys
-        changed = tuple(s for s, k in enumerate(keys) if old is None or old[s] != k)
-        if not self.keep_kv or (len(changed) == len(keys) and "background" not in keys):
+    def _plan(self, keys: list[object]) -> SlotPlan | None:
+        """Which image slots this call writes into `kept` (None: every slot computed, nothing kept, when keeping is
+        off). A slot whose frame is the one it was computed from is kept as it is; one whose frame was the slot's
+        one history step later at the last call (every frame moves there at every call) is moved; the rest are
+        computed. The first call, and the first after a reset, computes every slot."""
+        if not self.keep_kv:
             return None
-        return changed
+        old, shift = self.kept_keys, len(SLOTS)
+        changed = [s for s, k in enumerate(keys) if old is None or old[s] != k]
+        moved = tuple(s for s in changed if old is not None and s + shift < len(keys) and old[s + shift] == keys[s])
+        return SlotPlan(tuple(s for s in changed if s not in moved), moved, shift)
 
     def _instruction(self, embedding: torch.Tensor) -> tuple[tuple[object, ...] | None, torch.Tensor | None]:
         """(what identifies the instruction embedding, its device copy if its keys/values are kept, else None).
@@ -185,12 +191,13 @@ class RdtPolicy:
         """SigLIP tokens of each frame, cached: a frame stays in the history for img_history_size calls and the
         background of an absent camera never changes, so a call encodes only its new frames, in one batch. Returns
         each frame's cache key and tokens."""
-        keys = [self._key(f) for f in frames]
-        # encoded from the copies (pinned on a GPU: uploaded from there, no staging)
-        new = {k: None if f is None else self.seen[id(f)][1]
-               for k, f in zip(keys, frames, strict=True) if k not in self.token_cache}
-        if new:
-            self.token_cache.update(self._encode(new))
+        # Arrays not seen before first: their keys need no comparison, so their encoding is launched before the
+        # frames seen at earlier calls are compared with their copies (the comparisons overlap the GPU's work); a
+        # frame found changed there (a camera refilling one array) is encoded after them.
+        keys: list[object] = [None if f is not None and id(f) in self.seen else self._key(f) for f in frames]
+        self._encode_new(keys, frames)
+        keys = [self._key(f) if k is None else k for k, f in zip(keys, frames, strict=True)]
+        self._encode_new(keys, frames)
         out = [self.token_cache[k] for k in keys]
         for k in keys:  # most recently used last; drop the oldest beyond two calls' worth
             self.token_cache[k] = self.token_cache.pop(k)
@@ -199,6 +206,14 @@ class RdtPolicy:
         for i in [i for i, s in self.seen.items() if s[2] not in self.token_cache]:
             self.pool.give(self.seen.pop(i)[1])
         return keys, out
+
+    def _encode_new(self, keys: list[object], frames: list[np.ndarray | None]) -> None:
+        """Encode the frames whose key (None: not known yet) has no tokens cached, from their copies (pinned on a
+        GPU: uploaded from there, no staging)."""
+        new = {k: None if f is None else self.seen[id(f)][1]
+               for k, f in zip(keys, frames, strict=True) if k is not None and k not in self.token_cache}
+        if new:
+            self.token_cache.update(self._encode(new))
 
     def _key(self, frame: np.ndarray | None) -> object:
         """A frame's cache key: the same array object with the same content as when first seen (compared in full,
@@ -271,17 +286,18 @@ class RdtPolicy:
     def _tokens(self, frames: torch.Tensor) -> torch.Tensor:
         return self.tower.encode(self.tower.prep.pixels_batch(frames)).to(self.dtype)
 
-    def _sample(self, slots: tuple[int, ...] | None, fresh: bool, img: torch.Tensor, lang: torch.Tensor,
+    def _sample(self, plan: SlotPlan | None, fresh: bool, img: torch.Tensor, lang: torch.Tensor,
                 state: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """One chunk. `img`: every slot's tokens (slots None: their keys/values computed, not kept), or the changed
-        `slots`' only (theirs computed into `kept`, the others read from there). `fresh`: the language
-        keys/values computed (and kept); else read from `kept_lang`."""
+        """One chunk. `img`: every slot's tokens (plan None: their keys/values computed, not kept), or the tokens of
+        the slots `plan.compute` (theirs computed into `kept`, the moved ones moved there, the others read from
+        there). `fresh`: the language keys/values computed (and kept); else read from `kept_lang`."""
         length = lang.shape[1]
 
         def condition(lang_c: torch.Tensor, img_c: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
             lang_kv = self._keep_lang(self.lang_kv(lang_c)) if fresh else self.kept_lang[length]
-            img_kv = (self.image_kv(img_c) if slots is None
-                      else self.model.model.image_kv_slots(img_c, slots, self.per_image, self._kept()))
+            img_kv = (self.image_kv(img_c) if plan is None
+                      else self.model.model.image_kv_slots(img_c, plan, self.per_image, self._kept(),
+                                                           self._deltas() if plan.moved else None))
             return interleave(lang_kv, img_kv)
 
         lang_mask = torch.ones(lang.shape[:2], dtype=torch.bool, device=self.device)
@@ -299,13 +315,19 @@ class RdtPolicy:
             dst_v.copy_(v)
         return kept
 
-    def _kept(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _kept(self) -> list[KeptKV]:
         if self.kept is None:
             cfg = self.cfg
             shape = (1, cfg.img_cond_len, cfg.num_heads, cfg.hidden_size // cfg.num_heads)
             self.kept = [(torch.zeros(shape, device=self.device, dtype=self.dtype),
+                          torch.zeros(shape, device=self.device, dtype=self.dtype),
                           torch.zeros(shape, device=self.device, dtype=self.dtype)) for _ in range(cfg.depth // 2)]
         return self.kept
+
+    def _deltas(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if self.deltas is None:
+            self.deltas = self.model.model.slot_deltas(self.per_image, len(SLOTS))
+        return self.deltas
 
 
 def load(checkpoint: Path | str, device: str | torch.device | None = None, weights: str = "ema",

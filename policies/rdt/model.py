@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from policies.rdt import decode_attention as decode
+from policies.rdt import kv_place
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,19 @@ def split_key_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, parts
     out, lse = attend(qs, chunks(k), chunks(v))[:2]
     weight = torch.softmax(lse.float().unflatten(0, (b, parts)), dim=1)  # (B, parts, H, n)
     return (out.float().unflatten(0, (b, parts)) * weight[..., None]).sum(1).to(q.dtype)
+
+
+KeptKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""One image block's kept (B, L, H, D) pre-norm keys, keys and values (Rdt.image_kv_slots)."""
+
+
+class SlotPlan(NamedTuple):
+    """Which image slots a call writes: `compute` from their tokens, `moved` from the kept ones of the slot `shift`
+    later (the same frame, one history step older); both sorted."""
+
+    compute: tuple[int, ...]
+    moved: tuple[int, ...]
+    shift: int
 
 
 class CrossAttention(nn.Module):
@@ -237,33 +251,55 @@ class Rdt(nn.Module):
         cond = img + self.img_cond_pos_embed
         return [cast(RdtBlock, b).cross_attn.keys_values(cond) for b in list(self.blocks)[1::2]]
 
-    def image_kv_slots(self, img: torch.Tensor, slots: tuple[int, ...], per_image: int,
-                       images: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """image_kv for a policy that keeps the image blocks' keys/values across calls: `img` holds the adapted
-        tokens of the image `slots` (each `per_image` tokens, in slot order) whose images changed; their keys and
-        values are written into `images` ((B, L, H, D) keys and values of each image block, kept by the caller),
-        the other slots' are kept. Returns the image blocks' keys/values as views of `images`."""
+    def image_kv_slots(self, img: torch.Tensor, plan: SlotPlan, per_image: int, kept: list[KeptKV],
+                       deltas: list[tuple[torch.Tensor, torch.Tensor]] | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """image_kv for a policy that keeps the image blocks' keys/values across calls (kv_place.py says how).
+        `img`: the adapted tokens of the slots `plan.compute` (each `per_image` tokens, in slot order), whose
+        products are written into `kept`; the slots `plan.moved` take the kept ones of the slot `plan.shift` later
+        plus `deltas` (slot_deltas, by the older slot); every other slot's are kept as they are. Returns the image
+        blocks' (B, H, L, D) keys/values as views of `kept`."""
         pos = self.img_cond_pos_embed[0]
-        runs = _runs(slots)
-        cond = img + torch.cat([pos[a * per_image:b * per_image] for a, b in runs])[None] if runs else None
+        runs = _runs(plan.compute)
+        cond = (img + torch.cat([pos[a * per_image:b * per_image] for a, b in runs])[None])[0] if runs else None
+        # oldest first, at most `shift` slots a piece: a piece never reads what an earlier one wrote
+        moves = [(a + i, min(b, a + i + plan.shift)) for a, b in _runs(plan.moved) for i in range(0, b - a, plan.shift)]
         out: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for block, (kept_k, kept_v) in zip(list(self.blocks)[1::2], images, strict=True):
+        for i, (block, (pre, k, v)) in enumerate(zip(list(self.blocks)[1::2], kept, strict=True)):
+            attn = cast(RdtBlock, block).cross_attn
+            w, eps = attn.k_norm.weight, attn.k_norm.eps
+            for a, b in moves:
+                dst, src = slice(a * per_image, b * per_image), slice((a + plan.shift) * per_image, (b + plan.shift) * per_image)
+                dk, dv = cast(list[tuple[torch.Tensor, torch.Tensor]], deltas)[i]
+                kv_place.move(pre[:, src], v[:, src], dk[:, dst], dv[:, dst], pre[:, dst] if b > plan.shift else None,
+                              k[:, dst], v[:, dst], w, eps)
             if cond is not None:
-                self._keep(cast(RdtBlock, block).cross_attn.keys_values(cond), runs, per_image, kept_k, kept_v)
-            out.append((kept_k.transpose(1, 2), kept_v.transpose(1, 2)))
+                d = attn.heads * attn.head_dim
+                at = 0
+                for a, b in runs:  # the products straight into the kept pre-norm keys and values, then the norm
+                    rows, dst = cond[at:at + (b - a) * per_image], slice(a * per_image, b * per_image)
+                    torch.addmm(attn.kv.bias[:d], rows, attn.kv.weight[:d].t(), out=pre[0, dst].view(len(rows), d))
+                    torch.addmm(attn.kv.bias[d:], rows, attn.kv.weight[d:].t(), out=v[0, dst].view(len(rows), d))
+                    kv_place.normalise(pre[:, dst], k[:, dst], w, eps)
+                    at += len(rows)
+            out.append((k.transpose(1, 2), v.transpose(1, 2)))
         return out
 
-    @staticmethod
-    def _keep(kv: tuple[torch.Tensor, torch.Tensor], runs: list[tuple[int, int]], per_image: int,
-              kept_k: torch.Tensor, kept_v: torch.Tensor) -> None:
-        """Copy keys/values (B, H, n, D) of consecutive slot runs into the kept (B, L, H, D) tensors."""
-        k, v = kv
-        at = 0
-        for a, b in runs:
-            n = (b - a) * per_image
-            kept_k[:, a * per_image:b * per_image].copy_(k[:, :, at:at + n].transpose(1, 2))
-            kept_v[:, a * per_image:b * per_image].copy_(v[:, :, at:at + n].transpose(1, 2))
-            at += n
+    @torch.no_grad()
+    def slot_deltas(self, per_image: int, shift: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """For each image block, what moving a frame `shift` slots older adds to its pre-norm keys and its values:
+        W (p_older - p_newer) for the keys' and the values' halves of the block's product (the bias cancels), as
+        (1, L - shift * per_image, H, D) tensors indexed by the older slot, in the weights' dtype (fp32 products)."""
+        pos = self.img_cond_pos_embed[0].float()
+        step = pos[:-shift * per_image] - pos[shift * per_image:]
+        out = []
+        for block in list(self.blocks)[1::2]:
+            attn = cast(RdtBlock, block).cross_attn
+            d = attn.heads * attn.head_dim
+            w = attn.kv.weight
+            shape = (1, step.shape[0], attn.heads, attn.head_dim)
+            out.append(((step @ w[:d].float().t()).to(w.dtype).view(shape),
+                        (step @ w[d:].float().t()).to(w.dtype).view(shape)))
+        return out
 
     def forward(self, x: torch.Tensor, freq: torch.Tensor, t: torch.Tensor, lang: torch.Tensor, img: torch.Tensor,
                 lang_mask: torch.Tensor | None = None, img_mask: torch.Tensor | None = None,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from policies.rdt.model import RdtConfig, RdtRunner
+from policies.rdt.model import RdtConfig, RdtRunner, SlotPlan
 from policies.rdt.state_space import FRANKA
 
 
@@ -230,6 +230,54 @@ def test_split_key_attention_matches_sdpa_on_the_gpu_at_rdt_1b_width(compiled: b
     assert float((split.float() - plain.float()).abs().max()) < 2e-2 * float(plain.float().abs().max())
 
 
+def _moved_against_computed(cfg: RdtConfig, device: str, dtype: torch.dtype) -> tuple[float, list[Any], list[Any]]:
+    """Two calls through Rdt.image_kv_slots (every slot computed, then three new frames computed and the last three
+    moved one history step older) against image_kv from scratch on the second call's tokens: (the largest key or
+    value, the kept keys/values, the reference)."""
+    from policies.rdt.model import Rdt
+
+    torch.manual_seed(0)
+    model = Rdt(cfg).to(device, dtype).eval()
+    per = cfg.img_cond_len // 6
+    with torch.device(device):
+        background, last, new = (torch.randn(1, 3 * per, cfg.hidden_size, dtype=dtype) for _ in range(3))
+        shape = (1, cfg.img_cond_len, cfg.num_heads, cfg.hidden_size // cfg.num_heads)
+        kept = [(torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype))
+                for _ in range(cfg.depth // 2)]
+    with torch.no_grad():
+        model.image_kv_slots(torch.cat([background, last], 1), SlotPlan((0, 1, 2, 3, 4, 5), (), 3), per, kept, None)
+        ours = model.image_kv_slots(new, SlotPlan((3, 4, 5), (0, 1, 2), 3), per, kept, model.slot_deltas(per, 3))
+        ref = model.image_kv(torch.cat([last, new], 1))
+    scale = max(float(t.float().abs().max()) for kv in ref for t in kv)
+    return scale, ours, ref
+
+
+def test_a_frame_moved_one_step_older_has_the_keys_values_computed_at_its_new_slot() -> None:
+    scale, ours, ref = _moved_against_computed(replace(RdtConfig.tiny(), img_cond_len=6 * 5), "cpu", torch.float32)
+    for (k, v), (rk, rv) in zip(ours, ref, strict=True):
+        assert float((k - rk).abs().max()) < 1e-5 * scale and float((v - rv).abs().max()) < 1e-5 * scale
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_moved_and_computed_image_keys_values_at_rdt_1b_width_kernel_and_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16, one image block of RDT-1B width, 6 x 729 image tokens: kv_place's Triton kernel and its eager path
+    against keys/values computed from scratch, and against each other."""
+    from policies.rdt import kv_place
+
+    cfg = replace(RdtConfig(), depth=2)
+    assert kv_place.fused(torch.zeros(1, dtype=torch.bfloat16, device="cuda"))
+    scale, fused, ref = _moved_against_computed(cfg, "cuda", torch.bfloat16)
+    monkeypatch.setattr(kv_place, "fused", lambda t: False)
+    _, eager, _ = _moved_against_computed(cfg, "cuda", torch.bfloat16)
+    for ours in (fused, eager):
+        for (k, v), (rk, rv) in zip(ours, ref, strict=True):
+            assert float((k - rk).float().abs().max()) < 2e-2 * scale
+            assert float((v - rv).float().abs().max()) < 2e-2 * scale
+    for (k, v), (ek, ev) in zip(fused, eager, strict=True):  # a bf16 rounding or two apart
+        assert float((k - ek).float().abs().max()) < 1e-2 * scale and float((v - ev).float().abs().max()) < 1e-2 * scale
+
+
 def test_decode_attention_is_chosen_only_where_its_triton_kernels_run(monkeypatch: pytest.MonkeyPatch) -> None:
     from policies.rdt import decode_attention as decode
     from policies.rdt.model import RdtBlock, split_image_keys
@@ -369,9 +417,9 @@ def test_kept_image_keys_values_give_the_chunks_of_computing_every_slot(tmp_path
         {"cam_high": frames[2]},  # the camera repeats its frame: nothing changed in the newest slot
         {"cam_high": frames[3], "cam_left_wrist": frames[4]},  # a second camera
         {"cam_high": refilled}, {"cam_high": refilled}]
-    plans: list[tuple[int, ...] | None] = []
-    changed = keeping._changed
-    keeping._changed = lambda keys: (plans.append(changed(keys)), plans[-1])[1]
+    plans: list[SlotPlan | None] = []
+    plan = keeping._plan
+    keeping._plan = lambda keys: (plans.append(plan(keys)), plans[-1])[1]
     for i, images in enumerate(calls):
         if i == 6:
             refilled[:] = frames[1]  # the same array, new content
@@ -382,11 +430,13 @@ def test_kept_image_keys_values_give_the_chunks_of_computing_every_slot(tmp_path
         ref = plain.act({"qpos": np.zeros(8), "images": images}, emb)
         np.testing.assert_allclose(ours, ref, atol=1e-4, err_msg=f"call {i}")
     assert keeping.kept_keys is not None and plain.kept_keys is None
-    assert plans[0] == (0, 1, 2, 3, 4, 5)  # the first call computes and keeps every slot (the backgrounds too)
-    assert plans[1] == plans[2] == (0, 3)  # one camera, a new frame: its slot and the previous frame's, no other
-    assert plans[3] == (0, 1, 2, 3, 4, 5)  # after reset
-    assert plans[4] == (0, 3, 5)  # the second camera's slot too
-    assert plans[6] == (0, 2, 3)  # the refilled array is a new frame; the second camera's slot is background again
+    every = SlotPlan((0, 1, 2, 3, 4, 5), (), 3)
+    assert plans[0] == every  # the first call computes and keeps every slot (the backgrounds too)
+    assert plans[1] == plans[2] == SlotPlan((3,), (0,), 3)  # one camera: its new frame computed, the last one moved
+    assert plans[3] == every  # after reset
+    assert plans[4] == SlotPlan((3, 5), (0,), 3)  # the second camera's slot too
+    # the refilled array is a new frame in both slots; the second camera's older slot takes the background
+    assert plans[6] == SlotPlan((0, 3), (2,), 3)
     assert len(keeping.token_cache) and keeping.kept is not None
 
 
@@ -456,19 +506,21 @@ def test_keeping_keys_values_in_cuda_graphs_through_a_random_run(tmp_path: Path)
     assert len(keeping.graphs) > 2 and all(slots is None and fresh for _, slots, fresh in plain.graphs)
 
 
-def test_three_cameras_with_new_frames_keep_nothing(tmp_path: Path) -> None:
-    keeping, _, lang = _two_policies(tmp_path)
+def test_three_cameras_with_new_frames_compute_the_new_frames_and_move_the_last_ones(tmp_path: Path) -> None:
+    keeping, plain, lang = _two_policies(tmp_path)
     rng = np.random.default_rng(1)
     emb = torch.randn(4, lang)
-    plans: list[tuple[int, ...] | None] = []
-    changed = keeping._changed
-    keeping._changed = lambda keys: (plans.append(changed(keys)), plans[-1])[1]
-    for _ in range(3):
+    plans: list[SlotPlan | None] = []
+    plan = keeping._plan
+    keeping._plan = lambda keys: (plans.append(plan(keys)), plans[-1])[1]
+    for i in range(4):
         images = {s: rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
                   for s in ("cam_high", "cam_right_wrist", "cam_left_wrist")}
-        keeping.act({"qpos": np.zeros(8), "images": images}, emb)
-    # the first call's older frame is the background (kept); then every slot is new at every call: nothing kept
-    assert plans == [(0, 1, 2, 3, 4, 5), None, None] and keeping.kept_keys is None
+        ours = keeping.act({"qpos": np.zeros(8), "images": images}, emb)
+        ref = plain.act({"qpos": np.zeros(8), "images": images}, emb)
+        np.testing.assert_allclose(ours, ref, atol=1e-4, err_msg=f"call {i}")
+    # the first call's older frames are the background; then each call computes its three new frames only
+    assert plans == [SlotPlan((0, 1, 2, 3, 4, 5), (), 3)] + [SlotPlan((3, 4, 5), (0, 1, 2), 3)] * 3
 
 
 @pytest.mark.gpu
@@ -495,10 +547,10 @@ def test_graphed_act_with_split_image_keys_gives_the_chunk_of_one_attention(tmp_
         if parts >= 0:
             split_image_keys(model.model, parts, decode_parts)
         chunks.append([policy.act({"qpos": np.zeros(8), "images": {"cam_high": f}}, emb) for f in frames])
-        # captured and replayed: the first call's (every key and value computed) and the later calls' (two image
-        # slots; the instruction's kept)
-        assert sorted((slots, fresh) for _, slots, fresh in policy.graphs) == [((0, 1, 2, 3, 4, 5), True),
-                                                                                ((0, 3), False)]
+        # captured and replayed: the first call's (every key and value computed) and the later calls' (the new
+        # frame's image slot computed, the last frame's moved; the instruction's kept)
+        assert sorted((plan, fresh) for _, plan, fresh in policy.graphs) == [
+            (SlotPlan((0, 1, 2, 3, 4, 5), (), 3), True), (SlotPlan((3,), (0,), 3), False)]
     for one_chunk in range(len(frames)):
         one = chunks[2][one_chunk]
         for other in (chunks[0][one_chunk], chunks[1][one_chunk]):
