@@ -225,8 +225,8 @@ def inference(siglip: Path, calls: int, dtype: torch.dtype, graphs: bool = True,
     if graphs and breakdown:
         # the graph of a call's new frames (the first call's also held the background picture: one image more)
         enc = policy.encoders[(cameras, sets[0][0].shape)]
-        # the graph every later call replays (with one camera the first call's computed every slot's image keys
-        # and values; later calls compute the two slots whose frame changed)
+        # the graph every later call replays (the first call's computed every slot's image keys and values; later
+        # calls compute the new frames' slots and move the last frames' one history step older)
         sample = list(policy.graphs.values())[-1]
         frames = {"frames": enc.inputs["frames"].clone()}
         ins = sample.inputs
