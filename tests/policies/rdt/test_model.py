@@ -381,16 +381,17 @@ def test_policy_encodes_only_new_frames(tmp_path: Path) -> None:
     np.testing.assert_allclose(first, again, atol=1e-5)  # reset: same seed, same history, same chunk
 
 
-def tiny_policies(tmp_path: Path, n: int, device: str = "cpu", dtype: torch.dtype = torch.float32
+def tiny_policies(tmp_path: Path, n: int, device: str = "cpu", dtype: torch.dtype = torch.float32, history: int = 2
                   ) -> tuple[list[Any], int]:
-    """`n` RdtPolicies sharing one tiny seeded model on `device` (3 slots x 2 frames x 4 patches), and its language
-    token width."""
+    """`n` RdtPolicies sharing one tiny seeded model on `device` (3 slots x `history` frames x 4 patches), and its
+    language token width."""
     from policies.rdt.infer import RdtPolicy
     from policies.rdt.vision import save_tiny_siglip
 
-    cfg = replace(RdtConfig.tiny(), img_cond_len=6 * 4)  # 3 slots x 2 frames x (28 / 14)^2 patches
+    cfg = replace(RdtConfig.tiny(), img_cond_len=3 * history * 4)  # 3 slots x frames x (28 / 14)^2 patches
     siglip = save_tiny_siglip(tmp_path / "siglip", hidden=cfg.img_token_dim)
-    meta = {"state_map": {"name": "franka", "indices": list(FRANKA.indices)}, "img_history_size": 2, "ctrl_freq": 25}
+    meta = {"state_map": {"name": "franka", "indices": list(FRANKA.indices)}, "img_history_size": history,
+            "ctrl_freq": 25}
     torch.manual_seed(0)
     model = RdtRunner(cfg).to(device, dtype).eval()
     return [RdtPolicy(model, meta, torch.device(device), dtype, siglip) for _ in range(n)], cfg.lang_token_dim
@@ -494,6 +495,25 @@ def test_keeping_keys_values_through_a_random_run_gives_the_chunks_of_computing_
     """40 calls drawn at random: cameras present or not, new or repeated frames, an array refilled, the instruction
     swapped or changed in place, resets; every chunk is the one a policy computing everything gives."""
     _random_run(*_two_policies(tmp_path), atol=1e-5)
+
+
+def test_three_history_frames_move_twice_oldest_first(tmp_path: Path) -> None:
+    """img_history_size 3: a frame moves at two calls running, and a run of moved slots longer than one history
+    step is written oldest first (a slot is read before it is overwritten); chunks equal computing all."""
+    (keeping, plain), lang = tiny_policies(tmp_path, 2, history=3)
+    plain.keep_kv = False
+    plans: list[SlotPlan | None] = []
+    plan = keeping._plan
+    keeping._plan = lambda keys: (plans.append(plan(keys)), plans[-1])[1]
+    rng = np.random.default_rng(3)
+    emb = torch.randn(4, lang)
+    cams = ("cam_high", "cam_right_wrist", "cam_left_wrist")
+    for i in range(6):
+        images = {c: rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for c in cams[:1 + i % 3]}
+        ours = keeping.act({"qpos": np.zeros(8), "images": images}, emb)
+        ref = plain.act({"qpos": np.zeros(8), "images": images}, emb)
+        np.testing.assert_allclose(ours, ref, atol=1e-5, err_msg=f"call {i}")
+    assert plans[4] == SlotPlan((6, 7), (0, 1, 2, 3, 4, 5), 3)  # two history steps of frames moved at once
 
 
 @pytest.mark.gpu
