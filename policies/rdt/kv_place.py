@@ -57,7 +57,7 @@ if triton is not None:
 
 
 def fused(t: torch.Tensor) -> bool:
-    """Whether `place` runs its Triton kernel for tensors like `t` (else eager PyTorch)."""
+    """Whether `normalise` and `move` run the Triton kernel for tensors like `t` (else eager PyTorch)."""
     return (triton is not None and t.is_cuda and t.dtype in (torch.bfloat16, torch.float16)
             and kernels_unavailable() is None)
 
@@ -97,4 +97,3 @@ def _launch(pre_src: torch.Tensor, dk: torch.Tensor | None, v_src: torch.Tensor 
             pre_dst if pre_dst is not None else k_dst, k_dst, v_dst if move_ else k_dst, weight, rows, eps,
             MOVE=move_, WRITE_PRE=pre_dst is not None, ROWS=ROWS, BLOCK_D=max(16, triton.next_power_of_2(d)), D=d,
             num_warps=4)
-
