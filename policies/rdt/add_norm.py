@@ -20,14 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from policies.cuda_graph import kernels_unavailable
+from policies.triton_import import tl, triton
 
 MAX_COLS = 8192
 
-try:  # Triton ships with torch's CUDA builds; CPU-only installs have none
-    import triton  # type: ignore[import-not-found,unused-ignore]
-    import triton.language as tl  # type: ignore[import-not-found,unused-ignore]
-except ImportError:  # pragma: no cover - depends on the installed torch
-    triton = None
 
 if triton is not None:
     @triton.jit  # type: ignore[misc,untyped-decorator,unused-ignore]

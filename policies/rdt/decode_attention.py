@@ -26,15 +26,11 @@ import os
 import torch
 
 from policies.cuda_graph import kernels_unavailable
+from policies.triton_import import tl, triton
 
 MAX_HEAD = 256
 TILE = (64, 4, 3)  # keys a step, warps, pipeline stages: the best of 21 measured (docs/rdt.md, sixteenth session)
 
-try:  # Triton ships with torch's CUDA builds; CPU-only installs have none
-    import triton  # type: ignore[import-not-found,unused-ignore]
-    import triton.language as tl  # type: ignore[import-not-found,unused-ignore]
-except ImportError:  # pragma: no cover - depends on the installed torch
-    triton = None
 
 if triton is not None:
     @triton.jit  # type: ignore[misc,untyped-decorator,unused-ignore]

@@ -25,12 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from policies.cuda_graph import kernels_unavailable
-
-try:  # Triton ships with torch's CUDA builds; CPU-only installs have none
-    import triton  # type: ignore[import-not-found,unused-ignore]
-    import triton.language as tl  # type: ignore[import-not-found,unused-ignore]
-except ImportError:  # pragma: no cover - depends on the installed torch
-    triton = None
+from policies.triton_import import tl, triton
 
 ROWS = 32  # head rows (of D values) a program
 
