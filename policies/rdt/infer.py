@@ -316,12 +316,17 @@ class RdtPolicy:
         return kept
 
     def _kept(self) -> list[KeptKV]:
+        """Each image block's kept (pre-norm keys, keys, values), allocated at first use. With one history frame
+        nothing ever moves: the pre-norm keys are never read again, and share the keys' memory (normalised in
+        place)."""
         if self.kept is None:
             cfg = self.cfg
             shape = (1, cfg.img_cond_len, cfg.num_heads, cfg.hidden_size // cfg.num_heads)
-            self.kept = [(torch.zeros(shape, device=self.device, dtype=self.dtype),
-                          torch.zeros(shape, device=self.device, dtype=self.dtype),
-                          torch.zeros(shape, device=self.device, dtype=self.dtype)) for _ in range(cfg.depth // 2)]
+            self.kept = []
+            for _ in range(cfg.depth // 2):
+                k, v = (torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(2))
+                pre = k if self.history == 1 else torch.zeros_like(k)
+                self.kept.append((pre, k, v))
         return self.kept
 
     def _deltas(self) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -497,6 +497,20 @@ def test_keeping_keys_values_through_a_random_run_gives_the_chunks_of_computing_
     _random_run(*_two_policies(tmp_path), atol=1e-5)
 
 
+def test_one_history_frame_keeps_its_keys_normalised_in_place(tmp_path: Path) -> None:
+    """img_history_size 1: nothing moves, the pre-norm keys share the keys' memory; chunks equal computing all."""
+    (keeping, plain), lang = tiny_policies(tmp_path, 2, history=1)
+    plain.keep_kv = False
+    rng = np.random.default_rng(4)
+    emb = torch.randn(4, lang)
+    for i in range(4):
+        images = {"cam_high": rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)}
+        ours = keeping.act({"qpos": np.zeros(8), "images": images}, emb)
+        ref = plain.act({"qpos": np.zeros(8), "images": images}, emb)
+        np.testing.assert_allclose(ours, ref, atol=1e-5, err_msg=f"call {i}")
+    assert all(pre is k for pre, k, _ in keeping.kept) and keeping.deltas is None
+
+
 def test_three_history_frames_move_twice_oldest_first(tmp_path: Path) -> None:
     """img_history_size 3: a frame moves at two calls running, and a run of moved slots longer than one history
     step is written oldest first (a slot is read before it is overwritten); chunks equal computing all."""
