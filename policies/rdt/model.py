@@ -139,11 +139,16 @@ class CrossAttention(nn.Module):
         Keys and values come from the two halves of `kv` as two products, so each is contiguous and the backward
         pass writes no stacked (B, L, 2, H, D) gradient (4374 image tokens make that the largest copy of the step)."""
         b, length, _ = cond.shape
+        (wk, bk), (wv, bv) = self.kv_halves()
+        k = F.linear(cond, wk, bk).view(b, length, self.heads, self.head_dim).transpose(1, 2)
+        v = F.linear(cond, wv, bv).view(b, length, self.heads, self.head_dim).transpose(1, 2)
+        return self.k_norm(k), v
+
+    def kv_halves(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """(weight, bias) of the keys' and of the values' half of `kv`."""
         d = self.heads * self.head_dim
         w, bias = self.kv.weight, self.kv.bias
-        k = F.linear(cond, w[:d], bias[:d]).view(b, length, self.heads, self.head_dim).transpose(1, 2)
-        v = F.linear(cond, w[d:], bias[d:]).view(b, length, self.heads, self.head_dim).transpose(1, 2)
-        return self.k_norm(k), v
+        return (w[:d], bias[:d]), (w[d:], bias[d:])
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
         """Attend to a condition through its keys_values."""
@@ -273,12 +278,12 @@ class Rdt(nn.Module):
                 kv_place.move(pre[:, src], v[:, src], dk[:, dst], dv[:, dst], pre[:, dst] if b > plan.shift else None,
                               k[:, dst], v[:, dst], w, eps)
             if cond is not None:
-                d = attn.heads * attn.head_dim
+                (wk, bk), (wv, bv) = attn.kv_halves()
                 at = 0
                 for a, b in runs:  # the products straight into the kept pre-norm keys and values, then the norm
                     rows, dst = cond[at:at + (b - a) * per_image], slice(a * per_image, b * per_image)
-                    torch.addmm(attn.kv.bias[:d], rows, attn.kv.weight[:d].t(), out=pre[0, dst].view(len(rows), d))
-                    torch.addmm(attn.kv.bias[d:], rows, attn.kv.weight[d:].t(), out=v[0, dst].view(len(rows), d))
+                    torch.addmm(bk, rows, wk.t(), out=pre[0, dst].view(len(rows), -1))
+                    torch.addmm(bv, rows, wv.t(), out=v[0, dst].view(len(rows), -1))
                     kv_place.normalise(pre[:, dst], k[:, dst], w, eps)
                     at += len(rows)
             out.append((k.transpose(1, 2), v.transpose(1, 2)))
@@ -294,11 +299,9 @@ class Rdt(nn.Module):
         out = []
         for block in list(self.blocks)[1::2]:
             attn = cast(RdtBlock, block).cross_attn
-            d = attn.heads * attn.head_dim
-            w = attn.kv.weight
             shape = (1, step.shape[0], attn.heads, attn.head_dim)
-            out.append(((step @ w[:d].float().t()).to(w.dtype).view(shape),
-                        (step @ w[d:].float().t()).to(w.dtype).view(shape)))
+            (wk, _), (wv, _) = attn.kv_halves()
+            out.append(((step @ wk.float().t()).to(wk.dtype).view(shape), (step @ wv.float().t()).to(wv.dtype).view(shape)))
         return out
 
     def forward(self, x: torch.Tensor, freq: torch.Tensor, t: torch.Tensor, lang: torch.Tensor, img: torch.Tensor,
