@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,6 @@ from policies.rdt.model import (
     sample_chunk,
     split_image_keys,
     split_keys_supported,
-    use_few_rows,
 )
 from policies.rdt.state_space import StateMap
 from policies.rdt.weights import checkpoint_weights, load_strict, read_state_dict
@@ -86,8 +84,6 @@ class RdtPolicy:
         split_image_keys(model.model, self.history * len(SLOTS) if split_keys_supported(device, dtype) else 0,
                          splits_for(device, 1, heads, cfg.horizon + 3)
                          if supported(device, dtype, cfg.hidden_size // heads) else 0)
-        # The blocks' products of 67 rows through few_rows.py's split-K kernel (RDT_FEW_ROWS=0: cuBLAS's)
-        use_few_rows(model.model, device.type == "cuda" and os.environ.get("RDT_FEW_ROWS", "1") != "0")
         self.denoise: Any = torch.compile(model.model, dynamic=False) if self.compiled else model.model
         self.lang_kv: Any = torch.compile(model.model.lang_kv, dynamic=False) if self.compiled else model.model.lang_kv
         self.image_kv: Any = (torch.compile(model.model.image_kv, dynamic=False) if self.compiled

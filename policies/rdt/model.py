@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from policies.rdt import decode_attention as decode
-from policies.rdt import few_rows, kv_place
+from policies.rdt import kv_place
 
 
 @dataclass(frozen=True)
@@ -56,29 +56,14 @@ class RmsNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
-class Linear(nn.Linear):
-    """nn.Linear whose products of few rows run through few_rows.linear once `few_rows` is set (act's denoising
-    steps at batch 1, `use_few_rows`); where that kernel does not apply, F.linear as before."""
-
-    few_rows = False
-
-    def forward(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-        if self.few_rows:
-            return few_rows.linear(x, self.weight, self.bias, gelu)
-        y = F.linear(x, self.weight, self.bias)
-        return F.gelu(y, approximate="tanh") if gelu else y
-
-
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, out: int) -> None:
         super().__init__()
-        self.fc1 = Linear(dim, hidden)
+        self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU(approximate="tanh")
-        self.fc2 = Linear(hidden, out)
+        self.fc2 = nn.Linear(hidden, out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fc1.few_rows:  # the GELU in the product's kernel
-            return self.fc2(self.fc1(x, gelu=True))
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -88,9 +73,9 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
-        self.qkv = Linear(dim, dim * 3)
+        self.qkv = nn.Linear(dim, dim * 3)
         self.q_norm, self.k_norm = RmsNorm(self.head_dim), RmsNorm(self.head_dim)
-        self.proj = Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
@@ -144,10 +129,10 @@ class CrossAttention(nn.Module):
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
         self.key_parts = self.decode_parts = 0
-        self.q = Linear(dim, dim)
+        self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, dim * 2)
         self.q_norm, self.k_norm = RmsNorm(self.head_dim), RmsNorm(self.head_dim)
-        self.proj = Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
 
     def keys_values(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised keys and values of a condition: fixed across denoising steps, so sampling computes them once.
@@ -365,15 +350,6 @@ def split_image_keys(model: Rdt, parts: int, decode_parts: int = 0) -> None:
     for block in list(model.blocks)[1::2]:
         attn = cast(RdtBlock, block).cross_attn
         attn.key_parts, attn.decode_parts = parts, decode_parts
-
-
-def use_few_rows(model: Rdt, on: bool) -> None:
-    """The blocks' and the final layer's products through few_rows.linear (`Linear.few_rows`) where it applies:
-    for act at batch 1 (67 rows a product); off, F.linear (training and the tests' reference)."""
-    for module in [*model.blocks, model.final_layer]:
-        for layer in module.modules():
-            if isinstance(layer, Linear):
-                layer.few_rows = on
 
 
 def adaptor(depth: int, dim_in: int, dim_out: int) -> nn.Sequential:
