@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from policies.rdt.model import (
     sample_chunk,
     split_image_keys,
     split_keys_supported,
+    use_norm_attention,
 )
 from policies.rdt.state_space import StateMap
 from policies.rdt.weights import checkpoint_weights, load_strict, read_state_dict
@@ -84,6 +86,8 @@ class RdtPolicy:
         split_image_keys(model.model, self.history * len(SLOTS) if split_keys_supported(device, dtype) else 0,
                          splits_for(device, 1, heads, cfg.horizon + 3)
                          if supported(device, dtype, cfg.hidden_size // heads) else 0)
+        # every block's self-attention and language cross-attention with its norms in one kernel (norm_attention.py)
+        use_norm_attention(model.model, device.type == "cuda" and os.environ.get("RDT_NORM_ATTENTION", "1") != "0")
         self.denoise: Any = torch.compile(model.model, dynamic=False) if self.compiled else model.model
         self.lang_kv: Any = torch.compile(model.model.lang_kv, dynamic=False) if self.compiled else model.model.lang_kv
         self.image_kv: Any = (torch.compile(model.model.image_kv, dynamic=False) if self.compiled
@@ -98,6 +102,7 @@ class RdtPolicy:
         self.kept: list[KeptKV] | None = None
         self.deltas: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # Rdt.slot_deltas, at the first move
         self.kept_keys: list[object] | None = None
+        self.embeddings: list[torch.Tensor] | None = None  # _embeddings
         self.kept_lang: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.lang_seen: tuple[tuple[object, ...], torch.Tensor, torch.Tensor] | None = None  # (id..., it, device copy)
         self.keep_kv = True  # False: every call computes every key and value (the tests' reference)
@@ -148,6 +153,7 @@ class RdtPolicy:
         keys, tokens = self._frame_tokens(frames)
         plan = self._plan(keys)
         fresh = kept_lang is None
+        self._embeddings()  # computed here at the first call, outside any graph's capture
         fn = functools.partial(self._sample, plan, fresh)
         img = torch.cat(tokens if plan is None else [tokens[s] for s in plan.compute] or [tokens[0][:, :0]])
         inputs = {"img": img.reshape(1, -1, self.tower.hidden_size), "lang": lang, "state": state, "noise": noise}
@@ -302,7 +308,15 @@ class RdtPolicy:
 
         lang_mask = torch.ones(lang.shape[:2], dtype=torch.bool, device=self.device)
         return sample_chunk(self.model, self.coef, lang, lang_mask, img, state, self.action_mask, self.freq, noise,
-                            self.steps, self.denoise, condition)
+                            self.steps, self.denoise, condition, self._embeddings())
+
+    @torch.no_grad()
+    def _embeddings(self) -> list[torch.Tensor]:
+        """Each solver step's embeddings of its timestep and the control frequency (Rdt.step_embeddings): fixed
+        for the policy's weights, so computed once (not in every call's graph; five steps' ~40 kernels)."""
+        if self.embeddings is None:
+            self.embeddings = [self.model.model.step_embeddings(t, self.freq, 1) for t in self.steps]
+        return self.embeddings
 
     def _keep_lang(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Copy the language blocks' keys/values into the kept ones of their length (allocated at first use)."""

@@ -20,6 +20,7 @@ from torch import nn
 
 from policies.rdt import decode_attention as decode
 from policies.rdt import kv_place
+from policies.rdt import norm_attention as fused_attention
 
 
 @dataclass(frozen=True)
@@ -73,12 +74,19 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
+        self.fused_norms = False  # inference, set by use_norm_attention
         self.qkv = nn.Linear(dim, dim * 3)
         self.q_norm, self.k_norm = RmsNorm(self.head_dim), RmsNorm(self.head_dim)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
+        if self.fused_norms and fused_attention.supported(x, self.head_dim):
+            # the norms and the attention in one kernel, on views of the product (B, n, H, D each)
+            q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).unbind(2)
+            out = fused_attention.norm_attention(q, k, v, self.q_norm.weight, self.k_norm.weight, None,
+                                                 self.q_norm.eps)
+            return self.proj(out.reshape(b, n, c))
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
@@ -129,6 +137,7 @@ class CrossAttention(nn.Module):
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
         self.key_parts = self.decode_parts = 0
+        self.fused_norms = False  # inference, set by use_norm_attention
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, dim * 2)
         self.q_norm, self.k_norm = RmsNorm(self.head_dim), RmsNorm(self.head_dim)
@@ -159,6 +168,13 @@ class CrossAttention(nn.Module):
         if self.decode_parts and mask is None:
             # (B, n, H, D) from two Triton kernels, the keys walked in parts across the whole GPU
             return self.proj(decode.decode_attention(self.q_norm(q), k, v, self.decode_parts).reshape(b, n, c))
+        if (self.fused_norms and length <= fused_attention.MAX_KEYS and fused_attention.supported(x, self.head_dim)
+                and (mask is None or mask.dtype == torch.bool)):
+            # the queries' norm and the attention in one kernel (the language blocks' few keys)
+            out = fused_attention.norm_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 self.q_norm.weight, None,
+                                                 mask.reshape(-1, length) if mask is not None else None, self.q_norm.eps)
+            return self.proj(out.reshape(b, n, c))
         if self.key_parts > 1 and mask is None and length % self.key_parts == 0:
             out = split_key_attention(self.q_norm(q), k, v, self.key_parts)
         else:
@@ -306,18 +322,27 @@ class Rdt(nn.Module):
 
     def forward(self, x: torch.Tensor, freq: torch.Tensor, t: torch.Tensor, lang: torch.Tensor, img: torch.Tensor,
                 lang_mask: torch.Tensor | None = None, img_mask: torch.Tensor | None = None,
-                kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
-        """x: (B, 1 + horizon, D) state and action tokens -> (B, horizon, action_dim). `kv`: condition_kv's cache."""
-        te = self.t_embedder(t)[:, None]
-        if te.shape[0] == 1:
-            te = te.expand(x.shape[0], -1, -1)
-        x = torch.cat([te, self.freq_embedder(freq)[:, None], x], dim=1) + self.x_pos_embed
+                kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None, emb: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """x: (B, 1 + horizon, D) state and action tokens -> (B, horizon, action_dim). `kv`: condition_kv's cache;
+        `emb`: step_embeddings' (then `t` and `freq` are not read)."""
+        if emb is None:
+            emb = self.step_embeddings(t, freq, x.shape[0])
+        x = torch.cat([emb, x], dim=1) + self.x_pos_embed
         if kv is None:
             kv = self.condition_kv(lang, img)
         masks = (lang_mask, img_mask)
         for i, block in enumerate(self.blocks):
             x = block(x, kv[i], masks[i % 2])
         return self.final_layer(x)[:, -self.horizon:]
+
+
+    def step_embeddings(self, t: torch.Tensor, freq: torch.Tensor, batch: int) -> torch.Tensor:
+        """(B, 2, D): the embeddings of the diffusion step `t` and of the control frequency, the first two tokens."""
+        te = self.t_embedder(t)[:, None]
+        if te.shape[0] == 1:
+            te = te.expand(batch, -1, -1)
+        return torch.cat([te, self.freq_embedder(freq)[:, None]], dim=1)
 
 
 def interleave(lang: list[tuple[torch.Tensor, torch.Tensor]], img: list[tuple[torch.Tensor, torch.Tensor]]
@@ -350,6 +375,13 @@ def split_image_keys(model: Rdt, parts: int, decode_parts: int = 0) -> None:
     for block in list(model.blocks)[1::2]:
         attn = cast(RdtBlock, block).cross_attn
         attn.key_parts, attn.decode_parts = parts, decode_parts
+
+
+def use_norm_attention(model: Rdt, on: bool) -> None:
+    """Every block's self-attention and the cross-attention to at most norm_attention.MAX_KEYS tokens (language)
+    through norm_attention's kernel, norms inside, where it applies (`fused_norms`; act at batch 1)."""
+    for block in model.blocks:
+        cast(RdtBlock, block).attn.fused_norms = cast(RdtBlock, block).cross_attn.fused_norms = on
 
 
 def adaptor(depth: int, dim_in: int, dim_out: int) -> nn.Sequential:
@@ -443,11 +475,14 @@ def sample_chunk(runner: RdtRunner, coef: list[tuple[int, float, float, float]],
                  lang_mask: torch.Tensor, img: torch.Tensor, state: torch.Tensor, action_mask: torch.Tensor,
                  ctrl_freq: torch.Tensor, noise: torch.Tensor, steps: list[torch.Tensor],
                  denoise: Callable[..., torch.Tensor] | None = None,
-                 condition: Callable[..., list[tuple[torch.Tensor, torch.Tensor]]] | None = None) -> torch.Tensor:
+                 condition: Callable[..., list[tuple[torch.Tensor, torch.Tensor]]] | None = None,
+                 embeddings: list[torch.Tensor] | None = None) -> torch.Tensor:
     """(B, horizon, 128) unified actions from the DPM-Solver++ steps, absent dimensions zeroed by the mask: condition
     keys/values computed once, then the solver's linear updates (dpm_solver_coefficients), no scheduler object.
     `steps`: one (1,) long tensor per timestep (static, so a CUDA graph can hold them). `denoise`: the model's
-    forward to call (a compiled one), default `runner.model`; `condition`: likewise for `condition_kv`."""
+    forward to call (a compiled one), default `runner.model`; `condition`: likewise for `condition_kv`;
+    `embeddings`: each step's Rdt.step_embeddings, computed once by a caller that samples again and again (fixed by
+    the weights, the timesteps and the control frequency), else computed by each step."""
     model = runner.model
     lang_c, img_c = runner.lang_adaptor(lang), runner.img_adaptor(img)
     kv = (condition if condition is not None else model.condition_kv)(lang_c, img_c)
@@ -455,11 +490,12 @@ def sample_chunk(runner: RdtRunner, coef: list[tuple[int, float, float, float]],
     mask = action_mask.expand(-1, noise.shape[1], -1)
     x, prev = noise.float(), None
     step = denoise if denoise is not None else model  # not `or`: truth-testing a compiled module calls len()
-    for (_, a, b, c), t in zip(coef, steps, strict=True):
+    for i, ((_, a, b, c), t) in enumerate(zip(coef, steps, strict=True)):
         traj = torch.cat([state_c, runner.state_adaptor(torch.cat([x.to(state.dtype), mask], dim=2))], dim=1)
         # the step reads the images through kv only: an empty slice keeps its input shape the same for every
         # number of image tokens a caller passes (a compiled step is not compiled again)
-        m = step(traj, ctrl_freq, t, lang_c, img_c[:, :0], lang_mask=lang_mask, kv=kv).float()
+        m = step(traj, ctrl_freq, t, lang_c, img_c[:, :0], lang_mask=lang_mask, kv=kv,
+                 emb=embeddings[i] if embeddings is not None else None).float()
         x = a * x + b * m + (c * prev if prev is not None and c else 0.0)
         prev = m
     return (x * mask).to(state.dtype)
