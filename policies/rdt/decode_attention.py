@@ -33,10 +33,12 @@ TILE = (64, 4, 3)  # keys a step, warps, pipeline stages: the best of 21 measure
 
 
 if triton is not None:
+    from policies.rdt.norm_attention import rms_rows
+
     @triton.jit  # type: ignore[misc,untyped-decorator,unused-ignore]
-    def _partial_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,  # type: ignore[no-untyped-def]
+    def _partial_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, qw_ptr,  # type: ignore[no-untyped-def]
                         sqb, sqh, sqn, sqd, skb, skh, skl, skd, svb, svh, svl, svd,
-                        heads, n, length, n_splits, scale, SPLIT: tl.constexpr,
+                        heads, n, length, n_splits, scale, eps, SPLIT: tl.constexpr, Q_NORM: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr):
         split, bh, mt = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         b, h = bh // heads, bh % heads
@@ -45,6 +47,8 @@ if triton is not None:
         dmask = dims < D
         q = tl.load(q_ptr + b * sqb + h * sqh + rows[:, None] * sqn + dims[None, :] * sqd,
                     mask=(rows[:, None] < n) & dmask[None, :], other=0.0)
+        if Q_NORM:  # the queries' RMS norm here, not in a kernel of its own
+            q = rms_rows(q, qw_ptr, dims, eps, D)
         start = split * SPLIT
         end = start + SPLIT  # the last split is cut at `length` by the mask
         m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
@@ -128,9 +132,11 @@ def tile() -> tuple[int, int, int]:
     return TILE
 
 
-def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, splits: int) -> torch.Tensor:
+def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, splits: int, q_weight: torch.Tensor | None = None,
+           eps: float = 0.0) -> torch.Tensor:
     """softmax(q k^T / sqrt(D)) v for q (B, H, n, D), k and v (B, H, L, D) of any strides -> (B, n, H, D)
-    contiguous. No checks (`supported` says where it applies; under TRITON_INTERPRET=1 it runs on CPU tensors)."""
+    contiguous; with `q_weight`, q RMS-normalised per head first (weights `q_weight`, `eps`). No checks
+    (`supported` says where it applies; under TRITON_INTERPRET=1 it runs on CPU tensors)."""
     b, heads, n, d = q.shape
     length = k.shape[2]
     block_n, warps, stages = tile()
@@ -143,22 +149,25 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, splits: int) -> to
     lse = torch.empty((b * heads * n_splits * n,), dtype=torch.float32, device=q.device)
     out = torch.empty((b, n, heads, d), dtype=q.dtype, device=q.device)
     _partial_kernel[(n_splits, b * heads, m_tiles)](
-        q, k, v, partial, lse, *q.stride(), *k.stride(), *v.stride(), heads, n, length, n_splits,
-        1.0 / d ** 0.5, SPLIT=per, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, D=d, num_warps=warps, num_stages=stages)
+        q, k, v, partial, lse, q_weight if q_weight is not None else q, *q.stride(), *k.stride(), *v.stride(), heads,
+        n, length, n_splits, 1.0 / d ** 0.5, eps, SPLIT=per, Q_NORM=q_weight is not None, BLOCK_M=block_m,
+        BLOCK_N=block_n, BLOCK_D=block_d, D=d, num_warps=warps, num_stages=stages)
     _combine_kernel[(b * heads, m_tiles)](partial, lse, out, heads, n, N_SPLITS=n_splits, BLOCK_M=block_m, BLOCK_D=block_d,
                                           D=d, num_warps=4)
     return out
 
 
 @torch.library.custom_op("robo_runner::decode_attention", mutates_args=())  # type: ignore[misc,untyped-decorator,unused-ignore]
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, splits: int) -> torch.Tensor:
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, splits: int,
+                     q_weight: torch.Tensor | None = None, eps: float = 0.0) -> torch.Tensor:
     """(B, H, n, D) queries over (B, H, L, D) keys and values -> (B, n, H, D): SDPA without a mask, its keys walked
-    in `splits` parts at once."""
+    in `splits` parts at once; with `q_weight`, of the queries RMS-normalised per head (weights, `eps`)."""
     with torch.cuda.device(q.device):
-        return launch(q, k, v, splits)
+        return launch(q, k, v, splits, q_weight, eps)
 
 
 @decode_attention.register_fake  # type: ignore[misc,untyped-decorator,unused-ignore]
-def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, splits: int) -> torch.Tensor:
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, splits: int, q_weight: torch.Tensor | None = None,
+      eps: float = 0.0) -> torch.Tensor:
     b, heads, n, d = q.shape
     return q.new_empty((b, n, heads, d))

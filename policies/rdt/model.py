@@ -166,8 +166,10 @@ class CrossAttention(nn.Module):
         k, v = kv
         length = k.shape[2]
         if self.decode_parts and mask is None:
-            # (B, n, H, D) from two Triton kernels, the keys walked in parts across the whole GPU
-            return self.proj(decode.decode_attention(self.q_norm(q), k, v, self.decode_parts).reshape(b, n, c))
+            # (B, n, H, D) from two Triton kernels, the keys walked in parts across the whole GPU, the queries' norm
+            # in the first
+            out = decode.decode_attention(q, k, v, self.decode_parts, self.q_norm.weight, self.q_norm.eps)
+            return self.proj(out.reshape(b, n, c))
         if (self.fused_norms and length <= fused_attention.MAX_KEYS and fused_attention.supported(x, self.head_dim)
                 and (mask is None or mask.dtype == torch.bool)):
             # the queries' norm and the attention in one kernel (the language blocks' few keys)

@@ -29,7 +29,8 @@ MAX_KEYS = 1024  # RDT's longest instruction; the image blocks' thousands of key
 
 if triton is not None:
     @triton.jit  # type: ignore[misc,untyped-decorator,unused-ignore]
-    def _rms(x, w_ptr, dims, eps, D: tl.constexpr):  # type: ignore[no-untyped-def]
+    def rms_rows(x, w_ptr, dims, eps, D: tl.constexpr):  # type: ignore[no-untyped-def]
+        """Each row of x RMS-normalised over its D values (fp32), times the weights at w_ptr, in x's dtype."""
         xf = x.to(tl.float32)
         scale = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=1) / D + eps)
         w = tl.load(w_ptr + dims, mask=dims < D, other=0.0).to(tl.float32)
@@ -47,7 +48,7 @@ if triton is not None:
         dmask = dims < D
         q = tl.load(q_ptr + b * sqb + h * sqh + rows[:, None] * sqn + dims[None, :] * sqd,
                     mask=(rows[:, None] < n) & dmask[None, :], other=0.0)
-        q = _rms(q, qw_ptr, dims, eps, D)
+        q = rms_rows(q, qw_ptr, dims, eps, D)
         m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         l_i = tl.zeros((BLOCK_M,), tl.float32)
         acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
@@ -60,7 +61,7 @@ if triton is not None:
             k = tl.load(k_ptr + b * skb + h * skh + keys[:, None] * skl + dims[None, :] * skd,
                         mask=(keys[:, None] < length) & dmask[None, :], other=0.0)
             if NORM_K:
-                k = _rms(k, kw_ptr, dims, eps, D)
+                k = rms_rows(k, kw_ptr, dims, eps, D)
             s = tl.dot(q, tl.trans(k)) * qk_scale
             s = tl.where(kmask[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
