@@ -338,7 +338,6 @@ class Rdt(nn.Module):
             x = block(x, kv[i], masks[i % 2])
         return self.final_layer(x)[:, -self.horizon:]
 
-
     def step_embeddings(self, t: torch.Tensor, freq: torch.Tensor, batch: int) -> torch.Tensor:
         """(B, 2, D): the embeddings of the diffusion step `t` and of the control frequency, the first two tokens."""
         te = self.t_embedder(t)[:, None]
