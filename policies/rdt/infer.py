@@ -35,6 +35,7 @@ from policies.rdt.model import (
     sample_chunk,
     split_image_keys,
     split_keys_supported,
+    use_gelu_epilogue,
     use_norm_attention,
 )
 from policies.rdt.state_space import StateMap
@@ -88,6 +89,8 @@ class RdtPolicy:
                          if supported(device, dtype, cfg.hidden_size // heads) else 0)
         # every block's self-attention and language cross-attention with its norms in one kernel (norm_attention.py)
         use_norm_attention(model.model, device.type == "cuda" and os.environ.get("RDT_NORM_ATTENTION", "1") != "0")
+        # and every block's fc1 with its GELU as one product (linear_gelu.py)
+        use_gelu_epilogue(model.model, device.type == "cuda" and os.environ.get("RDT_GELU_EPILOGUE", "1") != "0")
         self.denoise: Any = torch.compile(model.model, dynamic=False) if self.compiled else model.model
         self.lang_kv: Any = torch.compile(model.model.lang_kv, dynamic=False) if self.compiled else model.model.lang_kv
         self.image_kv: Any = (torch.compile(model.model.image_kv, dynamic=False) if self.compiled

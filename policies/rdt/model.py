@@ -21,6 +21,7 @@ from torch import nn
 from policies.rdt import decode_attention as decode
 from policies.rdt import kv_place
 from policies.rdt import norm_attention as fused_attention
+from policies.rdt.linear_gelu import linear_gelu
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,11 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU(approximate="tanh")
         self.fc2 = nn.Linear(hidden, out)
+        self.gelu_epilogue = False  # fc1's GELU inside its product (linear_gelu.py; act on CUDA)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gelu_epilogue:
+            return self.fc2(linear_gelu(x, self.fc1.weight, self.fc1.bias))
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -383,6 +387,12 @@ def use_norm_attention(model: Rdt, on: bool) -> None:
     through norm_attention's kernel, norms inside, where it applies (`fused_norms`; act at batch 1)."""
     for block in model.blocks:
         cast(RdtBlock, block).attn.fused_norms = cast(RdtBlock, block).cross_attn.fused_norms = on
+
+
+def use_gelu_epilogue(model: Rdt, on: bool) -> None:
+    """Every block's fc1 and GELU as one product with a GELU epilogue (Mlp.gelu_epilogue; inference only)."""
+    for block in model.blocks:
+        cast(RdtBlock, block).ffn.gelu_epilogue = on
 
 
 def adaptor(depth: int, dim_in: int, dim_out: int) -> nn.Sequential:
