@@ -33,7 +33,7 @@ TILE = (64, 4, 3)  # keys a step, warps, pipeline stages: the best of 21 measure
 
 
 if triton is not None:
-    from policies.rdt.norm_attention import rms_rows
+    from policies.rdt.norm_attention import rms_rows, softmax_tile
 
     @triton.jit  # type: ignore[misc,untyped-decorator,unused-ignore]
     def _partial_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, qw_ptr,  # type: ignore[no-untyped-def]
@@ -60,16 +60,9 @@ if triton is not None:
             kmask = (keys < end) & (keys < length)
             k = tl.load(k_ptr + b * skb + h * skh + keys[:, None] * skl + dims[None, :] * skd,
                         mask=kmask[:, None] & dmask[None, :], other=0.0)
-            s = tl.dot(q, tl.trans(k)) * qk_scale
-            s = tl.where(kmask[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            p = tl.exp2(s - m_new[:, None])
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, axis=1)
             v = tl.load(v_ptr + b * svb + h * svh + keys[:, None] * svl + dims[None, :] * svd,
                         mask=kmask[:, None] & dmask[None, :], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
+            m_i, l_i, acc = softmax_tile(q, k, v, kmask, m_i, l_i, acc, qk_scale)
         row_ok = rows < n
         base = (bh * n_splits + split) * n
         tl.store(o_ptr + (base + rows[:, None]) * BLOCK_D + dims[None, :], acc / l_i[:, None], mask=row_ok[:, None])

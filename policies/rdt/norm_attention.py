@@ -37,6 +37,19 @@ if triton is not None:
         return (xf * scale[:, None] * w[None, :]).to(x.dtype)
 
     @triton.jit  # type: ignore[misc,untyped-decorator,unused-ignore]
+    def softmax_tile(q, k, v, kmask, m_i, l_i, acc, qk_scale):  # type: ignore[no-untyped-def]
+        """One key tile of flash attention's online softmax (bf16 products, fp32 statistics in base 2): the running
+        row maxima, sums and unnormalised outputs after the keys k and values v where kmask. A row whose keys so far
+        are all masked keeps max -inf and sum 0 (no NaN)."""
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        s = tl.where(kmask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        return m_new, l_i * alpha + tl.sum(p, axis=1), acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+
+    @triton.jit  # type: ignore[misc,untyped-decorator,unused-ignore]
     def _norm_attention_kernel(q_ptr, k_ptr, v_ptr, qw_ptr, kw_ptr, mask_ptr, o_ptr,  # type: ignore[no-untyped-def]
                                sqb, sqn, sqh, sqd, skb, skl, skh, skd, svb, svl, svh, svd, smb, sml,
                                heads, n, length, eps, scale, TILES: tl.constexpr, NORM_K: tl.constexpr, MASK: tl.constexpr,
@@ -62,17 +75,9 @@ if triton is not None:
                         mask=(keys[:, None] < length) & dmask[None, :], other=0.0)
             if NORM_K:
                 k = rms_rows(k, kw_ptr, dims, eps, D)
-            s = tl.dot(q, tl.trans(k)) * qk_scale
-            s = tl.where(kmask[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet
-            p = tl.exp2(s - m_safe[:, None])
-            alpha = tl.exp2(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, axis=1)
             v = tl.load(v_ptr + b * svb + h * svh + keys[:, None] * svl + dims[None, :] * svd,
                         mask=(keys[:, None] < length) & dmask[None, :], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
+            m_i, l_i, acc = softmax_tile(q, k, v, kmask, m_i, l_i, acc, qk_scale)
         offs = ((b * n + rows[:, None]) * heads + h) * D + dims[None, :]
         tl.store(o_ptr + offs, (acc / l_i[:, None]).to(o_ptr.dtype.element_ty),
                  mask=(rows[:, None] < n) & dmask[None, :])
