@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from policies.rdt.linear_gelu import linear_gelu
 from policies.rdt.model import Mlp, RdtBlock, RdtConfig, RdtRunner, use_gelu_epilogue
+from tests.policies.rdt.blocks import run_blocks
 
 
 def test_use_gelu_epilogue_flags_every_block_and_the_cpu_path_is_fc1_then_gelu_compiled_or_not() -> None:
@@ -47,36 +46,4 @@ def test_epilogue_matches_double_and_blocks_match_eager_compiled_and_graphed() -
     assert got.shape == (1, 67, 2048) and got.dtype == torch.bfloat16
     assert float(((got.double() - want).abs() / want.abs().clamp_min(1.0)).max()) < 2 ** -7
 
-    cfg = replace(RdtConfig(), depth=2, img_cond_len=729)
-    with torch.device("cuda"):
-        m = RdtRunner(cfg).to(torch.bfloat16).eval()
-        x = torch.randn(1, 65, 2048, dtype=torch.bfloat16)
-        lang, img = torch.randn(1, 40, 2048, dtype=torch.bfloat16), torch.randn(1, 729, 2048, dtype=torch.bfloat16)
-        freq, t = torch.full((1,), 25.0, dtype=torch.bfloat16), torch.full((1,), 500)
-    with torch.no_grad():
-        kv = m.model.condition_kv(lang, img)
-
-        def step(inp: torch.Tensor) -> torch.Tensor:
-            return m.model(inp, freq, t, lang, img[:, :0], kv=kv)
-
-        ref = step(x)
-        use_gelu_epilogue(m.model, True)
-        eager = step(x)
-        compiled = torch.compile(m.model, dynamic=False)(x, freq, t, lang, img[:, :0], kv=kv)
-        static = x.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            step(static)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            graphed = step(static)
-        static.copy_(x * 0.5)
-        graph.replay()
-        half = step(x * 0.5)
-        use_gelu_epilogue(m.model, False)
-    scale = float(ref.float().abs().max())
-    for out in (eager, compiled):
-        assert float((out.float() - ref.float()).abs().max()) < 3e-2 * scale
-    assert torch.equal(graphed, half)
+    run_blocks(use_gelu_epilogue, 729).assert_close()

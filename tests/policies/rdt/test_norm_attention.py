@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from policies.rdt import norm_attention as na
 from policies.rdt.model import RdtBlock, RdtConfig, RdtRunner, use_norm_attention
+from tests.policies.rdt.blocks import run_blocks
 
 
 def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qw: torch.Tensor, kw: torch.Tensor | None,
@@ -85,40 +84,6 @@ def test_kernel_matches_norms_then_sdpa_in_double_at_rdt_1b_width(n: int, length
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_blocks_through_the_kernel_match_the_eager_norms_eager_compiled_and_graphed() -> None:
     """Two RDT-1B-wide blocks (a language one with a mask, an image one) at batch 1, bf16."""
-    cfg = replace(RdtConfig(), depth=2, img_cond_len=6 * 729)
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        m = RdtRunner(cfg).to(torch.bfloat16).eval()
-        x = torch.randn(1, 65, 2048, dtype=torch.bfloat16)
-        lang, img = torch.randn(1, 40, 2048, dtype=torch.bfloat16), torch.randn(1, 6 * 729, 2048, dtype=torch.bfloat16)
-        mask = torch.ones(1, 40, dtype=torch.bool)
-        freq, t = torch.full((1,), 25.0, dtype=torch.bfloat16), torch.full((1,), 500)
-    mask[0, 30:] = False
-    with torch.no_grad():
-        kv = m.model.condition_kv(lang, img)
-
-        def step(inp: torch.Tensor) -> torch.Tensor:
-            return m.model(inp, freq, t, lang, img[:, :0], lang_mask=mask, kv=kv)
-
-        ref = step(x)
-        use_norm_attention(m.model, True)
-        eager = step(x)
-        compiled = torch.compile(m.model, dynamic=False)(x, freq, t, lang, img[:, :0], lang_mask=mask, kv=kv)
-        static = x.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            step(static)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            graphed = step(static)
-        static.copy_(x * 0.5)
-        graph.replay()
-        half = step(x * 0.5)
-        use_norm_attention(m.model, False)
-    scale = float(ref.float().abs().max())
-    for out in (eager, compiled):
-        assert float((out.float() - ref.float()).abs().max()) < 3e-2 * scale
-    assert not torch.equal(eager, ref)  # the kernel ran
-    assert torch.equal(graphed, half)
+    runs = run_blocks(use_norm_attention, 6 * 729, lang_mask_from=30)
+    runs.assert_close()
+    assert not torch.equal(runs.eager, runs.ref)  # the kernel ran
