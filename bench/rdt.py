@@ -16,6 +16,8 @@ upstream    upstream's train/train.py step, item by item: Accelerator(mixed_prec
             with mul_/add_. The model is this repo's RdtRunner (upstream's architecture and parameter names).
 --train-cameras 1: the lab's robot (one camera): the other two slots of each frame hold the background picture.
 Upstream's path encodes all six images a sample as it does; the runner's encodes the shown ones and one background.
+--image-drop 0.1: upstream's fine-tuning default cond_mask_prob, which replaces each shown image by the background
+with that probability (here exactly that share of the batch's shown images); upstream still encodes all six.
 
 fused       the runner's default on one GPU (policies/rdt/engine.py FusedEngine, the same code `runner train` runs):
             eager bf16 SigLIP (policies/rdt/siglip.py), compiled RDT in bf16, fp32 masters, fused AdamW, clipping
@@ -62,15 +64,21 @@ def save_siglip(path: Path) -> Path:
     return path
 
 
-def batch(n: int, device: torch.device, cfg: RdtConfig, seed: int, cameras: int = 3) -> dict[str, torch.Tensor]:
+def batch(n: int, device: torch.device, cfg: RdtConfig, seed: int, cameras: int = 3,
+          drop: float = 0.0) -> dict[str, torch.Tensor]:
     """Random inputs; with fewer than 3 cameras the other slots hold the background picture (one constant image),
-    as TrainItems makes them, and the runner's SigLIP encodes the shown images and one background
-    (batches.unique_images); upstream's path encodes all six a sample."""
+    as TrainItems makes them, and so does the fraction `drop` of the shown images (upstream's cond_mask_prob: each
+    shown image is replaced by the background with that probability; here exactly that share, at random places).
+    The runner's SigLIP encodes the shown images and one background (batches.unique_images); upstream's path
+    encodes all six a sample."""
     from policies.rdt.batches import unique_images
 
     rng = torch.Generator().manual_seed(seed)
     images = torch.randn(n, 6, 3, 384, 384, generator=rng)
-    blank = (torch.arange(6) % 3 >= cameras).expand(n, 6)  # time-major: slots 0..2 at each of 2 frames
+    blank = (torch.arange(6) % 3 >= cameras).expand(n, 6).clone()  # time-major: slots 0..2 at each of 2 frames
+    shown = (~blank).nonzero()
+    dropped = shown[torch.randperm(len(shown), generator=rng)[:round(drop * len(shown))]]
+    blank[dropped[:, 0], dropped[:, 1]] = True
     images[blank] = 0.0
     select, source = unique_images(blank)
     return {"images": images.to(device), "image_select": select.to(device), "image_source": source.to(device),
@@ -105,7 +113,7 @@ def dist_env() -> None:
         os.environ.setdefault(k, v)
 
 
-def train_upstream(siglip: Path, n: int, steps: int, cameras: int = 3) -> float:
+def train_upstream(siglip: Path, n: int, steps: int, cameras: int = 3, drop: float = 0.0) -> float:
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin
     from transformers import SiglipVisionModel
@@ -127,7 +135,7 @@ def train_upstream(siglip: Path, n: int, steps: int, cameras: int = 3) -> float:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     rdt, opt, sched = acc.prepare(rdt, opt, sched)
     alphas = torch.as_tensor(schedulers(cfg)[0].alphas_cumprod, dtype=torch.float32).to(dev)  # type: ignore[attr-defined]
-    b = batch(n, dev, cfg, acc.process_index, cameras)
+    b = batch(n, dev, cfg, acc.process_index, cameras, drop)
     gen = torch.Generator(dev).manual_seed(acc.process_index)
     updates = [0]
 
@@ -167,7 +175,7 @@ def upstream_ema_step(ema: torch.nn.Module, model: torch.nn.Module, updates: lis
     updates[0] += 1
 
 
-def train_runner(siglip: Path, n: int, steps: int, engine: str, cameras: int = 3) -> float:
+def train_runner(siglip: Path, n: int, steps: int, engine: str, cameras: int = 3, drop: float = 0.0) -> float:
     from policies.rdt.engine import AccelerateEngine, FusedEngine, make_accelerator
     from policies.rdt.train import _loss
     from policies.rdt.vision import SiglipTower
@@ -183,7 +191,7 @@ def train_runner(siglip: Path, n: int, steps: int, engine: str, cameras: int = 3
         model = RdtRunner(cfg)
     eng = FusedEngine(acc, model, o, compile=True) if fused else AccelerateEngine(acc, model, o, deepspeed=True)
     alphas = torch.as_tensor(schedulers(cfg)[0].alphas_cumprod, dtype=torch.float32).to(dev)  # type: ignore[attr-defined]
-    b = batch(n, dev, cfg, acc.process_index, cameras)
+    b = batch(n, dev, cfg, acc.process_index, cameras, drop)
     gen = torch.Generator(dev).manual_seed(acc.process_index)
 
     def step() -> None:
@@ -293,8 +301,8 @@ def one(args: argparse.Namespace, siglip: Path) -> None:
         from policies.rdt.siglip import SiglipEncoder
 
         SiglipEncoder.fused_add_norm = False
-    rate = train_upstream(siglip, n, args.steps, args.train_cameras) if args.only == "upstream" else train_runner(
-        siglip, n, args.steps, args.only, args.train_cameras)
+    rate = train_upstream(siglip, n, args.steps, args.train_cameras, args.image_drop) if args.only == "upstream" \
+        else train_runner(siglip, n, args.steps, args.only, args.train_cameras, args.image_drop)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"RESULT {args.only} {n} {rate:.2f} {torch.cuda.max_memory_allocated() / 2**30:.1f}", flush=True)
 
@@ -305,7 +313,7 @@ def drive(args: argparse.Namespace) -> None:
     for n in args.batch:
         for what in ("upstream", "fused"):
             cmd = [sys.executable, __file__, "--only", what, "--batch", str(n), "--steps", str(args.steps),
-                   "--train-cameras", str(args.train_cameras)]
+                   "--train-cameras", str(args.train_cameras), "--image-drop", str(args.image_drop)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             if out.returncode or not lines:
@@ -328,6 +336,9 @@ if __name__ == "__main__":
     ap.add_argument("--cameras", type=int, choices=[1, 2, 3], default=3, help="cameras with a new frame every call")
     ap.add_argument("--train-cameras", type=int, choices=[1, 2, 3], default=3,
                     help="training: cameras a sample shows (the rest background, as the lab's one-camera data)")
+    ap.add_argument("--image-drop", type=float, default=0.0,
+                    help="training: the share of shown images replaced by the background (upstream's cond_mask_prob, "
+                         "0.1 in its fine-tuning; 0 by default, as the figures before the twenty-first session)")
     a = ap.parse_args()
     path = Path(os.environ.get("SIGLIP", tempfile.gettempdir())) / "rdt-bench-siglip"
     if int(os.environ.get("RANK", "0")) == 0:
