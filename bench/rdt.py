@@ -307,6 +307,15 @@ def one(args: argparse.Namespace, siglip: Path) -> None:
         print(f"RESULT {args.only} {n} {rate:.2f} {torch.cuda.max_memory_allocated() / 2**30:.1f}", flush=True)
 
 
+def share(text: str) -> float:
+    """A probability for argparse: a number from 0 to 1."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        msg = f"must be from 0 to 1, got {text}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def drive(args: argparse.Namespace) -> None:
     """Every training row in its own process (DeepSpeed and compiled state do not leak between rows), then ratios."""
     rows: dict[tuple[str, int], tuple[float, float]] = {}
@@ -336,7 +345,7 @@ if __name__ == "__main__":
     ap.add_argument("--cameras", type=int, choices=[1, 2, 3], default=3, help="cameras with a new frame every call")
     ap.add_argument("--train-cameras", type=int, choices=[1, 2, 3], default=3,
                     help="training: cameras a sample shows (the rest background, as the lab's one-camera data)")
-    ap.add_argument("--image-drop", type=float, default=0.0,
+    ap.add_argument("--image-drop", type=share, default=0.0,
                     help="training: the share of shown images replaced by the background (upstream's cond_mask_prob, "
                          "0.1 in its fine-tuning; 0 by default, as the figures before the twenty-first session)")
     a = ap.parse_args()
