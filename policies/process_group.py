@@ -24,6 +24,7 @@ import importlib.util
 import sys
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch.distributed as dist
 
@@ -60,3 +61,32 @@ def leave() -> None:
     gc.collect()  # training objects in reference cycles that still hold the group
     if dist.is_initialized():
         dist.destroy_process_group()
+    settle()
+
+
+def gloo_threads() -> list[str]:
+    """Names of this process's running gloo threads (Linux's /proc; [] elsewhere)."""
+    names = []
+    for task in Path("/proc/self/task").glob("*"):
+        try:
+            name = (task / "comm").read_text().strip()
+        except OSError:  # the thread ended while being listed
+            continue
+        if "gloo" in name:
+            names.append(name)
+    return sorted(names)
+
+
+def settle(limit_s: float = 2.0) -> list[str]:
+    """Wait up to `limit_s` for gloo's threads to end after the group was destroyed, collecting reference cycles
+    once more if any is left; returns those still running. gloo's transport loop ends with the last reference to
+    its device, which a thread finishing its last event can be the one to drop, a moment after destroy returns (a
+    CI run saw `gloo_tcp_loop` still listed right after `leave`)."""
+    deadline = time.monotonic() + limit_s
+    left = gloo_threads()
+    if left:
+        gc.collect()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.01)
+        left = gloo_threads()
+    return left

@@ -3,23 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from policies import process_group
-
-
-def gloo_threads() -> list[str]:
-    """Names of this process's running gloo threads (Linux's /proc; [] elsewhere)."""
-    names = []
-    for task in Path("/proc/self/task").glob("*"):
-        try:
-            name = (task / "comm").read_text().strip()
-        except OSError:  # the thread ended while being listed
-            continue
-        if "gloo" in name:
-            names.append(name)
-    return sorted(names)
+from policies.process_group import gloo_threads
 
 
 def then_leave(rank: int, worker: Callable[..., None], *args: Any) -> None:
@@ -28,7 +15,7 @@ def then_leave(rank: int, worker: Callable[..., None], *args: Any) -> None:
     interpreter shuts down, and the process can abort at exit (policies/process_group.py says why)."""
     worker(rank, *args)
     process_group.leave()
-    left = gloo_threads()
+    left = gloo_threads()  # leave settled them
     if left:
         msg = f"the process group outlived leaving it (threads {left}): join it with policies.process_group"
         raise AssertionError(msg)

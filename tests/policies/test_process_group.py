@@ -3,9 +3,12 @@ that default to the then-current group are imported after joining, as torch.comp
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +33,8 @@ def _rank(rank: int, world: int, store: str, out: str, prepared: bool, late: str
     parts = [torch.empty(3) for _ in range(world)]
     dist.all_gather(parts, torch.full((3,), float(rank)))
     dist.destroy_process_group()
-    Path(out, f"rank{rank}.json").write_text(json.dumps({"threads": gloo_threads(),
+    threads = process_group.settle() if prepared else gloo_threads()  # settled: gloo's loop may end a moment later
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"threads": threads,
                                                           "gathered": [p.tolist() for p in parts]}))
     if not prepared:  # the group leaked, as shown: skip the shutdown at which such a process can abort (exit 134)
         os._exit(0)
@@ -75,3 +79,28 @@ def test_a_step_process_leaves_its_group_when_the_step_returns(tmp_path: Path, m
     out = tmp_path / "out.json"
     mp.spawn(_step_process, args=(str(tmp_path / "store"), str(out)), nprocs=1, join=True)
     assert json.loads(out.read_text()) == {"code": 2, "threads": [], "joined": False}
+
+
+def _named_thread(name: bytes, started: threading.Event, release: threading.Event) -> None:
+    """Takes `name` as its OS-level name (what /proc lists, as gloo's threads are named), then waits for `release`."""
+    ctypes.CDLL(None).prctl(15, name, 0, 0, 0)  # PR_SET_NAME
+    started.set()
+    release.wait(5)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_settle_waits_for_a_gloo_thread_that_is_still_ending() -> None:
+    started, release = threading.Event(), threading.Event()
+    thread = threading.Thread(target=_named_thread, args=(b"gloo_tcp_test", started, release))
+    thread.start()
+    started.wait(5)
+    try:
+        assert process_group.settle(0.05) == ["gloo_tcp_test"]  # still running after the limit: named
+        threading.Timer(0.2, release.set).start()
+        t = time.monotonic()
+        assert process_group.settle(3.0) == []  # ended within the limit: waited for
+        assert 0.1 < time.monotonic() - t < 2.5
+    finally:
+        release.set()
+        thread.join()
+    assert process_group.gloo_threads() == []
