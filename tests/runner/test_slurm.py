@@ -126,6 +126,24 @@ def _wait_for(path_glob: Callable[[], list[Path]], text: str, timeout: float = 3
     raise AssertionError(f"{text!r} never appeared")
 
 
+def _submitted(proc: subprocess.Popen[str], runs: Path, timeout: float) -> str:
+    """The Slurm job id of the newest run's train step once `runner submit` has handed it to sbatch. The first
+    Docker-runtime submit of a session first saves the image into slurm.image_cache (~1.8 GB: 7 minutes on a slow
+    CI machine), so it gets its own limit, not the training's."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in sorted(runs.glob("*/run.json")):
+            steps = json.loads(record.read_text()).get("steps", [])
+            job_id = next((st.get("handle", {}).get("job_id") for st in steps if st["name"] == "train"), None)
+            if job_id:
+                return str(job_id)
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"runner submit exited {proc.returncode} before submitting:\n{out}")
+        time.sleep(0.5)
+    raise AssertionError("runner submit never handed the step to sbatch")
+
+
 @pytest.mark.slurm
 @pytest.mark.parametrize("runtime", ["local", pytest.param("docker", marks=[pytest.mark.docker, pytest.mark.slow])])
 def test_preempted_training_checkpoints_requeues_and_resumes(tmp_path: Path, runtime: str,
@@ -137,10 +155,10 @@ def test_preempted_training_checkpoints_requeues_and_resumes(tmp_path: Path, run
     assert conv.wait(timeout=300) == 0, conv.stdout.read() if conv.stdout else ""
     proc = _runner("submit", "preempt", "train", cwd=tmp_path)
     logs = lambda: list((tmp_path / "runs/preempt").glob("*/train.log"))  # noqa: E731
+    job_id = _submitted(proc, tmp_path / "runs/preempt", timeout=1200)
     first = _wait_for(logs, "train: step 30/")
     record = json.loads((first.parent / "run.json").read_text())
-    job_id = next(s for s in record["steps"] if s["name"] == "train")["handle"]["job_id"]
-    assert job_id
+    assert next(s for s in record["steps"] if s["name"] == "train")["handle"]["job_id"] == job_id
     subprocess.run(["scancel", "--signal=USR2", "--batch", job_id], check=True)  # what Slurm sends before preemption
     log = _wait_for(logs, "train: resumed from", timeout=400)
     out, _ = proc.communicate(timeout=600)
