@@ -1,6 +1,6 @@
 """Can one persistent kernel run act's 67-row products faster than one cuBLAS launch each? A probe for issue 17.
 
-    PYTHONPATH=. python bench/rdt_persistent.py [--layers 28] [--configs 128,8,64,8,3 ...] [--tma ...]
+    PYTHONPATH=. python bench/rdt_persistent.py [--cuda] [--layers 28] [--configs 128,8,64,8,3 ...] [--tma ...]
 
 act's sampling graph at batch 1 is ~1,700 kernels (28 blocks, 5 solver steps), each with a floor of 5-10 us in a
 CUDA graph whatever its work: cuBLAS takes ~6.2 us for 67 x 2048 -> 2048 (8 MB of weights, 1.75 us at the
@@ -13,7 +13,12 @@ barriers in between. This probe measures its core on a chain of `--layers` disti
 - persistent: one launch for the whole chain, a grid barrier (an atomic count, spun on) after each product;
 - the barriers alone (the same launch with no products): what a phase costs at the least;
 - persistent with plain stores in place of the atomics (a wrong sum, for timing only): what the reduction costs;
-- `--tma`: the persistent kernel reading the weights, then also the activations, by TMA descriptors.
+- `--tma`: the persistent kernel reading the weights, then also the activations, by TMA descriptors;
+- `--cuda`: kernels written by hand in CUDA C++ and built by NVRTC (torch.cuda._compile_kernel): 128 blocks of 8
+  warps on mma.sync, the weights pre-permuted into the B fragments' order and read straight into registers, the
+  split-K partials added by scalar atomics, by two-wide `red`, or stored (a wrong sum, timing only), once with the
+  next layer's weights loaded before the barrier; and the splits summed inside thread-block clusters of 8 or 4
+  through distributed shared memory (bf16 out, no atomics), a launch a product and as one persistent launch.
 
 The kernel: each program takes (column tile, slice of the inner dimension) tiles, multiplies the 67 rows (padded
 to a 128-row tile, masked) by its weight tile on tensor cores and adds its fp32 partial into the next layer's fp32
@@ -352,6 +357,7 @@ chain_cluster(unsigned short* ys, const uint4* __restrict__ wf, unsigned* sync, 
             asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(hi) : "f"(sum.w), "f"(sum.z));
             *reinterpret_cast<uint2*>(out + (size_t)r * N_ + n0 + c) = make_uint2(lo, hi);
         }
+#if PERSIST
         __syncthreads();
         if (threadIdx.x == 0) {
             __threadfence();
@@ -365,14 +371,19 @@ chain_cluster(unsigned short* ys, const uint4* __restrict__ wf, unsigned* sync, 
             if (polls >= SPIN_LIMIT) atomicAdd(sync + 1, 1u);
         }
         __syncthreads();
+#else  // one launch a product: no block may leave while its cluster still reads its shared memory
+        asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
     }
 }
 """
 
 
-def cuda_cluster_chain(rows: int, splits: int) -> Callable[..., None]:
-    """CLUSTER_SOURCE through NVRTC, `splits` blocks a cluster, its shared memory configured."""
-    kernel = torch.cuda._compile_kernel(f"#define M_ {rows}\n#define S {splits}\n" + CLUSTER_SOURCE, "chain_cluster")
+def cuda_cluster_chain(rows: int, splits: int, persist: bool) -> Callable[..., None]:
+    """CLUSTER_SOURCE through NVRTC, `splits` blocks a cluster, its shared memory configured; persist: one launch
+    for the chain with grid barriers, else one launch a product."""
+    defines = f"#define M_ {rows}\n#define S {splits}\n#define PERSIST {int(persist)}\n"
+    kernel = torch.cuda._compile_kernel(defines + CLUSTER_SOURCE, "chain_cluster")
     kernel.set_shared_memory_config(cluster_smem(splits))
     return kernel  # type: ignore[no-any-return]
 
@@ -524,27 +535,29 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001  # a compiler failure is reported, not fatal
                 print(f"CUDA lookahead={lookahead} reduce={reduce}: failed: {type(exc).__name__}: {str(exc)[:1500]}", flush=True)
         ys = torch.zeros(layers + 1, m, d, dtype=torch.bfloat16, device=dev)
-        for splits in (8, 4):
+        for splits, persist in ((8, False), (4, False), (8, True), (4, True)):
+            name = f"clusters of {splits}, {'one launch' if persist else 'a launch a product'}"
             try:
-                kernel = cuda_cluster_chain(m, splits)
+                kernel = cuda_cluster_chain(m, splits, persist)
 
-                def clustered(kernel: Callable[..., None] = kernel, splits: int = splits) -> None:
+                def clustered(kernel: Callable[..., None] = kernel, splits: int = splits,
+                              persist: bool = persist) -> None:
                     sync.zero_()
                     ys[0].copy_(x)
-                    kernel(grid=(128, 1, 1), block=(256, 1, 1), args=[ys, wf, sync, layers],
-                           shared_mem=cluster_smem(splits))
+                    for layer in [0] if persist else range(layers):
+                        kernel(grid=(128, 1, 1), block=(256, 1, 1), shared_mem=cluster_smem(splits),
+                               args=[ys[layer:], wf[layer:], sync, layers if persist else 1])
                 clustered()
                 torch.cuda.synchronize()
                 if int(sync[1]):
-                    print(f"CUDA cluster of {splits}: a barrier gave up (clusters not all resident?); skipped",
-                          flush=True)
+                    print(f"CUDA {name}: a barrier gave up (clusters not all resident?); skipped", flush=True)
                     continue
                 us = replay_us(clustered, layers)
                 err = float((ys[layers].float() - ref).abs().max()) / float(ref.abs().max())
-                print(f"CUDA by hand, clusters of {splits} (the splits summed in shared memory, bf16 out): {us:.2f} us "
+                print(f"CUDA by hand, {name} (the splits summed in shared memory, bf16 out): {us:.2f} us "
                       f"({us / base_us:.2f}x cuBLAS, rel. diff {err:.1e})", flush=True)
             except Exception as exc:  # noqa: BLE001  # a compiler failure is reported, not fatal
-                print(f"CUDA cluster of {splits}: failed: {type(exc).__name__}: {str(exc)[:1500]}", flush=True)
+                print(f"CUDA {name}: failed: {type(exc).__name__}: {str(exc)[:1500]}", flush=True)
     for text in args.configs:
         measure(text, ("per-layer", "persistent", "barriers", "stores"))
     for text in args.tma:
