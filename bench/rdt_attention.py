@@ -12,26 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
 
 import torch
-from rdt import cuda_ms  # bench/rdt.py (this folder is on the path when run as a script)
+from rdt import graph_us  # bench/rdt.py (this folder is on the path when run as a script)
 
 from policies.rdt.model import CrossAttention
-
-
-def replay_us(body: Callable[[], list[torch.Tensor]], blocks: int) -> tuple[float, list[torch.Tensor]]:
-    """Median microseconds a block over 50 replays of `body` captured in a CUDA graph, and its outputs."""
-    stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            body()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outs = body()
-    return cuda_ms(graph.replay, reps=50, warm=5) / blocks * 1000, outs
 
 
 def main() -> None:
@@ -51,7 +36,7 @@ def main() -> None:
         for a in attns:
             a.key_parts, a.decode_parts = key_parts, decode_parts
         with torch.no_grad():
-            return replay_us(lambda: [a(x, kv, None) for a, kv in zip(attns, kvs, strict=True)], blocks)
+            return graph_us(lambda: [a(x, kv, None) for a, kv in zip(attns, kvs, strict=True)], blocks)
 
     base_us, base = run(0, 0)
     print(f"one SDPA: {base_us:.1f} us a block")

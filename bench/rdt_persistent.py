@@ -35,7 +35,7 @@ import argparse
 from collections.abc import Callable
 
 import torch
-from rdt import cuda_ms  # bench/rdt.py (this folder is on the path when run as a script)
+from rdt import graph_us  # bench/rdt.py (this folder is on the path when run as a script)
 
 from policies.triton_import import tl, triton
 
@@ -103,49 +103,59 @@ if triton is not None:
 
 
 CUDA_SOURCE = r"""
-// The chain of 67-row products, written by hand: 128 blocks of 8 warps, one (128 columns, 256 of the inner
-// dimension) tile each; weights pre-permuted into mma.m16n8k16's B fragments so each thread reads them with
-// 16-byte coalesced loads straight into registers; with LOOKAHEAD the next layer's fragments are loaded before
-// this layer's compute and barrier, so only the activations (read from L2 into shared memory) wait on the chain.
+// act's 67-row products by hand: 128 blocks of 8 warps on mma.sync, each block one (NT columns, KS of the inner
+// dimension) tile, S slices of the inner dimension a column tile. The weights are pre-permuted into
+// mma.m16n8k16's B fragments (`fragments` below), so each thread reads its own with 16-byte coalesced loads
+// straight into registers; the activations go through shared memory (ldmatrix).
+// Defines given: M_ (rows), S, REDUCE, LOOKAHEAD, PERSIST.
+//   REDUCE 0/1/2: fp32 activations in memory; a block's partial is added into the next layer's buffer by scalar
+//     atomics (0) or two-wide `red` (1), or stored (2: a wrong sum, timing only); the next layer reads the sums
+//     rounded to bf16.
+//   REDUCE 3: bf16 activations (cp.async); the S blocks of a column tile form a thread-block cluster: each leaves
+//     its fp32 partial in its shared memory and, after a cluster barrier, sums its share of the tile's columns over
+//     the S blocks' shared memory in a fixed order, rounds to bf16 and stores it. No atomics, no zeroing.
+//   LOOKAHEAD: the next layer's weights are loaded before this layer's products and barrier.
+//   PERSIST: one launch for every layer, a grid barrier after each; else one launch a layer.
 #define N_ 2048
 #define K_ 2048
-#define SPLITS 8
-#define KS (K_ / SPLITS)
-#define PAD 264
+#define KS (K_ / S)
+#define NT (N_ * S / 128)
+#define JB (NT / 64)
+#define Q (KS / 32)
+#define PAD (KS + 8)
 #define MT 5
 #define SPIN_LIMIT 65536
-
-__device__ __forceinline__ void add2(float* p, float a, float b) {
-#if REDUCE == 0
-    atomicAdd(p, a);
-    atomicAdd(p + 1, b);
-#elif REDUCE == 1
-    asm volatile("red.relaxed.gpu.global.add.v2.f32 [%0], {%1, %2};" :: "l"(p), "f"(a), "f"(b) : "memory");
+#if REDUCE == 3
+typedef unsigned short act_t;
 #else
-    *reinterpret_cast<float2*>(p) = make_float2(a, b);  // timing only: a wrong sum
+typedef float act_t;
 #endif
+
+__device__ __forceinline__ unsigned bf16x2(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
 }
 
-__device__ __forceinline__ void load_b(uint4 (&b)[2][8], const uint4* __restrict__ wf, int layer, int j0, int q0,
+__device__ __forceinline__ void load_b(uint4 (&b)[JB][Q], const uint4* __restrict__ wf, int layer, int j0, int q0,
                                        int lane) {
 #pragma unroll
-    for (int jb = 0; jb < 2; ++jb)
+    for (int jb = 0; jb < JB; ++jb)
 #pragma unroll
-        for (int q = 0; q < 8; ++q)
+        for (int q = 0; q < Q; ++q)
             b[jb][q] = __ldg(wf + (((size_t)layer * (N_ / 8) + j0 + jb) * (K_ / 32) + q0 + q) * 32 + lane);
 }
 
-__device__ __forceinline__ void phase(int layer, int layers, uint4 (&cur)[2][8], uint4 (&nxt)[2][8],
-                                      float* buf, const uint4* __restrict__ wf, unsigned* sync, int M,
-                                      unsigned short (*as)[PAD]) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int n0 = (blockIdx.x / SPLITS) * 128, k0 = (blockIdx.x % SPLITS) * KS;
-    const int j0 = n0 / 8 + 2 * warp, q0 = k0 / 32;
-#if !LOOKAHEAD
-    load_b(cur, wf, layer, j0, q0, lane);
-#endif
-    const float* src = buf + (size_t)layer * M * K_;
-    constexpr int LOADS = (M_ * (KS / 4) + 255) / 256;  // float4s a thread: all issued before any is used
+__device__ __forceinline__ void load_a(unsigned short (*as)[PAD], const act_t* src, int k0) {
+#if REDUCE == 3
+    for (int i = threadIdx.x; i < M_ * (KS / 8); i += 256) {
+        const unsigned dst = (unsigned)__cvta_generic_to_shared(&as[i / (KS / 8)][(i % (KS / 8)) * 8]);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(dst),
+                     "l"(src + (size_t)(i / (KS / 8)) * K_ + k0 + (i % (KS / 8)) * 8) : "memory");
+    }
+    asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;" ::: "memory");
+#else
+    constexpr int LOADS = (M_ * (KS / 4) + 255) / 256;  // every float4 a thread reads is issued before any is used
     float4 v[LOADS];
 #pragma unroll
     for (int it = 0; it < LOADS; ++it) {
@@ -156,40 +166,37 @@ __device__ __forceinline__ void phase(int layer, int layers, uint4 (&cur)[2][8],
 #pragma unroll
     for (int it = 0; it < LOADS; ++it) {
         const int i = threadIdx.x + it * 256;
-        if (i < M_ * (KS / 4)) {
-            unsigned lo, hi;
-            asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(lo) : "f"(v[it].y), "f"(v[it].x));
-            asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(hi) : "f"(v[it].w), "f"(v[it].z));
-            *reinterpret_cast<uint2*>(&as[i / (KS / 4)][(i % (KS / 4)) * 4]) = make_uint2(lo, hi);
-        }
+        if (i < M_ * (KS / 4))
+            *reinterpret_cast<uint2*>(&as[i / (KS / 4)][(i % (KS / 4)) * 4]) =
+                make_uint2(bf16x2(v[it].x, v[it].y), bf16x2(v[it].z, v[it].w));
     }
-#if LOOKAHEAD
-    if (layer + 1 < layers) load_b(nxt, wf, layer + 1, j0, q0, lane);
 #endif
-    __syncthreads();
-    float acc[MT][2][4];
+}
+
+__device__ __forceinline__ void products(float (&acc)[MT][JB][4], const uint4 (&b)[JB][Q],
+                                         unsigned short (*as)[PAD], int lane) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int jb = 0; jb < 2; ++jb)
+        for (int jb = 0; jb < JB; ++jb)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[mt][jb][e] = 0.f;
 #pragma unroll
-    for (int q = 0; q < 8; ++q) {
+    for (int q = 0; q < Q; ++q) {
 #pragma unroll
         for (int sp = 0; sp < 2; ++sp) {
-            const int kk = q * 32 + sp * 16;
             unsigned a[MT][4];
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
-                const unsigned addr = (unsigned)__cvta_generic_to_shared(&as[mt * 16 + (lane & 15)][kk + (lane >> 4) * 8]);
+                const unsigned addr = (unsigned)__cvta_generic_to_shared(
+                    &as[mt * 16 + (lane & 15)][q * 32 + sp * 16 + (lane >> 4) * 8]);
                 asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                              : "=r"(a[mt][0]), "=r"(a[mt][1]), "=r"(a[mt][2]), "=r"(a[mt][3]) : "r"(addr));
             }
 #pragma unroll
-            for (int jb = 0; jb < 2; ++jb) {
-                const unsigned b0 = sp ? cur[jb][q].z : cur[jb][q].x;
-                const unsigned b1 = sp ? cur[jb][q].w : cur[jb][q].y;
+            for (int jb = 0; jb < JB; ++jb) {
+                const unsigned b0 = sp ? b[jb][q].z : b[jb][q].x;
+                const unsigned b1 = sp ? b[jb][q].w : b[jb][q].y;
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt)
                     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
@@ -200,197 +207,140 @@ __device__ __forceinline__ void phase(int layer, int layers, uint4 (&cur)[2][8],
             }
         }
     }
-    float* dst = buf + (size_t)(layer + 1) * M * N_;
-    const int g = lane >> 2, t = lane & 3;
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int jb = 0; jb < 2; ++jb) {
-            const int col = n0 + (2 * warp + jb) * 8 + 2 * t, r0 = mt * 16 + g;
-            if (r0 < M) add2(dst + (size_t)r0 * N_ + col, acc[mt][jb][0], acc[mt][jb][1]);
-            if (r0 + 8 < M) add2(dst + (size_t)(r0 + 8) * N_ + col, acc[mt][jb][2], acc[mt][jb][3]);
-        }
+}
+
+__device__ __forceinline__ void put2(float* p, float a, float b) {
+#if REDUCE == 0
+    atomicAdd(p, a);
+    atomicAdd(p + 1, b);
+#elif REDUCE == 1
+    asm volatile("red.relaxed.gpu.global.add.v2.f32 [%0], {%1, %2};" :: "l"(p), "f"(a), "f"(b) : "memory");
+#else  // 2: a plain store into global memory (timing only); 3: into the block's shared memory
+    *reinterpret_cast<float2*>(p) = make_float2(a, b);
+#endif
+}
+
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+__device__ __forceinline__ void grid_sync(unsigned* sync, unsigned target) {
     __syncthreads();
     if (threadIdx.x == 0) {
         __threadfence();
         atomicAdd(sync, 1u);
-        const unsigned target = (unsigned)(layer + 1) * gridDim.x;
         unsigned seen;
         int polls = 0;
         do {
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(sync) : "memory");
         } while (seen < target && ++polls < SPIN_LIMIT);
-        if (polls >= SPIN_LIMIT) atomicAdd(sync + 1, 1u);
+        if (polls >= SPIN_LIMIT) atomicAdd(sync + 1, 1u);  // the flag the host reads
     }
     __syncthreads();
 }
 
-extern "C" __global__ void __launch_bounds__(256, 1)
-chain(float* buf, const uint4* __restrict__ wf, unsigned* sync, int layers, int M) {
-    __shared__ __align__(16) unsigned short as[MT * 16][PAD];
-    for (int i = threadIdx.x; i < (MT * 16 - M) * PAD; i += blockDim.x) as[M + i / PAD][i % PAD] = 0;
-    uint4 b0[2][8], b1[2][8];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int n0 = (blockIdx.x / SPLITS) * 128, k0 = (blockIdx.x % SPLITS) * KS;
-#if LOOKAHEAD
-    load_b(b0, wf, 0, n0 / 8 + 2 * warp, k0 / 32, lane);
+__device__ __forceinline__ void phase(int layer, int layers, uint4 (&cur)[JB][Q], uint4 (&nxt)[JB][Q], act_t* buf,
+                                      const uint4* __restrict__ wf, unsigned* sync, unsigned char* smem) {
+    unsigned short (*as)[PAD] = reinterpret_cast<unsigned short (*)[PAD]>(smem);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int rank = blockIdx.x % S, n0 = (blockIdx.x / S) * NT, k0 = rank * KS;
+    const int j0 = n0 / 8 + JB * warp, q0 = k0 / 32;
+#if !LOOKAHEAD
+    load_b(cur, wf, layer, j0, q0, lane);
 #endif
-    for (int layer = 0; layer < layers; layer += 2) {
-        phase(layer, layers, b0, b1, buf, wf, sync, M, as);
-        if (layer + 1 < layers) phase(layer + 1, layers, b1, b0, buf, wf, sync, M, as);
+    load_a(as, buf + (size_t)layer * M_ * K_, k0);
+#if LOOKAHEAD
+    if (layer + 1 < layers) load_b(nxt, wf, layer + 1, j0, q0, lane);
+#endif
+    __syncthreads();
+    float acc[MT][JB][4];
+    products(acc, cur, as, lane);
+#if REDUCE == 3
+    __syncthreads();  // every warp is done with the activations: the memory now takes the partials
+    float* part = reinterpret_cast<float*>(smem);  // (M_, NT)
+    const int col_base = 0, stride = NT;
+#else
+    float* part = buf + (size_t)(layer + 1) * M_ * N_;
+    const int col_base = n0, stride = N_;
+#endif
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int jb = 0; jb < JB; ++jb) {
+            const int col = col_base + (JB * warp + jb) * 8 + 2 * t, r0 = mt * 16 + g;
+            if (r0 < M_) put2(part + (size_t)r0 * stride + col, acc[mt][jb][0], acc[mt][jb][1]);
+            if (r0 + 8 < M_) put2(part + (size_t)(r0 + 8) * stride + col, acc[mt][jb][2], acc[mt][jb][3]);
+        }
+#if REDUCE == 3
+    cluster_sync();
+    act_t* out = buf + (size_t)(layer + 1) * M_ * N_;
+    for (int i = threadIdx.x; i < M_ * (NT / S / 4); i += 256) {  // this block's NT / S columns, 4 a thread
+        const int r = i / (NT / S / 4), c = rank * (NT / S) + (i % (NT / S / 4)) * 4;
+        const unsigned local = (unsigned)__cvta_generic_to_shared(part + r * NT + c);
+        float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+        for (int from = 0; from < S; ++from) {
+            unsigned remote;
+            float4 v;
+            asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(from));
+            asm volatile("ld.shared::cluster.v4.f32 {%0,%1,%2,%3}, [%4];"
+                         : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(remote) : "memory");
+            sum.x += v.x; sum.y += v.y; sum.z += v.z; sum.w += v.w;
+        }
+        *reinterpret_cast<uint2*>(out + (size_t)r * N_ + n0 + c) = make_uint2(bf16x2(sum.x, sum.y), bf16x2(sum.z, sum.w));
     }
-}
-"""
-
-
-
-CLUSTER_SOURCE = r"""
-// The same chain with the split-K partials summed inside a thread-block cluster: the S blocks of a cluster are
-// the S slices of the inner dimension of one column tile; each leaves its fp32 partial in its shared memory, and
-// after a cluster barrier each block sums its share of the tile's columns over the S blocks' shared memory (DSMEM)
-// in a fixed order, rounds to bf16 and stores it. No atomics, no zeroing; the activations are bf16 in memory and
-// are copied into shared memory with cp.async.
-#define N_ 2048
-#define K_ 2048
-#define KS (K_ / S)
-#define NT (N_ * S / 128)
-#define JB (NT / 64)
-#define PAD (KS + 8)
-#define MT 5
-#define SPIN_LIMIT 65536
-
-__device__ __forceinline__ void load_b(uint4 (&b)[JB][KS / 32], const uint4* __restrict__ wf, int layer, int j0,
-                                       int q0, int lane) {
-#pragma unroll
-    for (int jb = 0; jb < JB; ++jb)
-#pragma unroll
-        for (int q = 0; q < KS / 32; ++q)
-            b[jb][q] = __ldg(wf + (((size_t)layer * (N_ / 8) + j0 + jb) * (K_ / 32) + q0 + q) * 32 + lane);
+#endif
+#if PERSIST
+    grid_sync(sync, (unsigned)(layer + 1) * gridDim.x);
+#elif REDUCE == 3
+    cluster_sync();  // no block may leave while its cluster still reads its shared memory
+#endif
 }
 
-extern "C" __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(256, 1)
-chain_cluster(unsigned short* ys, const uint4* __restrict__ wf, unsigned* sync, int layers) {
+extern "C" __global__ void
+#if REDUCE == 3
+__cluster_dims__(S, 1, 1)
+#endif
+__launch_bounds__(256, 1) chain(act_t* buf, const uint4* __restrict__ wf, unsigned* sync, int layers) {
     extern __shared__ __align__(16) unsigned char smem[];
     unsigned short (*as)[PAD] = reinterpret_cast<unsigned short (*)[PAD]>(smem);
-    float (*part)[NT] = reinterpret_cast<float (*)[NT]>(smem);  // the same memory, once the products are done
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    unsigned rank;
-    asm("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
-    const int n0 = (blockIdx.x / S) * NT, k0 = rank * KS;
-    const int j0 = n0 / 8 + JB * warp, q0 = k0 / 32;
-    const int g = lane >> 2, t = lane & 3;
-    uint4 b[JB][KS / 32];
-    for (int layer = 0; layer < layers; ++layer) {
-        load_b(b, wf, layer, j0, q0, lane);
-        const unsigned short* src = ys + (size_t)layer * M_ * N_;
-        for (int i = threadIdx.x; i < MT * 16 * (KS / 8); i += 256) {
-            const int r = i / (KS / 8), c8 = i % (KS / 8);
-            const unsigned dst = (unsigned)__cvta_generic_to_shared(&as[r][c8 * 8]);
-            if (r < M_)
-                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(dst),
-                             "l"(src + (size_t)r * N_ + k0 + c8 * 8) : "memory");
-            else
-                *reinterpret_cast<uint4*>(&as[r][c8 * 8]) = make_uint4(0, 0, 0, 0);
-        }
-        asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;" ::: "memory");
-        __syncthreads();
-        float acc[MT][JB][4];
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int jb = 0; jb < JB; ++jb)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) acc[mt][jb][e] = 0.f;
-#pragma unroll
-        for (int q = 0; q < KS / 32; ++q) {
-#pragma unroll
-            for (int sp = 0; sp < 2; ++sp) {
-                const int kk = q * 32 + sp * 16;
-                unsigned a[MT][4];
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-                    const unsigned addr = (unsigned)__cvta_generic_to_shared(&as[mt * 16 + (lane & 15)][kk + (lane >> 4) * 8]);
-                    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                                 : "=r"(a[mt][0]), "=r"(a[mt][1]), "=r"(a[mt][2]), "=r"(a[mt][3]) : "r"(addr));
-                }
-#pragma unroll
-                for (int jb = 0; jb < JB; ++jb) {
-                    const unsigned b0 = sp ? b[jb][q].z : b[jb][q].x;
-                    const unsigned b1 = sp ? b[jb][q].w : b[jb][q].y;
-#pragma unroll
-                    for (int mt = 0; mt < MT; ++mt)
-                        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
-                                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                                     : "+f"(acc[mt][jb][0]), "+f"(acc[mt][jb][1]), "+f"(acc[mt][jb][2]),
-                                       "+f"(acc[mt][jb][3])
-                                     : "r"(a[mt][0]), "r"(a[mt][1]), "r"(a[mt][2]), "r"(a[mt][3]), "r"(b0), "r"(b1));
-                }
-            }
-        }
-        __syncthreads();  // every warp is done with the activations: the memory now takes the partials
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int jb = 0; jb < JB; ++jb) {
-                const int col = (JB * warp + jb) * 8 + 2 * t, r0 = mt * 16 + g;
-                if (r0 < M_) *reinterpret_cast<float2*>(&part[r0][col]) = make_float2(acc[mt][jb][0], acc[mt][jb][1]);
-                if (r0 + 8 < M_)
-                    *reinterpret_cast<float2*>(&part[r0 + 8][col]) = make_float2(acc[mt][jb][2], acc[mt][jb][3]);
-            }
-        asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-        unsigned short* out = ys + (size_t)(layer + 1) * M_ * N_;
-        for (int i = threadIdx.x; i < M_ * (NT / S / 4); i += 256) {  // this block's NT / S columns, 4 a thread
-            const int r = i / (NT / S / 4), c = rank * (NT / S) + (i % (NT / S / 4)) * 4;
-            const unsigned local = (unsigned)__cvta_generic_to_shared(&part[r][c]);
-            float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-            for (int src_rank = 0; src_rank < S; ++src_rank) {
-                unsigned remote;
-                float4 v;
-                asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(src_rank));
-                asm volatile("ld.shared::cluster.v4.f32 {%0,%1,%2,%3}, [%4];"
-                             : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(remote) : "memory");
-                sum.x += v.x; sum.y += v.y; sum.z += v.z; sum.w += v.w;
-            }
-            unsigned lo, hi;
-            asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(lo) : "f"(sum.y), "f"(sum.x));
-            asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(hi) : "f"(sum.w), "f"(sum.z));
-            *reinterpret_cast<uint2*>(out + (size_t)r * N_ + n0 + c) = make_uint2(lo, hi);
-        }
-#if PERSIST
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            __threadfence();
-            atomicAdd(sync, 1u);
-            const unsigned target = (unsigned)(layer + 1) * gridDim.x;
-            unsigned seen;
-            int polls = 0;
-            do {
-                asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(sync) : "memory");
-            } while (seen < target && ++polls < SPIN_LIMIT);
-            if (polls >= SPIN_LIMIT) atomicAdd(sync + 1, 1u);
-        }
-        __syncthreads();
-#else  // one launch a product: no block may leave while its cluster still reads its shared memory
-        asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+    for (int i = threadIdx.x; i < (MT * 16 - M_) * PAD; i += blockDim.x) as[M_ + i / PAD][i % PAD] = 0;
+    uint4 b0[JB][Q], b1[JB][Q];
+#if LOOKAHEAD
+    load_b(b0, wf, 0, (blockIdx.x / S) * NT / 8 + JB * (threadIdx.x >> 5), (blockIdx.x % S) * KS / 32, threadIdx.x & 31);
 #endif
+    for (int layer = 0; layer < layers; layer += 2) {
+        phase(layer, layers, b0, b1, buf, wf, sync, smem);
+        if (layer + 1 < layers) phase(layer + 1, layers, b1, b0, buf, wf, sync, smem);
     }
 }
 """
 
+CUDA_ROWS = ((8, 0, False, True), (8, 1, False, True), (8, 2, False, True), (8, 1, True, True),
+             (8, 3, False, False), (4, 3, False, False), (8, 3, False, True), (4, 3, False, True))
+"""(splits, reduce, lookahead, persist) of each CUDA row, as CUDA_SOURCE's defines."""
 
-def cuda_cluster_chain(rows: int, splits: int, persist: bool) -> Callable[..., None]:
-    """CLUSTER_SOURCE through NVRTC, `splits` blocks a cluster, its shared memory configured; persist: one launch
-    for the chain with grid barriers, else one launch a product."""
-    defines = f"#define M_ {rows}\n#define S {splits}\n#define PERSIST {int(persist)}\n"
-    kernel = torch.cuda._compile_kernel(defines + CLUSTER_SOURCE, "chain_cluster")
-    kernel.set_shared_memory_config(cluster_smem(splits))
+
+def cuda_row_name(splits: int, reduce: int, lookahead: bool, persist: bool) -> str:
+    how = ("scalar atomics", "two-wide red", "stores (a wrong sum)", f"clusters of {splits} summing in shared memory")
+    return (f"CUDA by hand, {how[reduce]}, next weights {'loaded ahead' if lookahead else 'loaded in the phase'}, "
+            f"{'one launch' if persist else 'a launch a product'}")
+
+
+def cuda_kernel(rows: int, splits: int, reduce: int, lookahead: bool, persist: bool) -> Callable[..., None]:
+    """CUDA_SOURCE through NVRTC (torch.cuda._compile_kernel) with its defines, its shared memory configured."""
+    defines = "".join(f"#define {k} {int(v)}\n" for k, v in
+                      dict(M_=rows, S=splits, REDUCE=reduce, LOOKAHEAD=lookahead, PERSIST=persist).items())
+    kernel = torch.cuda._compile_kernel(defines + CUDA_SOURCE, "chain")
+    kernel.set_shared_memory_config(cuda_smem(splits))
     return kernel  # type: ignore[no-any-return]
 
 
-def cluster_smem(splits: int) -> int:
-    """Bytes of shared memory a block of the cluster kernel: 80 rows of its slice of the inner dimension, bf16."""
+def cuda_smem(splits: int) -> int:
+    """Bytes of shared memory a block: 80 rows of its slice of the inner dimension in bf16 (the fp32 partials of
+    the cluster rows fit in the same memory)."""
     return 80 * (2048 // splits + 8) * 2
+
 
 def fragments(weights: torch.Tensor) -> torch.Tensor:
     """(L, N, K) bf16 weights -> mma.m16n8k16 B fragments: [L][N/8][K/32][lane][8], a thread's 16 bytes for two
@@ -399,13 +349,6 @@ def fragments(weights: torch.Tensor) -> torch.Tensor:
     w = weights.view(layers, n // 8, 8, k // 32, 2, 2, 4, 2)  # L, j, g, s2, sp, h, t, p
     return w.permute(0, 1, 3, 2, 6, 4, 5, 7).contiguous()  # L, j, s2, g, t, sp, h, p: lane = 4 g + t
 
-
-def cuda_chain(lookahead: bool, rows: int, reduce: int) -> Callable[..., None]:
-    """The hand-written kernel above through NVRTC (torch.cuda._compile_kernel). reduce: 0 scalar atomics, 1
-    two-wide red, 2 plain stores (timing only)."""
-    defines = f"#define LOOKAHEAD {int(lookahead)}\n#define M_ {rows}\n#define REDUCE {reduce}\n"
-    kernel = torch.cuda._compile_kernel(defines + CUDA_SOURCE, "chain")
-    return kernel  # type: ignore[no-any-return]
 
 def chain(buf: torch.Tensor, weights: torch.Tensor, sync: torch.Tensor, config: tuple[int, ...], mode: str) -> None:
     """y <- y W_l^T for every layer, reading buf[0] and leaving each layer's fp32 output in buf[l + 1].
@@ -436,20 +379,6 @@ def chain(buf: torch.Tensor, weights: torch.Tensor, sync: torch.Tensor, config: 
         _chain_kernel[(progs,)](buf, weights, w_desc, a_desc, sync, m, LAYERS=layers, BARRIER=True, **args)
 
 
-def replay_us(body: Callable[[], None], per: int) -> float:
-    """Median microseconds per `per` over 50 replays of `body` captured in one CUDA graph."""
-    stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            body()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        body()
-    return cuda_ms(graph.replay, reps=50, warm=5) / per * 1000
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=28)
@@ -476,95 +405,63 @@ def main() -> None:
             y = torch.nn.functional.linear(y, w)
         outs[:] = [y]
 
-    base_us = replay_us(cublas, layers)
+    base_us, _ = graph_us(cublas, layers)
     ref = outs[0].float()
     print(f"cuBLAS F.linear, {m} x {d} -> {d}, {layers} distinct weights: {base_us:.2f} us a product", flush=True)
-    buf = torch.zeros(layers + 1, m, d, device=dev)
+    buf = torch.zeros(layers + 1, m, d, device=dev)  # fp32 sums (Triton, CUDA's atomic rows)
+    ys = torch.zeros(layers + 1, m, d, dtype=torch.bfloat16, device=dev)  # bf16 (CUDA's cluster rows)
     sync = torch.zeros(2, dtype=torch.int32, device=dev)
 
     def setup() -> None:
         buf[1:].zero_()
         sync.zero_()
         buf[0].copy_(x)
+        ys[0].copy_(x)
 
-    def measure(text: str, modes: tuple[str, ...]) -> None:
-        config = tuple(int(v) for v in text.split(","))
-        cells = []
-        for mode in modes:
-            def body(mode: str = mode) -> None:
-                setup()
-                chain(buf, weights, sync, config, mode)
-            try:
-                body()  # once outside a graph: a barrier that gave up skips the configuration
-                torch.cuda.synchronize()
-                if int(sync[1]):
-                    cells.append(f"{mode}: a barrier gave up (programs not all resident?), skipped")
-                    break
-                us = replay_us(body, layers)
-            except Exception as exc:  # noqa: BLE001  # a configuration Triton cannot build is reported, not fatal
-                cells.append(f"{mode}: failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
-                break
-            err = float((buf[layers].to(torch.bfloat16).float() - ref).abs().max()) / float(ref.abs().max())
-            exact = mode not in ("barriers", "stores")
-            cells.append(f"{mode} {us:.2f} us ({us / base_us:.2f}x cuBLAS" + (f", rel. diff {err:.1e})" if exact
-                                                                             else ")"))
-        print(f"{text}: " + "; ".join(cells), flush=True)
+    def timed(body: Callable[[], None], out: torch.Tensor, exact: bool = True) -> str:
+        """body once outside a graph (a barrier that gave up is reported, not timed), then in one; its cell."""
+        try:
+            body()
+            torch.cuda.synchronize()
+            if int(sync[1]):
+                return "a barrier gave up (not every block resident at once), skipped"
+            us, _ = graph_us(body, layers)
+        except Exception as exc:  # noqa: BLE001  # a configuration that cannot build is reported, not fatal
+            return f"failed: {type(exc).__name__}: {str(exc)[:1500]}"
+        err = float((out[layers].to(torch.bfloat16).float() - ref).abs().max()) / float(ref.abs().max())
+        return f"{us:.2f} us ({us / base_us:.2f}x cuBLAS" + (f", rel. diff {err:.1e})" if exact else ")")
 
     if args.cuda:
         if d != 2048:
             raise SystemExit("--cuda is written for --width 2048")
         wf = fragments(weights)
-        for lookahead, reduce in ((False, 0), (False, 1), (False, 2), (True, 1)):
+        for splits, reduce, lookahead, persist in CUDA_ROWS:
+            out = ys if reduce == 3 else buf
             try:
-                kernel = cuda_chain(lookahead, m, reduce)
-
-                def hand(kernel: Callable[..., None] = kernel) -> None:
-                    setup()
-                    kernel(grid=(128, 1, 1), block=(256, 1, 1), args=[buf, wf, sync, layers, m])
-                hand()
-                torch.cuda.synchronize()
-                if int(sync[1]):
-                    print(f"CUDA lookahead={lookahead} reduce={reduce}: a barrier gave up; skipped", flush=True)
-                    continue
-                us = replay_us(hand, layers)
-                err = float((buf[layers].to(torch.bfloat16).float() - ref).abs().max()) / float(ref.abs().max())
-                print(f"CUDA by hand, 128 x (128 columns, 256 deep), 8 warps, next weights "
-                      f"{'loaded ahead' if lookahead else 'loaded in the phase'}, "
-                      f"{('scalar atomics', 'two-wide red', 'stores (wrong sum)')[reduce]}: {us:.2f} us "
-                      f"({us / base_us:.2f}x cuBLAS, rel. diff {err:.1e})", flush=True)
+                kernel = cuda_kernel(m, splits, reduce, lookahead, persist)
             except Exception as exc:  # noqa: BLE001  # a compiler failure is reported, not fatal
-                print(f"CUDA lookahead={lookahead} reduce={reduce}: failed: {type(exc).__name__}: {str(exc)[:1500]}", flush=True)
-        ys = torch.zeros(layers + 1, m, d, dtype=torch.bfloat16, device=dev)
-        for splits, persist in ((8, False), (4, False), (8, True), (4, True)):
-            name = f"clusters of {splits}, {'one launch' if persist else 'a launch a product'}"
-            try:
-                kernel = cuda_cluster_chain(m, splits, persist)
+                print(f"{cuda_row_name(splits, reduce, lookahead, persist)}: failed to build: {exc}", flush=True)
+                continue
 
-                def clustered(kernel: Callable[..., None] = kernel, splits: int = splits,
-                              persist: bool = persist) -> None:
-                    sync.zero_()
-                    ys[0].copy_(x)
-                    for layer in [0] if persist else range(layers):
-                        kernel(grid=(128, 1, 1), block=(256, 1, 1), shared_mem=cluster_smem(splits),
-                               args=[ys[layer:], wf[layer:], sync, layers if persist else 1])
-                clustered()
-                torch.cuda.synchronize()
-                if int(sync[1]):
-                    print(f"CUDA {name}: a barrier gave up (clusters not all resident?); skipped", flush=True)
-                    continue
-                us = replay_us(clustered, layers)
-                err = float((ys[layers].float() - ref).abs().max()) / float(ref.abs().max())
-                print(f"CUDA by hand, {name} (the splits summed in shared memory, bf16 out): {us:.2f} us "
-                      f"({us / base_us:.2f}x cuBLAS, rel. diff {err:.1e})", flush=True)
-            except Exception as exc:  # noqa: BLE001  # a compiler failure is reported, not fatal
-                print(f"CUDA {name}: failed: {type(exc).__name__}: {str(exc)[:1500]}", flush=True)
-    for text in args.configs:
-        measure(text, ("per-layer", "persistent", "barriers", "stores"))
-    for text in args.tma:
-        measure(text, ("tma", "tma-a"))
-    print(f"(the buffers' zeroing and the input's copy, in every Triton row: {replay_us(setup, layers):.2f} us a "
-          "product)")
-
+            def hand(kernel: Callable[..., None] = kernel, splits: int = splits, persist: bool = persist,
+                     out: torch.Tensor = out) -> None:
+                setup()
+                for layer in [0] if persist else range(layers):
+                    kernel(grid=(128, 1, 1), block=(256, 1, 1), shared_mem=cuda_smem(splits),
+                           args=[out[layer:], wf[layer:], sync, layers if persist else 1])
+            print(f"{cuda_row_name(splits, reduce, lookahead, persist)}: {timed(hand, out, reduce != 2)}", flush=True)
+    for text, modes in [(t, ("per-layer", "persistent", "barriers", "stores")) for t in args.configs] + [
+            (t, ("tma", "tma-a")) for t in args.tma]:
+        config = tuple(int(v) for v in text.split(","))
+        cells = []
+        for mode in modes:
+            def body(mode: str = mode, config: tuple[int, ...] = config) -> None:
+                setup()
+                chain(buf, weights, sync, config, mode)
+            cells.append(f"{mode} {timed(body, buf, mode not in ('barriers', 'stores'))}")
+        print(f"{text}: " + "; ".join(cells), flush=True)
+    print(f"(the buffers' zeroing and the input's copy, in every row but cuBLAS's: {graph_us(setup, layers)[0]:.2f} us "
+          "a product)")
 
 if __name__ == "__main__":
     main()
