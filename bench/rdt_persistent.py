@@ -101,7 +101,6 @@ if triton is not None:
                 _grid_barrier(sync_ptr, (layer + 1) * PROGS, SPIN_LIMIT)
 
 
-
 CUDA_SOURCE = r"""
 // act's 67-row products by hand: 128 blocks of 8 warps on mma.sync, each block one (NT columns, KS of the inner
 // dimension) tile, S slices of the inner dimension a column tile. The weights are pre-permuted into
