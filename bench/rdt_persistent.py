@@ -393,6 +393,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     layers, m, d = args.layers, args.rows, args.width
+    most = 80 if args.cuda else ROWS  # the rows' tile: CUDA's 5 x 16, Triton's 128
+    if not 1 <= m <= most:
+        raise SystemExit(f"--rows must be 1..{most}: the rows' tile{' in the CUDA rows' if args.cuda else ''}")
     dev = torch.device("cuda")
     weights = (torch.randn(layers, d, d, device=dev) / d**0.5).to(torch.bfloat16)
     x = torch.randn(m, d, device=dev).to(torch.bfloat16)
@@ -432,7 +435,7 @@ def main() -> None:
 
     if args.cuda:
         if d != 2048:
-            raise SystemExit("--cuda is written for --width 2048")
+            raise SystemExit("--cuda is written for --width 2048 (CUDA_SOURCE's N_ and K_)")
         wf = fragments(weights)
         for splits, reduce, lookahead, persist in CUDA_ROWS:
             out = ys if reduce == 3 else buf
@@ -461,6 +464,7 @@ def main() -> None:
         print(f"{text}: " + "; ".join(cells), flush=True)
     print(f"(the buffers' zeroing and the input's copy, in every row but cuBLAS's: {graph_us(setup, layers)[0]:.2f} us "
           "a product)")
+
 
 if __name__ == "__main__":
     main()
