@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 from policies import process_group
-from policies.process_group import gloo_threads
 
 
 def then_leave(rank: int, worker: Callable[..., None], *args: Any) -> None:
@@ -15,7 +14,7 @@ def then_leave(rank: int, worker: Callable[..., None], *args: Any) -> None:
     interpreter shuts down, and the process can abort at exit (policies/process_group.py says why)."""
     worker(rank, *args)
     process_group.leave()
-    left = gloo_threads()  # leave settled them
+    left = process_group.gloo_threads()  # leave settled them
     if left:
         msg = f"the process group outlived leaving it (threads {left}): join it with policies.process_group"
         raise AssertionError(msg)

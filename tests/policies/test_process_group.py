@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from policies import process_group
-from tests.policies.process_groups import gloo_threads
+from policies.process_group import gloo_threads
 
 
 def _rank(rank: int, world: int, store: str, out: str, prepared: bool, late: str) -> None:
@@ -103,4 +103,4 @@ def test_settle_waits_for_a_gloo_thread_that_is_still_ending() -> None:
     finally:
         release.set()
         thread.join()
-    assert process_group.gloo_threads() == []
+    assert gloo_threads() == []

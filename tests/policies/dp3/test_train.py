@@ -130,14 +130,13 @@ from policies.dp3.model import Dp3Config
 from policies.dp3.config import Dp3Train
 from policies.dp3.train import train
 from policies import process_group
-from tests.policies.process_groups import gloo_threads
 cfg = Dp3Config(state_dim=8, action_dim=8, num_points=64, down_dims=(16, 32, 64))
 batch = int(sys.argv[6]) if len(sys.argv) > 6 else 16
 s = Dp3Train(epochs=100, batch_size=batch, checkpoint_every=1000, val_every=1000, log_every=1, max_steps=int(sys.argv[4]))
 r = train(cfg, load_buffer(Path(sys.argv[1])), s, ckpt_dir=Path(sys.argv[2]), run_dir=Path(sys.argv[3]),
           device=torch.device("cpu"), resume=sys.argv[5] == "1", say=lambda m: print(m, flush=True))
 process_group.leave()  # as policies.entry does when a step returns
-assert not gloo_threads(), f"the process group outlived leaving it: {gloo_threads()}"
+assert not process_group.gloo_threads(), f"the process group outlived leaving it: {process_group.gloo_threads()}"
 """
 
 
